@@ -1,0 +1,1 @@
+//! Built-in agents: an LLM agent, a user proxy, and a function agent.

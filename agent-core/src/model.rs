@@ -1,0 +1,427 @@
+//! The model interface: [`ChatModel`], its request and completion types, and the errors callers
+//! branch on.
+//!
+//! A `ChatModel` is only the provider: it sends one request and returns one answer. Quota, budgets
+//! and retries live in the runtime's scheduler, which is the only code that calls `complete`; agents
+//! reach models through [`TurnContext::complete`](crate::TurnContext::complete).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::message::{Message, Usage};
+
+/// A tool as the model sees it: name, description and JSON schema of the arguments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolSpec {
+    /// The tool's name, unique within an agent.
+    pub name: Arc<str>,
+    /// What the tool does, for the model.
+    pub description: Arc<str>,
+    /// JSON schema of the argument object.
+    pub parameters: Arc<serde_json::Value>,
+}
+
+/// One request to a chat model.
+///
+/// ```
+/// use agent_core::{ChatRequest, Message};
+///
+/// let request = ChatRequest::new(vec![Message::system("be brief"), Message::user("hi")])
+///     .with_max_completion_tokens(64)
+///     .with_temperature(0.0);
+/// assert_eq!(request.max_completion_tokens, Some(64));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ChatRequest {
+    /// The prompt, oldest first.
+    pub messages: Vec<Message>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ToolSpec>,
+    /// Upper bound on generated tokens. The scheduler reserves this many completion tokens at
+    /// admission, as providers do; leaving it unset makes the scheduler use its configured default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Seed for providers that support deterministic sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Stop sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+}
+
+impl ChatRequest {
+    /// A request for the given prompt with every option unset.
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the tools the model may call.
+    #[must_use]
+    pub fn with_tools(mut self, tools: Vec<ToolSpec>) -> Self {
+        self.tools = tools;
+        self
+    }
+
+    /// Sets the completion token limit.
+    #[must_use]
+    pub fn with_max_completion_tokens(mut self, max: u32) -> Self {
+        self.max_completion_tokens = Some(max);
+        self
+    }
+
+    /// Sets the temperature.
+    #[must_use]
+    pub fn with_temperature(mut self, temperature: f32) -> Self {
+        self.temperature = Some(temperature);
+        self
+    }
+
+    /// Sets the seed.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sets the stop sequences.
+    #[must_use]
+    pub fn with_stop(mut self, stop: Vec<String>) -> Self {
+        self.stop = stop;
+        self
+    }
+}
+
+/// Why the model stopped generating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// Natural end or a stop sequence.
+    Stop,
+    /// The completion token limit was reached.
+    Length,
+    /// The model asked for tool calls.
+    ToolCalls,
+    /// The provider filtered the content.
+    ContentFilter,
+    /// Anything else the provider reported.
+    Other,
+}
+
+/// What the provider said about its rate limits on one response (success or 429).
+///
+/// Every field is optional: providers send different subsets, and some send none. These are hints
+/// for the scheduler, never the source of truth.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateLimitReading {
+    /// `x-ratelimit-limit-requests`.
+    pub limit_requests: Option<u64>,
+    /// `x-ratelimit-remaining-requests`.
+    pub remaining_requests: Option<u64>,
+    /// `x-ratelimit-reset-requests`: time until the request bucket is full again.
+    pub reset_requests: Option<Duration>,
+    /// `x-ratelimit-limit-tokens`.
+    pub limit_tokens: Option<u64>,
+    /// `x-ratelimit-remaining-tokens`.
+    pub remaining_tokens: Option<u64>,
+    /// `x-ratelimit-reset-tokens`: time until the token bucket is full again.
+    pub reset_tokens: Option<Duration>,
+    /// `retry-after-ms`, else `retry-after`, else the "try again in" time of a 429 body.
+    pub retry_after: Option<Duration>,
+}
+
+impl RateLimitReading {
+    /// True when the provider sent no reading at all.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// One completed model call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The model's message (text or tool calls). Its `usage` is set when the provider reported it.
+    pub message: Message,
+    /// Usage reported by the provider.
+    pub usage: Option<Usage>,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Rate-limit readings from the response headers, when the provider sent any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitReading>,
+}
+
+impl Completion {
+    /// A text completion with the given usage and `FinishReason::Stop`.
+    pub fn text(source: impl Into<Arc<str>>, text: impl Into<Arc<str>>, usage: Usage) -> Self {
+        Self {
+            message: Message::assistant(source, text).with_usage(usage),
+            usage: Some(usage),
+            finish_reason: FinishReason::Stop,
+            rate_limits: None,
+        }
+    }
+}
+
+/// Which limit a 429 was about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitKind {
+    /// Requests per period.
+    Requests,
+    /// Tokens per period.
+    Tokens,
+    /// The provider did not say.
+    Unknown,
+}
+
+impl std::fmt::Display for RateLimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RateLimitKind::Requests => "requests",
+            RateLimitKind::Tokens => "tokens",
+            RateLimitKind::Unknown => "unknown limit",
+        })
+    }
+}
+
+/// What can go wrong in one provider call. Callers branch on the variant; [`ModelError::is_retryable`]
+/// says whether trying again later can succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    /// The provider's rate limit was hit (HTTP 429 about requests or tokens). Retryable after
+    /// `retry_after`.
+    #[error("rate limited by the provider on {kind}{}: {message}", fmt_retry(.retry_after))]
+    RateLimited {
+        /// Which limit.
+        kind: RateLimitKind,
+        /// When to retry, if the provider said.
+        retry_after: Option<Duration>,
+        /// Headers read from the 429 response.
+        reading: Option<RateLimitReading>,
+        /// The provider's message.
+        message: String,
+    },
+    /// The account's quota or credit is exhausted (`insufficient_quota`). Never retryable: add
+    /// credit or change the key.
+    #[error(
+        "provider quota exhausted (no retry will succeed; check billing or use another key): {message}"
+    )]
+    QuotaExhausted {
+        /// The provider's message.
+        message: String,
+    },
+    /// The request can never fit (too many tokens for the context or the per-minute limit). Shorten
+    /// the prompt or lower `max_completion_tokens`.
+    #[error("request too large: {message}")]
+    RequestTooLarge {
+        /// The provider's message.
+        message: String,
+    },
+    /// A failure that may pass: 5xx, overload, timeout, a dropped connection or stream.
+    #[error("transient provider failure{}: {message}", fmt_status(.status))]
+    Transient {
+        /// HTTP status, when there was one.
+        status: Option<u16>,
+        /// When to retry, if the provider said.
+        retry_after: Option<Duration>,
+        /// What happened.
+        message: String,
+    },
+    /// The provider rejected the request (4xx other than 429): fix the request; retrying the same
+    /// one will fail again.
+    #[error("invalid request{}: {message}", fmt_status(.status))]
+    InvalidRequest {
+        /// HTTP status, when there was one.
+        status: Option<u16>,
+        /// The provider's message.
+        message: String,
+    },
+    /// The provider answered with something that could not be parsed.
+    #[error("malformed provider response: {message}")]
+    MalformedResponse {
+        /// What could not be parsed.
+        message: String,
+    },
+    /// The call was cancelled before it finished.
+    #[error("model call cancelled")]
+    Cancelled,
+}
+
+fn fmt_retry(retry: &Option<Duration>) -> String {
+    match retry {
+        Some(d) => format!(" (retry in {:.3}s)", d.as_secs_f64()),
+        None => String::new(),
+    }
+}
+
+fn fmt_status(status: &Option<u16>) -> String {
+    match status {
+        Some(s) => format!(" (HTTP {s})"),
+        None => String::new(),
+    }
+}
+
+impl ModelError {
+    /// True when the same request may succeed later (rate limits and transient failures).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ModelError::RateLimited { .. } | ModelError::Transient { .. }
+        )
+    }
+
+    /// The provider's suggested wait before retrying, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ModelError::RateLimited { retry_after, .. }
+            | ModelError::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A transient error with no status, for connection and stream failures.
+    pub fn transient(message: impl Into<String>) -> Self {
+        ModelError::Transient {
+            status: None,
+            retry_after: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// One piece of a streamed completion.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StreamEvent {
+    /// More text.
+    TextDelta(String),
+    /// The stream ended; the assembled completion, with usage when the provider sent it.
+    Completed(Completion),
+}
+
+/// A stream of [`StreamEvent`]s ending in `Completed`, or in an error.
+pub type CompletionStream = BoxStream<'static, Result<StreamEvent, ModelError>>;
+
+/// A chat-completion provider.
+///
+/// Implement `complete`; `stream` has a default that yields the whole completion at once. `id`
+/// names the model for quota keys, usage reports and price tables (for example
+/// `"openai/gpt-4o-mini"`).
+///
+/// ```
+/// use agent_core::{ChatModel, ChatRequest, Completion, ModelError, Usage};
+///
+/// struct Echo;
+///
+/// #[async_trait::async_trait]
+/// impl ChatModel for Echo {
+///     fn id(&self) -> &str { "local/echo" }
+///     async fn complete(&self, request: ChatRequest) -> Result<Completion, ModelError> {
+///         let last = request.messages.last().and_then(|m| m.text()).unwrap_or("").to_owned();
+///         Ok(Completion::text("echo", last, Usage::new(1, 1)))
+///     }
+/// }
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let out = Echo.complete(ChatRequest::new(vec![agent_core::Message::user("ping")])).await.unwrap();
+/// assert_eq!(out.message.text(), Some("ping"));
+/// # });
+/// ```
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// The model's name for quota keys, usage and pricing.
+    fn id(&self) -> &str;
+
+    /// Sends one request and returns the completion. Implementations do **not** retry: the
+    /// scheduler is the only retry layer.
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, ModelError>;
+
+    /// Streams one completion. The default calls [`complete`](ChatModel::complete) and yields its
+    /// text as one delta.
+    async fn stream(&self, request: ChatRequest) -> Result<CompletionStream, ModelError> {
+        let completion = self.complete(request).await?;
+        let mut events = Vec::with_capacity(2);
+        if let Some(text) = completion.message.text() {
+            events.push(Ok(StreamEvent::TextDelta(text.to_owned())));
+        }
+        events.push(Ok(StreamEvent::Completed(completion)));
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}
+
+#[async_trait]
+impl<M: ChatModel + ?Sized> ChatModel for Arc<M> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, ModelError> {
+        (**self).complete(request).await
+    }
+    async fn stream(&self, request: ChatRequest) -> Result<CompletionStream, ModelError> {
+        (**self).stream(request).await
+    }
+}
+
+#[async_trait]
+impl<M: ChatModel + ?Sized> ChatModel for Box<M> {
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    async fn complete(&self, request: ChatRequest) -> Result<Completion, ModelError> {
+        (**self).complete(request).await
+    }
+    async fn stream(&self, request: ChatRequest) -> Result<CompletionStream, ModelError> {
+        (**self).stream(request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryability_follows_the_error_kind() {
+        let rl = ModelError::RateLimited {
+            kind: RateLimitKind::Tokens,
+            retry_after: Some(Duration::from_millis(1574)),
+            reading: None,
+            message: "slow down".into(),
+        };
+        assert!(rl.is_retryable());
+        assert_eq!(rl.retry_after(), Some(Duration::from_millis(1574)));
+        assert!(rl.to_string().contains("retry in 1.574s"), "{rl}");
+        assert!(
+            !ModelError::QuotaExhausted {
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        assert!(
+            !ModelError::RequestTooLarge {
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        assert!(
+            !ModelError::InvalidRequest {
+                status: Some(400),
+                message: "x".into()
+            }
+            .is_retryable()
+        );
+        assert!(ModelError::transient("reset").is_retryable());
+        assert!(!ModelError::Cancelled.is_retryable());
+    }
+}

@@ -1,0 +1,222 @@
+//! Termination: when a conversation stops, and the typed reason it gives.
+//!
+//! A [`Termination`] is evaluated on the **delta** of new messages (the task messages first, then
+//! each agent's reply with its inner tool traffic), keeps state across calls, and is `reset` when a
+//! chat starts over. Built-in conditions follow AutoGen-agentchat's semantics; see
+//! `docs/termination.md` for each condition's exact behaviour and stop text.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::budget::BudgetExhausted;
+use crate::message::Message;
+
+/// Why a conversation stopped. Typed so callers can branch; `Display` gives the human text
+/// (AutoGen's wording where AutoGen has the condition).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StopReason {
+    /// `MaxMessages`: the message count (task messages included) reached the cap.
+    MaxMessages {
+        /// The cap.
+        max: usize,
+        /// Messages counted.
+        count: usize,
+    },
+    /// `TextMention`: a message contained the text.
+    TextMention {
+        /// The text looked for.
+        text: String,
+    },
+    /// `TokenUsage`: reported usage reached a cap.
+    TokenUsage {
+        /// Total tokens counted.
+        total: u64,
+        /// Prompt tokens counted.
+        prompt: u64,
+        /// Completion tokens counted.
+        completion: u64,
+    },
+    /// `Timeout`: the time since the condition was first checked reached the limit.
+    Timeout {
+        /// The limit in seconds.
+        seconds: f64,
+    },
+    /// `External`: another task asked the chat to stop.
+    External,
+    /// `SourceMatch`: one of the given sources spoke.
+    SourceMatch {
+        /// The source that spoke.
+        source: String,
+    },
+    /// `HandoffTo`: a handoff to the target was seen.
+    Handoff {
+        /// The handoff target.
+        target: String,
+        /// Who handed off.
+        source: String,
+    },
+    /// `StopMessage`: a stop message was seen.
+    StopMessage,
+    /// `ToolExecuted`: the named tool was executed.
+    ToolExecuted {
+        /// The tool.
+        name: String,
+    },
+    /// `TextMessageFrom`: a text message arrived (from the given source, if one was set).
+    TextMessage {
+        /// Its source.
+        source: String,
+    },
+    /// `Functional`: the user's predicate returned true.
+    Functional,
+    /// A reply matched the two-agent chat's termination predicate (default: exactly `TERMINATE`).
+    TerminationMessage {
+        /// Who sent it.
+        source: String,
+    },
+    /// The chat's turn cap (agent replies) was reached.
+    MaxTurns {
+        /// The cap.
+        max: u32,
+    },
+    /// An agent reached `max_consecutive_auto_reply`.
+    MaxConsecutiveAutoReply {
+        /// The agent.
+        agent: String,
+        /// The cap.
+        max: u32,
+    },
+    /// The conversation's budget (or an ancestor's) ran out.
+    BudgetExhausted(BudgetExhausted),
+    /// Speaker selection found nobody allowed to speak next.
+    NoEligibleSpeaker {
+        /// The last speaker.
+        after: String,
+    },
+    /// An agent replied with nothing (or a human ended the chat).
+    EmptyReply {
+        /// The agent.
+        agent: String,
+    },
+    /// The chat was run while its termination condition was still terminated.
+    AlreadyTerminated,
+    /// The chat was cancelled.
+    Cancelled,
+    /// Several conditions fired together (AND accumulation, or several OR children).
+    Combined(Vec<StopReason>),
+    /// A reason given by user code.
+    Custom(String),
+}
+
+impl StopReason {
+    /// Joins reasons: one stays itself, several become `Combined` (nested `Combined`s are flattened).
+    pub fn combine(reasons: Vec<StopReason>) -> Option<StopReason> {
+        let mut flat = Vec::with_capacity(reasons.len());
+        for r in reasons {
+            match r {
+                StopReason::Combined(inner) => flat.extend(inner),
+                other => flat.push(other),
+            }
+        }
+        match flat.len() {
+            0 => None,
+            1 => flat.pop(),
+            _ => Some(StopReason::Combined(flat)),
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StopReason::MaxMessages { max, count } => {
+                write!(
+                    f,
+                    "Maximum number of messages {max} reached, current message count: {count}"
+                )
+            }
+            StopReason::TextMention { text } => write!(f, "Text '{text}' mentioned"),
+            StopReason::TokenUsage {
+                total,
+                prompt,
+                completion,
+            } => write!(
+                f,
+                "Token usage limit reached, total token count: {total}, prompt token count: {prompt}, completion token count: {completion}."
+            ),
+            StopReason::Timeout { seconds } => write!(f, "Timeout of {seconds} seconds reached"),
+            StopReason::External => f.write_str("External termination requested"),
+            StopReason::SourceMatch { source } => write!(f, "'{source}' answered"),
+            StopReason::Handoff { target, source } => {
+                write!(f, "Handoff to {target} from {source} detected.")
+            }
+            StopReason::StopMessage => f.write_str("Stop message received"),
+            StopReason::ToolExecuted { name } => write!(f, "Function '{name}' was executed."),
+            StopReason::TextMessage { source } => {
+                write!(f, "Text message received from '{source}'")
+            }
+            StopReason::Functional => f.write_str("Functional termination condition met"),
+            StopReason::TerminationMessage { source } => {
+                write!(f, "'{source}' sent a termination message")
+            }
+            StopReason::MaxTurns { max } => write!(f, "Maximum number of turns {max} reached."),
+            StopReason::MaxConsecutiveAutoReply { agent, max } => {
+                write!(
+                    f,
+                    "Maximum consecutive auto-replies {max} reached for '{agent}'"
+                )
+            }
+            StopReason::BudgetExhausted(e) => write!(f, "{e}"),
+            StopReason::NoEligibleSpeaker { after } => {
+                write!(f, "No eligible speaker after '{after}'")
+            }
+            StopReason::EmptyReply { agent } => write!(f, "'{agent}' had nothing to say"),
+            StopReason::AlreadyTerminated => f.write_str("The group chat has already terminated."),
+            StopReason::Cancelled => f.write_str("Cancelled"),
+            StopReason::Combined(reasons) => {
+                for (i, r) in reasons.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{r}")?;
+                }
+                Ok(())
+            }
+            StopReason::Custom(text) => f.write_str(text),
+        }
+    }
+}
+
+/// A stop condition, evaluated on each delta of new messages.
+///
+/// Contract:
+/// - `check` receives only the messages since the previous call (task messages included) and
+///   accumulates state across calls until `reset`.
+/// - Once it has returned `Some`, `is_terminated` is true and further `check`s return the same
+///   reason again without looking at the delta (our choice; AutoGen raises instead). The runtime
+///   resets conditions when a chat stops, so a resumed chat starts fresh.
+pub trait Termination: Send + Sync {
+    /// Looks at the new messages; `Some` stops the conversation.
+    fn check(&mut self, delta: &[Message]) -> Option<StopReason>;
+
+    /// True after `check` returned `Some`, until `reset`.
+    fn is_terminated(&self) -> bool;
+
+    /// Forgets all accumulated state.
+    fn reset(&mut self);
+}
+
+impl<T: Termination + ?Sized> Termination for Box<T> {
+    fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
+        (**self).check(delta)
+    }
+    fn is_terminated(&self) -> bool {
+        (**self).is_terminated()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared harness for Turnstile's integration tests (one test file per area under `tests/`).
