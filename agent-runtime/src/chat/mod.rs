@@ -1,0 +1,1 @@
+//! Conversations: group chats, two-agent chats, nested and sequential chats.

@@ -1,0 +1,146 @@
+//! The runtime's [`TurnContext`]: binds a turn to its scheduler, conversation, agent and budget.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use agent_core::{
+    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
+};
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{CallObserver, ModelCall, QuotaScheduler};
+
+/// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
+#[derive(Clone)]
+pub struct SchedulerContext {
+    scheduler: QuotaScheduler,
+    conversation: Arc<str>,
+    agent: Arc<str>,
+    budget: Budget,
+    priority: u8,
+    cancel: CancellationToken,
+    observer: Option<Arc<dyn CallObserver>>,
+}
+
+impl fmt::Debug for SchedulerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchedulerContext")
+            .field("conversation", &self.conversation)
+            .field("agent", &self.agent)
+            .field("budget", &self.budget.name())
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SchedulerContext {
+    /// A context for `agent` in `conversation`, charging `budget`.
+    pub fn new(
+        scheduler: QuotaScheduler,
+        conversation: impl Into<Arc<str>>,
+        agent: impl Into<Arc<str>>,
+        budget: Budget,
+    ) -> Self {
+        Self {
+            scheduler,
+            conversation: conversation.into(),
+            agent: agent.into(),
+            budget,
+            priority: 0,
+            cancel: CancellationToken::new(),
+            observer: None,
+        }
+    }
+
+    /// The same context for another agent.
+    #[must_use]
+    pub fn for_agent(&self, agent: impl Into<Arc<str>>) -> Self {
+        Self {
+            agent: agent.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Sets the cancellation token (cancels queued and in-flight calls).
+    #[must_use]
+    pub fn with_cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Sets the observer of call life-cycles.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Sets the admission priority.
+    #[must_use]
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// The scheduler.
+    pub fn scheduler(&self) -> &QuotaScheduler {
+        &self.scheduler
+    }
+
+    /// The cancellation token.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// The observer, if any.
+    pub fn observer(&self) -> Option<&Arc<dyn CallObserver>> {
+        self.observer.as_ref()
+    }
+}
+
+#[async_trait]
+impl TurnContext for SchedulerContext {
+    async fn complete(
+        &self,
+        model: &dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> Result<Completion, CallError> {
+        let mut call = ModelCall::new(
+            model,
+            request,
+            kind,
+            &self.conversation,
+            &self.agent,
+            &self.budget,
+        )
+        .with_priority(self.priority)
+        .with_cancel(&self.cancel);
+        if let Some(o) = &self.observer {
+            call = call.with_observer(&**o);
+        }
+        self.scheduler.call(call).await
+    }
+
+    fn conversation(&self) -> &str {
+        &self.conversation
+    }
+
+    fn agent(&self) -> &str {
+        &self.agent
+    }
+
+    fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    fn estimator(&self) -> &dyn TokenEstimator {
+        self.scheduler.estimator()
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}

@@ -1,0 +1,1 @@
+//! An OpenAI-compatible mock server that enforces rate limits like the real provider.

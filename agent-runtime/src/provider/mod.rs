@@ -1,0 +1,1 @@
+//! Providers: the OpenAI-compatible HTTP provider and the in-process simulator.
