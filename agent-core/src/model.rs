@@ -303,6 +303,8 @@ impl ModelError {
 }
 
 /// One piece of a streamed completion.
+// `Completed` is large but arrives once per stream; boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StreamEvent {
