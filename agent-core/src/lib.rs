@@ -33,7 +33,7 @@ pub use model::{
     RateLimitReading, StreamEvent, ToolSpec,
 };
 pub use scripted::ScriptedModel;
-pub use termination::{StopReason, Termination};
+pub use termination::{StopReason, Termination, TerminationConfigError, TerminationExt};
 pub use tool::{Tool, ToolError};
 
 /// Re-exported so implementors of the async traits need no direct dependency.

@@ -4,6 +4,56 @@
 //! each agent's reply with its inner tool traffic), keeps state across calls, and is `reset` when a
 //! chat starts over. Built-in conditions follow AutoGen-agentchat's semantics; see
 //! `docs/termination.md` for each condition's exact behaviour and stop text.
+//!
+//! | Condition | Stops when |
+//! |---|---|
+//! | [`MaxMessages`] | the number of messages seen (task included) reaches a cap |
+//! | [`TextMention`] | a message's text contains a string (optionally only from given sources) |
+//! | [`TokenUsage`] | summed [`Usage`](crate::Usage) of messages reaches a total/prompt/completion cap |
+//! | [`Timeout`] | a duration has passed since the first check |
+//! | [`External`] | another task called [`ExternalHandle::set`] |
+//! | [`SourceMatch`] | one of the given sources produced a message |
+//! | [`HandoffTo`] | a handoff to the target was seen |
+//! | [`StopMessage`] | a stop message was seen |
+//! | [`ToolExecuted`] | a result of the named tool was seen |
+//! | [`TextMessageFrom`] | a plain text message arrived (from anyone, or from one source) |
+//! | [`Functional`] | a predicate over the delta returned true |
+//!
+//! Compose them with `&` / `|` (or [`TerminationExt::and`] / [`TerminationExt::or`]): [`And`]
+//! remembers children that already fired, [`Or`] asks all children every time. The chat itself
+//! adds stops no condition raises (turn caps, budget exhaustion); those are [`StopReason`]
+//! variants too, so callers branch on one type.
+//!
+//! ```
+//! use agent_core::Message;
+//! use agent_core::termination::{MaxMessages, Termination, TextMention};
+//!
+//! let mut stop = MaxMessages::new(5) | TextMention::new("TERMINATE");
+//!
+//! // The chat checks the task messages first...
+//! assert!(stop.check(&[Message::user("Write a haiku about queues.")]).is_none());
+//! // ...then each reply, with its tool traffic, as one delta.
+//! assert!(stop.check(&[Message::assistant("writer", "Patient lines of calls")]).is_none());
+//! let reason = stop
+//!     .check(&[Message::assistant("critic", "Lovely. TERMINATE")])
+//!     .unwrap();
+//! assert_eq!(reason.to_string(), "Text 'TERMINATE' mentioned");
+//!
+//! // Asked again, a terminated condition gives the same reason without looking at the delta.
+//! assert_eq!(stop.check(&[]), Some(reason));
+//! // Reset forgets everything: the message count starts from zero again.
+//! stop.reset();
+//! assert!(!stop.is_terminated());
+//! ```
+
+mod combinators;
+mod conditions;
+
+pub use combinators::{And, Or, TerminationExt};
+pub use conditions::{
+    External, ExternalHandle, Functional, HandoffTo, MaxMessages, SourceMatch, StopMessage,
+    TextMention, TextMessageFrom, Timeout, TokenUsage, TokenUsageBuilder, ToolExecuted,
+};
 
 use std::fmt;
 
@@ -188,6 +238,17 @@ impl fmt::Display for StopReason {
             StopReason::Custom(text) => f.write_str(text),
         }
     }
+}
+
+/// A termination condition was configured in a way that could never work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TerminationConfigError {
+    /// [`TokenUsage`] was built without any cap.
+    #[error(
+        "TokenUsage needs at least one cap: call max_total, max_prompt or max_completion on the builder before build()"
+    )]
+    NoTokenCap,
 }
 
 /// A stop condition, evaluated on each delta of new messages.
