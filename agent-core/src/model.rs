@@ -303,6 +303,8 @@ impl ModelError {
 }
 
 /// One piece of a streamed completion.
+// Boxing `Completed` would change the runtime's providers; left to the model interface's owner.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StreamEvent {
