@@ -2,7 +2,8 @@
 //!
 //! Turnstile's vocabulary: [messages](Message), the [model interface](ChatModel), [agents](Agent)
 //! and the [turn context](TurnContext) every model call goes through, [termination conditions](Termination),
-//! [history policies](HistoryPolicy), [tools](Tool) and nested [budgets](Budget).
+//! [history policies](HistoryPolicy), [tools](Tool) and nested [budgets](Budget), plus the
+//! built-in [agents]: [`LlmAgent`], [`UserProxy`] and [`FunctionAgent`].
 //!
 //! This crate has no scheduler, no HTTP and no Redis: a user who writes an agent or a termination
 //! condition depends on `agent-core` alone. The runtime (`agent-runtime`) provides the scheduler
@@ -21,6 +22,9 @@ pub mod testing;
 pub mod tool;
 
 pub use agent::{Agent, AgentError, AgentReply, CallError, CallKind, InputSource, TurnContext};
+pub use agents::{
+    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,
+};
 pub use budget::{
     Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetUsage, Charge, Price, PriceTable,
     Reservation,
@@ -34,7 +38,7 @@ pub use model::{
 };
 pub use scripted::ScriptedModel;
 pub use termination::{StopReason, Termination, TerminationConfigError, TerminationExt};
-pub use tool::{Tool, ToolError};
+pub use tool::{Tool, ToolError, ToolRegistry, TypedTool};
 
 /// Re-exported so implementors of the async traits need no direct dependency.
 pub use async_trait::async_trait;

@@ -209,8 +209,8 @@ pub enum ModelError {
         kind: RateLimitKind,
         /// When to retry, if the provider said.
         retry_after: Option<Duration>,
-        /// Headers read from the 429 response.
-        reading: Option<RateLimitReading>,
+        /// Headers read from the 429 response (boxed: it is large and rarely present).
+        reading: Option<Box<RateLimitReading>>,
         /// The provider's message.
         message: String,
     },
