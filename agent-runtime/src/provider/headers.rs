@@ -93,11 +93,7 @@ pub fn parse_go_duration(text: &str) -> Option<Duration> {
             "h" => 3_600 * NANOS_PER_SEC,
             _ => return None,
         };
-        let whole: u128 = if int.is_empty() {
-            0
-        } else {
-            int.parse().ok()?
-        };
+        let whole: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
         total = total.checked_add(whole.checked_mul(unit_nanos)?)?;
         // Like Go, digits beyond nanosecond precision are truncated; 20 digits keep the
         // arithmetic inside u128 for the largest unit.
@@ -226,9 +222,8 @@ fn non_negative_f64(text: &str) -> Option<f64> {
 /// assert_eq!(reading.limit_requests, None);
 /// ```
 pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> RateLimitReading {
-    let lookup = |name: &str| {
-        header(name).or_else(|| header(&format!("{name}{USAGE_BASED_SUFFIX}")))
-    };
+    let lookup =
+        |name: &str| header(name).or_else(|| header(&format!("{name}{USAGE_BASED_SUFFIX}")));
     let count = |name: &str| lookup(name).and_then(|v| v.trim().parse::<u64>().ok());
     let limit = |name: &str| count(name).filter(|&v| v > 0);
     let reset = |name: &str| lookup(name).and_then(parse_go_duration);
@@ -572,7 +567,18 @@ mod tests {
     #[test]
     fn garbage_and_negative_durations_are_ignored() {
         for text in [
-            "", "-1s", "-1", "1", "s", "1x", "abc", "1.s.", "1s-", "..5s", "5 s", "1e3s",
+            "",
+            "-1s",
+            "-1",
+            "1",
+            "s",
+            "1x",
+            "abc",
+            "1.s.",
+            "1s-",
+            "..5s",
+            "5 s",
+            "1e3s",
             "99999999999999999999999h",
         ] {
             assert_eq!(parse_go_duration(text), None, "{text:?}");
@@ -648,15 +654,24 @@ mod tests {
     #[test]
     fn retry_after_prefers_ms_then_seconds_then_date() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
-        assert_eq!(parse_retry_after(Some("1574.5"), Some("9"), now), Some(Duration::from_micros(1_574_500)));
-        assert_eq!(parse_retry_after(Some("garbage"), Some("9"), now), Some(Duration::from_secs(9)));
+        assert_eq!(
+            parse_retry_after(Some("1574.5"), Some("9"), now),
+            Some(Duration::from_micros(1_574_500))
+        );
+        assert_eq!(
+            parse_retry_after(Some("garbage"), Some("9"), now),
+            Some(Duration::from_secs(9))
+        );
         assert_eq!(parse_retry_after(None, Some("1.5"), now), Some(ms(1500)));
         assert_eq!(
             parse_retry_after(None, Some("Sun, 06 Nov 1994 08:49:47 GMT"), now),
             Some(Duration::from_secs(10))
         );
         // In the past, negative or nonsense: ignored.
-        assert_eq!(parse_retry_after(None, Some("Sun, 06 Nov 1994 08:49:27 GMT"), now), None);
+        assert_eq!(
+            parse_retry_after(None, Some("Sun, 06 Nov 1994 08:49:27 GMT"), now),
+            None
+        );
         assert_eq!(parse_retry_after(Some("-5"), Some("-1"), now), None);
         assert_eq!(parse_retry_after(Some("NaN"), Some("inf"), now), None);
         assert_eq!(parse_retry_after(None, None, now), None);
@@ -721,9 +736,8 @@ mod tests {
             ("x-ratelimit-remaining-tokens_usage_based", "1218"),
             ("x-ratelimit-reset-tokens_usage_based", "41.724s"),
         ];
-        let r = reading_from_headers(|n| {
-            usage_based.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
-        });
+        let r =
+            reading_from_headers(|n| usage_based.iter().find(|(k, _)| *k == n).map(|(_, v)| *v));
         assert_eq!(r.limit_tokens, Some(10_000));
         assert_eq!(r.reset_tokens, Some(ms(41_724)));
     }
@@ -777,7 +791,11 @@ mod tests {
         let old_rpm = br#"{"error":{"message":"You've exceeded the 5 request/min rate limit, please slow down and try again.","type":"invalid_request_error","param":null,"code":"rate_limit_exceeded"}}"#;
         assert!(matches!(
             classify(429, RateLimitReading::default(), old_rpm),
-            ModelError::RateLimited { kind: RateLimitKind::Requests, retry_after: None, .. }
+            ModelError::RateLimited {
+                kind: RateLimitKind::Requests,
+                retry_after: None,
+                ..
+            }
         ));
 
         let quota = br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#;
@@ -831,14 +849,62 @@ mod tests {
 
     #[test]
     fn other_statuses_classify() {
-        let plain = |status| classify(status, RateLimitReading::default(), b"<html>bad gateway</html>");
-        assert!(matches!(plain(500), ModelError::Transient { status: Some(500), .. }));
-        assert!(matches!(plain(502), ModelError::Transient { status: Some(502), .. }));
-        assert!(matches!(plain(503), ModelError::Transient { status: Some(503), .. }));
-        assert!(matches!(plain(529), ModelError::Transient { status: Some(529), .. }));
-        assert!(matches!(plain(408), ModelError::Transient { status: Some(408), .. }));
-        assert!(matches!(plain(401), ModelError::InvalidRequest { status: Some(401), .. }));
-        assert!(matches!(plain(404), ModelError::InvalidRequest { status: Some(404), .. }));
+        let plain = |status| {
+            classify(
+                status,
+                RateLimitReading::default(),
+                b"<html>bad gateway</html>",
+            )
+        };
+        assert!(matches!(
+            plain(500),
+            ModelError::Transient {
+                status: Some(500),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(502),
+            ModelError::Transient {
+                status: Some(502),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(503),
+            ModelError::Transient {
+                status: Some(503),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(529),
+            ModelError::Transient {
+                status: Some(529),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(408),
+            ModelError::Transient {
+                status: Some(408),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(401),
+            ModelError::InvalidRequest {
+                status: Some(401),
+                ..
+            }
+        ));
+        assert!(matches!(
+            plain(404),
+            ModelError::InvalidRequest {
+                status: Some(404),
+                ..
+            }
+        ));
         assert!(matches!(plain(413), ModelError::RequestTooLarge { .. }));
         let context = br#"{"error":{"message":"This model's maximum context length is 8192 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
         assert!(matches!(
@@ -847,7 +913,11 @@ mod tests {
         ));
         // A non-JSON body keeps its text so the error says what the server said.
         assert!(plain(502).to_string().contains("bad gateway"));
-        assert!(classify(500, RateLimitReading::default(), b"").to_string().contains("empty body"));
+        assert!(
+            classify(500, RateLimitReading::default(), b"")
+                .to_string()
+                .contains("empty body")
+        );
     }
 
     #[test]

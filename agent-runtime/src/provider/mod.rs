@@ -25,11 +25,13 @@ mod secret;
 mod simulator;
 
 #[cfg(feature = "openai")]
-pub use openai::{Flavor, OpenAiProvider, OpenAiProviderBuilder, ProviderConfigError, TokenLimitField};
+pub use openai::{
+    Flavor, OpenAiProvider, OpenAiProviderBuilder, ProviderConfigError, TokenLimitField,
+};
 pub use secret::Secret;
-pub use simulator::{Faults, SimConfig, SimConfigError, SimStats, SimulatedProvider, Simulation};
 #[cfg(feature = "mock-server")]
 pub(crate) use simulator::{Admission, DeliveryFault, Rejection, Reply, ReplyBody};
+pub use simulator::{Faults, SimConfig, SimConfigError, SimStats, SimulatedProvider, Simulation};
 
 /// How long a provider waits for a response before giving up (per call, to the first byte).
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);

@@ -87,7 +87,9 @@ pub enum ProviderConfigError {
         base_url: String,
     },
     /// The key cannot be sent in an HTTP header.
-    #[error("the API key contains characters that cannot be sent in an HTTP header (check for a stray newline or quote)")]
+    #[error(
+        "the API key contains characters that cannot be sent in an HTTP header (check for a stray newline or quote)"
+    )]
     InvalidApiKey,
     /// The base URL does not parse or is not http(s).
     #[error("invalid base URL {url:?}: {reason} (expected e.g. http://localhost:11434/v1)")]
@@ -216,10 +218,10 @@ impl OpenAiProviderBuilder {
     /// Fills unset fields from the environment: `OPENAI_API_KEY`, `OPENAI_BASE_URL`, and
     /// `OPENAI_MODEL` (default `gpt-4o-mini`).
     pub fn from_env(self) -> Self {
-        self.from_lookup(|name| std::env::var(name).ok())
+        self.with_env_lookup(|name| std::env::var(name).ok())
     }
 
-    fn from_lookup(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+    fn with_env_lookup(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
         let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         if self.api_key.is_none() {
             self.api_key = set(var("OPENAI_API_KEY")).map(Secret::from);
@@ -466,6 +468,8 @@ impl OpenAiProvider {
         wire
     }
 
+    // `ModelError` is agent-core's contract; its size is not ours to change here.
+    #[allow(clippy::result_large_err)]
     fn completion(
         &self,
         response: CreateChatCompletionResponse,
@@ -476,9 +480,9 @@ impl OpenAiProvider {
                 message: "the response has no choices".to_owned(),
             });
         };
-        let usage = response.usage.map(|u| {
-            Usage::new(u64::from(u.prompt_tokens), u64::from(u.completion_tokens))
-        });
+        let usage = response
+            .usage
+            .map(|u| Usage::new(u64::from(u.prompt_tokens), u64::from(u.completion_tokens)));
         let calls: Vec<ToolCall> = choice
             .message
             .tool_calls
@@ -512,7 +516,10 @@ impl OpenAiProvider {
         let slot = Arc::new(OnceLock::new());
         let result = RESPONSE_READING.scope(slot.clone(), call).await;
         let value = result.map_err(|e| self.errors.map(e))?;
-        let reading = slot.get().cloned().filter(|r: &RateLimitReading| !r.is_empty());
+        let reading = slot
+            .get()
+            .cloned()
+            .filter(|r: &RateLimitReading| !r.is_empty());
         Ok((value, reading))
     }
 }
@@ -617,9 +624,7 @@ fn wire_messages(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
                     }
                     Role::Assistant => ChatCompletionRequestMessage::Assistant(
                         ChatCompletionRequestAssistantMessage {
-                            content: Some(ChatCompletionRequestAssistantMessageContent::Text(
-                                text,
-                            )),
+                            content: Some(ChatCompletionRequestAssistantMessageContent::Text(text)),
                             name,
                             ..Default::default()
                         },
@@ -1016,7 +1021,7 @@ mod tests {
     #[test]
     fn openai_needs_a_key_and_local_servers_do_not() {
         let err = OpenAiProvider::builder()
-            .from_lookup(env(&[]))
+            .with_env_lookup(env(&[]))
             .build()
             .unwrap_err();
         assert_eq!(
@@ -1028,7 +1033,7 @@ mod tests {
         assert!(err.to_string().contains("OPENAI_API_KEY"));
 
         let local = OpenAiProvider::builder()
-            .from_lookup(env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1/")]))
+            .with_env_lookup(env(&[("OPENAI_BASE_URL", "http://localhost:11434/v1/")]))
             .build()
             .unwrap();
         assert_eq!(local.flavor(), Flavor::Compatible);
@@ -1037,14 +1042,17 @@ mod tests {
         assert_eq!(local.token_limit_field, TokenLimitField::MaxTokens);
 
         let openai = OpenAiProvider::builder()
-            .from_lookup(env(&[
+            .with_env_lookup(env(&[
                 ("OPENAI_API_KEY", "sk-env-key-123"),
                 ("OPENAI_MODEL", "gpt-4.1"),
             ]))
             .build()
             .unwrap();
         assert_eq!(openai.id(), "openai/gpt-4.1");
-        assert_eq!(openai.token_limit_field, TokenLimitField::MaxCompletionTokens);
+        assert_eq!(
+            openai.token_limit_field,
+            TokenLimitField::MaxCompletionTokens
+        );
         let debug = format!("{openai:?}");
         assert!(!debug.contains("sk-env-key-123"), "{debug}");
         assert!(debug.contains("***"), "{debug}");
@@ -1054,7 +1062,11 @@ mod tests {
     fn bad_configurations_fail_at_build() {
         let build = |b: OpenAiProviderBuilder| b.build().unwrap_err();
         assert!(matches!(
-            build(OpenAiProvider::builder().base_url("localhost:8000").model("m")),
+            build(
+                OpenAiProvider::builder()
+                    .base_url("localhost:8000")
+                    .model("m")
+            ),
             ProviderConfigError::InvalidBaseUrl { .. }
         ));
         assert!(matches!(
@@ -1073,7 +1085,12 @@ mod tests {
             ProviderConfigError::MissingAzureDeployment { .. }
         ));
         assert!(matches!(
-            build(OpenAiProvider::builder().model("m").api_key("k").timeout(Duration::ZERO)),
+            build(
+                OpenAiProvider::builder()
+                    .model("m")
+                    .api_key("k")
+                    .timeout(Duration::ZERO)
+            ),
             ProviderConfigError::ZeroTimeout("request")
         ));
         let azure = OpenAiProvider::builder()
@@ -1129,7 +1146,10 @@ mod tests {
             {"role": "assistant", "content": "TERMINATE", "name": "critic"},
         ]);
         assert_eq!(json, want);
-        assert_eq!(wire_name(Some("Ünïcode agent!")).as_deref(), Some("_n_code_agent_"));
+        assert_eq!(
+            wire_name(Some("Ünïcode agent!")).as_deref(),
+            Some("_n_code_agent_")
+        );
         assert_eq!(wire_name(Some("")), None);
         assert_eq!(wire_name(Some(&"x".repeat(100))).map(|n| n.len()), Some(64));
     }

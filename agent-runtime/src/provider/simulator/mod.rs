@@ -20,6 +20,7 @@ use agent_core::{
 use futures::StreamExt;
 
 pub use config::{Faults, SimConfig, SimConfigError};
+#[cfg(feature = "mock-server")]
 pub(crate) use reply::{Reply, ReplyBody};
 pub(crate) use simulation::{Admission, DeliveryFault, Rejection};
 pub use simulation::{SimStats, Simulation};
@@ -211,7 +212,8 @@ impl StreamState {
             self.next += 1;
             return Some(Ok(StreamEvent::TextDelta(chunk.clone())));
         }
-        self.completion.take().map(|c| Ok(StreamEvent::Completed(c)))
+        let completion = self.completion.take()?;
+        Some(Ok(StreamEvent::Completed(completion)))
     }
 }
 

@@ -14,9 +14,7 @@
 
 use std::sync::Arc;
 
-use agent_core::{
-    ChatRequest, Completion, Content, FinishReason, Message, Role, ToolCall, Usage,
-};
+use agent_core::{ChatRequest, Completion, Content, FinishReason, Message, Role, ToolCall, Usage};
 
 use super::SimConfig;
 
@@ -48,17 +46,17 @@ impl Reply {
         let last = request.messages.last();
         let limit = request.max_completion_tokens.map(|m| m as usize);
 
-        if config.terminate_after.is_none_or(|n| count < n) {
-            if let Some(calls) = last.and_then(|m| tool_call_for(request, m, count)) {
-                let chars: usize = calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
-                let usage = Usage::new(prompt_tokens, chars.div_ceil(per_token).max(1) as u64);
-                return Self {
-                    body: ReplyBody::ToolCalls(calls),
-                    chunks: Vec::new(),
-                    usage,
-                    finish_reason: FinishReason::ToolCalls,
-                };
-            }
+        if config.terminate_after.is_none_or(|n| count < n)
+            && let Some(calls) = last.and_then(|m| tool_call_for(request, m, count))
+        {
+            let chars: usize = calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
+            let usage = Usage::new(prompt_tokens, chars.div_ceil(per_token).max(1) as u64);
+            return Self {
+                body: ReplyBody::ToolCalls(calls),
+                chunks: Vec::new(),
+                usage,
+                finish_reason: FinishReason::ToolCalls,
+            };
         }
 
         let prefix = format!("Turn {count}, answering {}: ", who(last));
@@ -74,18 +72,21 @@ impl Reply {
                     .collect();
                 (reports.join(" "), false)
             }
-            _ => (filler(&prefix, count, config.reply_tokens as usize * per_token), true),
+            _ => (
+                filler(&prefix, count, config.reply_tokens as usize * per_token),
+                true,
+            ),
         };
         let mut chunks = split(&text, per_token);
         if padded {
             chunks.truncate(config.reply_tokens as usize);
         }
         let mut finish_reason = FinishReason::Stop;
-        if let Some(limit) = limit {
-            if chunks.len() > limit {
-                chunks.truncate(limit);
-                finish_reason = FinishReason::Length;
-            }
+        if let Some(limit) = limit
+            && chunks.len() > limit
+        {
+            chunks.truncate(limit);
+            finish_reason = FinishReason::Length;
         }
         let text: String = chunks.concat();
         Self {
@@ -224,8 +225,7 @@ mod tests {
     #[test]
     fn max_completion_tokens_cuts_with_length() {
         let config = SimConfig::default().with_reply_tokens(10);
-        let request =
-            ChatRequest::new(vec![Message::user("hello")]).with_max_completion_tokens(3);
+        let request = ChatRequest::new(vec![Message::user("hello")]).with_max_completion_tokens(3);
         let reply = Reply::generate(&config, &request, 7);
         assert_eq!(reply.usage.completion_tokens, 3);
         assert_eq!(reply.finish_reason, FinishReason::Length);
@@ -252,8 +252,10 @@ mod tests {
     #[test]
     fn tool_calls_both_ways() {
         let config = SimConfig::default();
-        let ask = ChatRequest::new(vec![Message::user(r#"Please call tool add {"a": 1, "b": 2} now"#)])
-            .with_tools(vec![add_tool()]);
+        let ask = ChatRequest::new(vec![Message::user(
+            r#"Please call tool add {"a": 1, "b": 2} now"#,
+        )])
+        .with_tools(vec![add_tool()]);
         let reply = Reply::generate(&config, &ask, 1);
         assert_eq!(reply.finish_reason, FinishReason::ToolCalls);
         assert_eq!(
@@ -263,9 +265,16 @@ mod tests {
 
         // No tools offered, or an unknown tool: a normal reply.
         let no_tools = ChatRequest::new(ask.messages.clone());
-        assert!(matches!(Reply::generate(&config, &no_tools, 1).body, ReplyBody::Text(_)));
-        let unknown = ChatRequest::new(vec![Message::user("call tool mul")]).with_tools(vec![add_tool()]);
-        assert!(matches!(Reply::generate(&config, &unknown, 1).body, ReplyBody::Text(_)));
+        assert!(matches!(
+            Reply::generate(&config, &no_tools, 1).body,
+            ReplyBody::Text(_)
+        ));
+        let unknown =
+            ChatRequest::new(vec![Message::user("call tool mul")]).with_tools(vec![add_tool()]);
+        assert!(matches!(
+            Reply::generate(&config, &unknown, 1).body,
+            ReplyBody::Text(_)
+        ));
 
         let back = ChatRequest::new(vec![
             Message::user("call tool add"),
@@ -291,6 +300,10 @@ mod tests {
     fn chunks_respect_char_boundaries() {
         let chunks = split("héllo wörld", 4);
         assert_eq!(chunks.concat(), "héllo wörld");
-        assert!(chunks.iter().all(|c| c.len() >= 4 || c == chunks.last().unwrap()));
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.len() >= 4 || c == chunks.last().unwrap())
+        );
     }
 }

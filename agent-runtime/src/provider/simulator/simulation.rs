@@ -15,7 +15,8 @@ use super::{SimConfig, SimConfigError};
 use crate::provider::headers::{ApiErrorBody, format_go_duration};
 
 const ORGANIZATION: &str = "org-turnstile-sim";
-const RATE_LIMIT_DOCS: &str = "Visit https://platform.openai.com/account/rate-limits to learn more.";
+const RATE_LIMIT_DOCS: &str =
+    "Visit https://platform.openai.com/account/rate-limits to learn more.";
 
 /// A simulated OpenAI-style provider: continuous RPM/TPM buckets with OpenAI's arithmetic,
 /// deterministic replies, latency, fault injection and statistics.
@@ -117,6 +118,8 @@ pub(crate) struct Admission {
     pub(crate) reply: Reply,
     pub(crate) reading: RateLimitReading,
     pub(crate) fault: Option<DeliveryFault>,
+    /// Sent as `x-request-id` by the mock server.
+    #[cfg_attr(not(feature = "mock-server"), allow(dead_code))]
     pub(crate) request_id: String,
     pub(crate) latency: Duration,
     pub(crate) per_token_latency: Duration,
@@ -143,8 +146,14 @@ pub(crate) struct Rejection {
 impl Rejection {
     /// The error a client gets from this response — by the same classification the HTTP
     /// provider applies to the mock's bytes.
-    pub(crate) fn into_error(self) -> agent_core::ModelError {
-        crate::provider::headers::classify_body(self.status, self.reading, self.body)
+    pub(crate) fn into_error(self: Box<Self>) -> agent_core::ModelError {
+        let Rejection {
+            status,
+            body,
+            reading,
+            ..
+        } = *self;
+        crate::provider::headers::classify_body(status, reading, body)
     }
 }
 
@@ -159,12 +168,13 @@ impl Drop for Slot {
         let mut state = lock(&self.inner.state);
         state.in_flight = state.in_flight.saturating_sub(1);
         state.stats.in_flight = state.in_flight;
-        if self.inner.config.refund_unused && self.refund > 0 {
-            if let Some(bucket) = state.tokens.as_mut() {
-                bucket.refill(Instant::now());
-                bucket.give_back(self.refund);
-                state.stats.refunded_tokens += self.refund;
-            }
+        if self.inner.config.refund_unused
+            && self.refund > 0
+            && let Some(bucket) = state.tokens.as_mut()
+        {
+            bucket.refill(Instant::now());
+            bucket.give_back(self.refund);
+            state.stats.refunded_tokens += self.refund;
         }
     }
 }
@@ -196,7 +206,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 fn every(n: Option<u64>, arrival: u64) -> bool {
-    n.is_some_and(|n| n > 0 && arrival % n == 0)
+    n.is_some_and(|n| n > 0 && arrival.is_multiple_of(n))
 }
 
 impl Default for Simulation {
@@ -292,7 +302,7 @@ impl Simulation {
     /// Decides one request on arrival: 503 when every slot is busy, 429 `insufficient_quota` once
     /// the quota fault is spent, 429 "Request too large", 429 on the request or token bucket,
     /// an injected 500 — or admission with the reply to deliver.
-    pub(crate) fn admit(&self, request: &ChatRequest) -> Result<Admission, Rejection> {
+    pub(crate) fn admit(&self, request: &ChatRequest) -> Result<Admission, Box<Rejection>> {
         let config = &self.inner.config;
         let now = Instant::now();
         let mut guard = lock(&self.inner.state);
@@ -301,45 +311,49 @@ impl Simulation {
         state.stats.requests += 1;
         let arrival = state.arrivals;
         let request_id = format!("req_sim_{arrival:012}");
-        for bucket in [&mut state.requests, &mut state.tokens].into_iter().flatten() {
+        for bucket in [&mut state.requests, &mut state.tokens]
+            .into_iter()
+            .flatten()
+        {
             bucket.refill(now);
         }
 
-        let reject = |state: &mut State, status: u16, body: ApiErrorBody, retry: Option<Duration>| {
-            let mut reading = reading_of(state);
-            reading.retry_after = retry;
-            Err(Rejection {
-                status,
-                body,
-                reading,
-                request_id: request_id.clone(),
-            })
-        };
+        let reject =
+            |state: &mut State, status: u16, body: ApiErrorBody, retry: Option<Duration>| {
+                let mut reading = reading_of(state);
+                reading.retry_after = retry;
+                Err(Box::new(Rejection {
+                    status,
+                    body,
+                    reading,
+                    request_id: request_id.clone(),
+                }))
+            };
 
-        if let Some(slots) = config.max_concurrency {
-            if state.in_flight >= slots {
-                state.stats.busy += 1;
-                let body = ApiErrorBody::new(
-                    format!("server busy: all {slots} slots are in use, please try again"),
-                    Some("server_error"),
-                    None,
-                );
-                return reject(state, 503, body, None);
-            }
+        if let Some(slots) = config.max_concurrency
+            && state.in_flight >= slots
+        {
+            state.stats.busy += 1;
+            let body = ApiErrorBody::new(
+                format!("server busy: all {slots} slots are in use, please try again"),
+                Some("server_error"),
+                None,
+            );
+            return reject(state, 503, body, None);
         }
 
-        if let Some(quota) = config.faults.insufficient_quota_after_tokens {
-            if state.stats.tokens_admitted >= quota {
-                state.stats.quota_exhausted += 1;
-                let body = ApiErrorBody::new(
-                    "You exceeded your current quota, please check your plan and billing details. \
-                     For more information on this error, read the docs: \
-                     https://platform.openai.com/docs/guides/error-codes/api-errors.",
-                    Some("insufficient_quota"),
-                    Some("insufficient_quota"),
-                );
-                return reject(state, 429, body, None);
-            }
+        if let Some(quota) = config.faults.insufficient_quota_after_tokens
+            && state.stats.tokens_admitted >= quota
+        {
+            state.stats.quota_exhausted += 1;
+            let body = ApiErrorBody::new(
+                "You exceeded your current quota, please check your plan and billing details. \
+                 For more information on this error, read the docs: \
+                 https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                Some("insufficient_quota"),
+                Some("insufficient_quota"),
+            );
+            return reject(state, 429, body, None);
         }
 
         let prompt_tokens = config.estimator.prompt_tokens(request);
@@ -353,10 +367,10 @@ impl Simulation {
         if let Some(tokens) = state.tokens.as_ref().filter(|b| cost > b.capacity()) {
             let limit = tokens.capacity();
             state.stats.too_large += 1;
-            if config.charge_rejected {
-                if let Some(r) = state.requests.as_mut() {
-                    r.take(1);
-                }
+            if config.charge_rejected
+                && let Some(r) = state.requests.as_mut()
+            {
+                r.take(1);
             }
             let body = ApiErrorBody::new(
                 format!(
@@ -384,10 +398,10 @@ impl Simulation {
             };
             let (limit, used) = bucket.map_or((0, 0), |b| (b.capacity(), b.used()));
             let kind = if requests_short { "requests" } else { "tokens" };
-            if config.charge_rejected {
-                if let Some(r) = state.requests.as_mut() {
-                    r.take(1);
-                }
+            if config.charge_rejected
+                && let Some(r) = state.requests.as_mut()
+            {
+                r.take(1);
             }
             let wait = wait_for(state, cost);
             let body = ApiErrorBody::new(
@@ -461,8 +475,14 @@ impl Simulation {
 
 /// The wait until both buckets could admit a request of `cost` tokens.
 fn wait_for(state: &State, cost: u64) -> Duration {
-    let requests = state.requests.as_ref().map_or(Duration::ZERO, |b| b.wait_for(1));
-    let tokens = state.tokens.as_ref().map_or(Duration::ZERO, |b| b.wait_for(cost));
+    let requests = state
+        .requests
+        .as_ref()
+        .map_or(Duration::ZERO, |b| b.wait_for(1));
+    let tokens = state
+        .tokens
+        .as_ref()
+        .map_or(Duration::ZERO, |b| b.wait_for(cost));
     requests.max(tokens)
 }
 
@@ -493,7 +513,9 @@ fn record_admission(state: &mut State, now: Instant, cost: u64, period: Duration
     }
     state.window.push_back((now, cost));
     state.window_tokens += cost;
-    state.stats.max_requests_in_period =
-        state.stats.max_requests_in_period.max(state.window.len() as u64);
+    state.stats.max_requests_in_period = state
+        .stats
+        .max_requests_in_period
+        .max(state.window.len() as u64);
     state.stats.max_tokens_in_period = state.stats.max_tokens_in_period.max(state.window_tokens);
 }

@@ -57,7 +57,9 @@ async fn request_bucket_refuses_the_eleventh_request_for_exactly_six_seconds() {
     // One request at 10 per 60 s refills in 6 s.
     assert_eq!(wait, Duration::from_secs(6));
     assert!(
-        message.contains("on requests per min (RPM): Limit 10, Used 10, Requested 1. Please try again in 6s."),
+        message.contains(
+            "on requests per min (RPM): Limit 10, Used 10, Requested 1. Please try again in 6s."
+        ),
         "{message}"
     );
 
@@ -113,7 +115,12 @@ async fn token_bucket_waits_match_every_openai_sample() {
 async fn success_readings_match_the_community_headers() {
     // §1.1.3: 1 request of 5000 RPM resets in 12 ms; 24 tokens of 160000 TPM in 9 ms.
     let model = instant(SimConfig::default().with_rpm(5000).with_tpm(160_000));
-    let reading = model.complete(costing(24)).await.unwrap().rate_limits.unwrap();
+    let reading = model
+        .complete(costing(24))
+        .await
+        .unwrap()
+        .rate_limits
+        .unwrap();
     assert_eq!(reading.limit_requests, Some(5000));
     assert_eq!(reading.remaining_requests, Some(4999));
     assert_eq!(reading.reset_requests, Some(Duration::from_millis(12)));
@@ -152,10 +159,18 @@ async fn refund_unused_returns_the_unused_reservation() {
         );
         // Costs 100: 8 prompt + 92 max completion, of which 10 are generated.
         model.complete(costing(100)).await.unwrap();
-        let reading = model.complete(costing(100)).await.unwrap().rate_limits.unwrap();
+        let reading = model
+            .complete(costing(100))
+            .await
+            .unwrap()
+            .rate_limits
+            .unwrap();
         let want = if refund { 1000 - 200 + 82 } else { 1000 - 200 };
         assert_eq!(reading.remaining_tokens, Some(want), "refund={refund}");
-        assert_eq!(model.simulation().stats().refunded_tokens, if refund { 164 } else { 0 });
+        assert_eq!(
+            model.simulation().stats().refunded_tokens,
+            if refund { 164 } else { 0 }
+        );
     }
 }
 
@@ -173,7 +188,10 @@ async fn oversized_requests_and_quota_exhaustion_are_permanent() {
     let err = quota.complete(costing(10)).await.unwrap_err();
     assert!(matches!(err, ModelError::QuotaExhausted { .. }), "{err:?}");
     let stats = quota.simulation().stats();
-    assert_eq!((stats.requests, stats.admitted, stats.quota_exhausted), (2, 1, 1));
+    assert_eq!(
+        (stats.requests, stats.admitted, stats.quota_exhausted),
+        (2, 1, 1)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,7 +204,13 @@ async fn injected_server_errors_are_transient_and_charged() {
     model.complete(hi()).await.unwrap();
     let err = model.complete(hi()).await.unwrap_err();
     assert!(
-        matches!(err, ModelError::Transient { status: Some(500), .. }),
+        matches!(
+            err,
+            ModelError::Transient {
+                status: Some(500),
+                ..
+            }
+        ),
         "{err:?}"
     );
     let third = model.complete(hi()).await.unwrap();
@@ -200,7 +224,10 @@ async fn hangs_time_out_and_broken_bodies_are_clear_errors() {
         .with_timeout(Duration::from_secs(5));
     let start = Instant::now();
     let err = hang.complete(hi()).await.unwrap_err();
-    assert!(matches!(err, ModelError::Transient { status: None, .. }), "{err:?}");
+    assert!(
+        matches!(err, ModelError::Transient { status: None, .. }),
+        "{err:?}"
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(5));
     assert!(hang.stream(hi()).await.is_err());
 
@@ -224,7 +251,11 @@ async fn hangs_time_out_and_broken_bodies_are_clear_errors() {
     let events: Vec<_> = cut.stream(hi()).await.unwrap().collect().await;
     let (last, deltas) = events.split_last().unwrap();
     assert_eq!(deltas.len(), 12, "half of the 24 tokens arrive");
-    assert!(deltas.iter().all(|e| matches!(e, Ok(StreamEvent::TextDelta(_)))));
+    assert!(
+        deltas
+            .iter()
+            .all(|e| matches!(e, Ok(StreamEvent::TextDelta(_))))
+    );
     match last {
         Err(ModelError::Transient { message, .. }) => assert!(message.contains(STREAM_CUT)),
         other => panic!("{other:?}"),
@@ -278,13 +309,22 @@ async fn full_slots_answer_busy() {
     tokio::task::yield_now().await;
     let err = model.complete(hi()).await.unwrap_err();
     assert!(
-        matches!(err, ModelError::Transient { status: Some(503), .. }),
+        matches!(
+            err,
+            ModelError::Transient {
+                status: Some(503),
+                ..
+            }
+        ),
         "{err:?}"
     );
     first.await.unwrap().unwrap();
     model.complete(hi()).await.unwrap();
     let stats = model.simulation().stats();
-    assert_eq!((stats.busy, stats.max_in_flight, stats.in_flight), (1, 1, 0));
+    assert_eq!(
+        (stats.busy, stats.max_in_flight, stats.in_flight),
+        (1, 1, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
