@@ -221,7 +221,7 @@ impl OpenAiProviderBuilder {
         self.with_env_lookup(|name| std::env::var(name).ok())
     }
 
-    fn with_env_lookup(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
+    pub(crate) fn with_env_lookup(mut self, var: impl Fn(&str) -> Option<String>) -> Self {
         let set = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
         if self.api_key.is_none() {
             self.api_key = set(var("OPENAI_API_KEY")).map(Secret::from);
@@ -371,6 +371,7 @@ impl OpenAiProviderBuilder {
 /// assert_eq!(agent_core::ChatModel::id(&ollama), "localhost:11434/llama3.2");
 /// # Ok::<(), agent_runtime::provider::ProviderConfigError>(())
 /// ```
+#[derive(Clone)]
 pub struct OpenAiProvider {
     id: Arc<str>,
     model: String,
@@ -971,6 +972,7 @@ impl tower::Service<HttpRequestFactory> for SingleAttempt {
 /// async-openai's view of our configuration. Implemented here rather than using `OpenAIConfig`,
 /// which reads environment variables implicitly, always sends `Authorization` (an empty bearer
 /// to keyless local servers) and panics on a key that is not a valid header value.
+#[derive(Clone)]
 struct WireConfig {
     api_base: String,
     path_prefix: String,
