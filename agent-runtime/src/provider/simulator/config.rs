@@ -1,0 +1,303 @@
+//! [`SimConfig`]: what the simulated provider enforces and how it answers — shared by the
+//! in-process [`SimulatedProvider`](super::SimulatedProvider) and the mock HTTP server.
+
+use std::time::Duration;
+
+use agent_core::CharsPerToken;
+
+/// How a simulated provider behaves: its limits, its latency, its replies and its faults.
+///
+/// The defaults model a generous provider (no limits, 20 ms + 1 ms per output token, 24-token
+/// replies); set `rpm`/`tpm` to enforce OpenAI-style continuous buckets.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_runtime::provider::SimConfig;
+///
+/// let config = SimConfig::default()
+///     .with_model("gpt-4o-mini")
+///     .with_rpm(60)
+///     .with_tpm(10_000)
+///     .with_period(Duration::from_secs(6)) // a "minute" lasts six seconds
+///     .with_terminate_after(6);
+/// assert_eq!(config.rpm, Some(60));
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SimConfig {
+    /// Model name reported in responses (default `gpt-4o-mini`).
+    pub model: String,
+    /// Requests per `period`, as a continuously refilling bucket of that capacity. `None`: no limit.
+    pub rpm: Option<u64>,
+    /// Tokens per `period` (prompt estimate + requested max completion tokens at admission).
+    /// `None`: no limit.
+    pub tpm: Option<u64>,
+    /// How long a rate-limit "minute" lasts (default 60 s; shorten it to compress a benchmark).
+    pub period: Duration,
+    /// Buckets start empty instead of full, which removes the first-period burst.
+    pub start_empty: bool,
+    /// Rejected requests still take one request from the request bucket, as OpenAI documents
+    /// ("unsuccessful requests contribute to your per-minute limit"). Default off.
+    pub charge_rejected: bool,
+    /// When a reply ends, the unused part of its completion-token reservation returns to the
+    /// token bucket (Anthropic-style). Default off (OpenAI-conservative).
+    pub refund_unused: bool,
+    /// Completion tokens charged at admission when a request sets no limit (default 16).
+    pub default_max_tokens: u32,
+    /// Latency before the first token (default 20 ms).
+    pub latency: Duration,
+    /// Latency per generated token (default 1 ms).
+    pub per_token_latency: Duration,
+    /// Tokens in a normal reply, before any `max_completion_tokens` cut (default 24).
+    pub reply_tokens: u32,
+    /// Reply `TERMINATE` once a request carries at least this many messages.
+    pub terminate_after: Option<usize>,
+    /// Requests served at once; more get `503` at once (local-server emulation). `None`: no cap.
+    pub max_concurrency: Option<usize>,
+    /// Injected failures.
+    pub faults: Faults,
+    /// How prompts are counted (default: characters ÷ 4 plus 4 per message, as the scheduler's
+    /// default estimator does).
+    pub estimator: CharsPerToken,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            model: "gpt-4o-mini".to_owned(),
+            rpm: None,
+            tpm: None,
+            period: Duration::from_secs(60),
+            start_empty: false,
+            charge_rejected: false,
+            refund_unused: false,
+            default_max_tokens: 16,
+            latency: Duration::from_millis(20),
+            per_token_latency: Duration::from_millis(1),
+            reply_tokens: 24,
+            terminate_after: None,
+            max_concurrency: None,
+            faults: Faults::default(),
+            estimator: CharsPerToken::default(),
+        }
+    }
+}
+
+/// Deterministic fault injection. Every `*_every` counts requests as they arrive (1-based): with
+/// `Some(3)`, requests 3, 6, 9… fail. When several apply to one request, the first listed wins.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Faults {
+    /// Answer HTTP 500 (after admission, so the request is charged).
+    pub fail_every: Option<u64>,
+    /// Never answer (the client's timeout fires).
+    pub hang_every: Option<u64>,
+    /// Answer 200 with a body that is not valid JSON (or an invalid SSE event).
+    pub malformed_every: Option<u64>,
+    /// Drop the connection halfway through the reply (mid-stream for SSE).
+    pub drop_every: Option<u64>,
+    /// Once this many tokens have been admitted in total, answer every request with the
+    /// non-retryable `insufficient_quota` 429.
+    pub insufficient_quota_after_tokens: Option<u64>,
+}
+
+impl Faults {
+    /// Sets `fail_every`.
+    #[must_use]
+    pub fn with_fail_every(mut self, n: u64) -> Self {
+        self.fail_every = Some(n);
+        self
+    }
+
+    /// Sets `hang_every`.
+    #[must_use]
+    pub fn with_hang_every(mut self, n: u64) -> Self {
+        self.hang_every = Some(n);
+        self
+    }
+
+    /// Sets `malformed_every`.
+    #[must_use]
+    pub fn with_malformed_every(mut self, n: u64) -> Self {
+        self.malformed_every = Some(n);
+        self
+    }
+
+    /// Sets `drop_every`.
+    #[must_use]
+    pub fn with_drop_every(mut self, n: u64) -> Self {
+        self.drop_every = Some(n);
+        self
+    }
+
+    /// Sets `insufficient_quota_after_tokens`.
+    #[must_use]
+    pub fn with_insufficient_quota_after_tokens(mut self, tokens: u64) -> Self {
+        self.insufficient_quota_after_tokens = Some(tokens);
+        self
+    }
+}
+
+/// A [`SimConfig`] that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimConfigError {
+    /// The period is zero.
+    #[error("the rate-limit period must be longer than zero (use e.g. 60 s, or 6 s to compress)")]
+    ZeroPeriod,
+    /// A limit is zero, so nothing could ever be admitted.
+    #[error("the {0} limit is zero, so no request could ever be admitted; use None for no limit")]
+    ZeroLimit(&'static str),
+    /// `max_concurrency` is zero.
+    #[error("max_concurrency is zero, so every request would get 503; use None for no cap")]
+    ZeroConcurrency,
+    /// A fault fires "every 0 requests".
+    #[error("fault `{0}` is set to every 0 requests; use 1 for every request or None to disable")]
+    ZeroFaultInterval(&'static str),
+}
+
+impl SimConfig {
+    /// Checks that the configuration can work.
+    pub fn validate(&self) -> Result<(), SimConfigError> {
+        if self.period.is_zero() {
+            return Err(SimConfigError::ZeroPeriod);
+        }
+        if self.rpm == Some(0) {
+            return Err(SimConfigError::ZeroLimit("requests"));
+        }
+        if self.tpm == Some(0) {
+            return Err(SimConfigError::ZeroLimit("tokens"));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(SimConfigError::ZeroConcurrency);
+        }
+        let faults = [
+            ("fail_every", self.faults.fail_every),
+            ("hang_every", self.faults.hang_every),
+            ("malformed_every", self.faults.malformed_every),
+            ("drop_every", self.faults.drop_every),
+        ];
+        if let Some((name, _)) = faults.iter().find(|(_, n)| *n == Some(0)) {
+            return Err(SimConfigError::ZeroFaultInterval(name));
+        }
+        Ok(())
+    }
+
+    /// Sets the model name.
+    #[must_use]
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// Sets the request limit per period.
+    #[must_use]
+    pub fn with_rpm(mut self, rpm: u64) -> Self {
+        self.rpm = Some(rpm);
+        self
+    }
+
+    /// Sets the token limit per period.
+    #[must_use]
+    pub fn with_tpm(mut self, tpm: u64) -> Self {
+        self.tpm = Some(tpm);
+        self
+    }
+
+    /// Sets the length of a rate-limit period.
+    #[must_use]
+    pub fn with_period(mut self, period: Duration) -> Self {
+        self.period = period;
+        self
+    }
+
+    /// Starts with empty buckets.
+    #[must_use]
+    pub fn with_start_empty(mut self, start_empty: bool) -> Self {
+        self.start_empty = start_empty;
+        self
+    }
+
+    /// Charges rejected requests to the request bucket.
+    #[must_use]
+    pub fn with_charge_rejected(mut self, charge: bool) -> Self {
+        self.charge_rejected = charge;
+        self
+    }
+
+    /// Refunds unused completion tokens when a reply ends.
+    #[must_use]
+    pub fn with_refund_unused(mut self, refund: bool) -> Self {
+        self.refund_unused = refund;
+        self
+    }
+
+    /// Sets the completion tokens charged when a request sets no limit.
+    #[must_use]
+    pub fn with_default_max_tokens(mut self, tokens: u32) -> Self {
+        self.default_max_tokens = tokens;
+        self
+    }
+
+    /// Sets the latency before the first token and per generated token.
+    #[must_use]
+    pub fn with_latency(mut self, first_token: Duration, per_token: Duration) -> Self {
+        self.latency = first_token;
+        self.per_token_latency = per_token;
+        self
+    }
+
+    /// Sets the length of a normal reply in tokens.
+    #[must_use]
+    pub fn with_reply_tokens(mut self, tokens: u32) -> Self {
+        self.reply_tokens = tokens;
+        self
+    }
+
+    /// Replies `TERMINATE` once a request carries at least `messages` messages.
+    #[must_use]
+    pub fn with_terminate_after(mut self, messages: usize) -> Self {
+        self.terminate_after = Some(messages);
+        self
+    }
+
+    /// Caps concurrent requests; the rest get 503.
+    #[must_use]
+    pub fn with_max_concurrency(mut self, slots: usize) -> Self {
+        self.max_concurrency = Some(slots);
+        self
+    }
+
+    /// Sets the injected faults.
+    #[must_use]
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_configs_are_refused() {
+        assert!(SimConfig::default().validate().is_ok());
+        let zero = SimConfig::default().with_period(Duration::ZERO);
+        assert_eq!(zero.validate(), Err(SimConfigError::ZeroPeriod));
+        assert_eq!(
+            SimConfig::default().with_rpm(0).validate(),
+            Err(SimConfigError::ZeroLimit("requests"))
+        );
+        assert_eq!(
+            SimConfig::default().with_max_concurrency(0).validate(),
+            Err(SimConfigError::ZeroConcurrency)
+        );
+        let faults = Faults::default().with_drop_every(0);
+        assert_eq!(
+            SimConfig::default().with_faults(faults).validate(),
+            Err(SimConfigError::ZeroFaultInterval("drop_every"))
+        );
+    }
+}
