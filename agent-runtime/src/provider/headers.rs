@@ -513,7 +513,7 @@ pub fn classify_body(status: u16, mut reading: RateLimitReading, body: ApiErrorB
         429 => ModelError::RateLimited {
             kind: body.rate_limit_kind(),
             retry_after,
-            reading: (!reading.is_empty()).then_some(reading),
+            reading: (!reading.is_empty()).then(|| Box::new(reading)),
             message,
         },
         400 if body.is_too_large() => ModelError::RequestTooLarge { message },

@@ -469,8 +469,6 @@ impl OpenAiProvider {
         wire
     }
 
-    // `ModelError` is agent-core's contract; its size is not ours to change here.
-    #[allow(clippy::result_large_err)]
     fn completion(
         &self,
         response: CreateChatCompletionResponse,
