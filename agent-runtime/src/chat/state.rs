@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// state: conditions are reset whenever a chat stops, so a state saved after a stop loses nothing;
 /// one saved after a cancellation restarts the condition's counting. Agents keep their own state.
 ///
-/// Participants are referred to by name, so a state can be loaded into a chat built with the same
-/// participants in any order.
+/// Participants are referred to by name, so loading into a chat that lacks one fails with a clear
+/// error. Build the chat with the same participants in the same order (and the same selection) to
+/// continue the same rotation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ChatState {
