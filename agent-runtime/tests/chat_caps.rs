@@ -1,5 +1,7 @@
 //! Caps and stop reasons: turns, messages, consecutive auto-replies, the termination condition
 //! and predicate, the budget — plus build-time validation and run errors.
+// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
+#![allow(clippy::result_large_err)]
 
 mod support;
 
@@ -35,7 +37,10 @@ async fn max_turns_counts_agent_replies_not_task_messages() {
         .unwrap();
     assert_eq!(sources(&r.messages), ["user", "user", "a", "b", "a"]);
     assert_eq!(r.stop_reason, StopReason::MaxTurns { max: 3 });
-    assert_eq!(r.stop_reason.to_string(), "Maximum number of turns 3 reached.");
+    assert_eq!(
+        r.stop_reason.to_string(),
+        "Maximum number of turns 3 reached."
+    );
 }
 
 #[tokio::test]
@@ -98,7 +103,11 @@ async fn inner_tool_traffic_is_not_a_message_for_max_messages() {
         .build()
         .unwrap();
     let r = chat.run("task").await.unwrap();
-    assert_eq!(r.messages.len(), 5, "task + two replies of two messages each");
+    assert_eq!(
+        r.messages.len(),
+        5,
+        "task + two replies of two messages each"
+    );
     assert_eq!(r.stop_reason, StopReason::MaxMessages { max: 3, count: 3 });
 }
 
@@ -121,7 +130,10 @@ async fn consecutive_auto_reply_cap_stops_when_the_capped_agent_is_next() {
     // Resuming keeps the counters: a is next and still capped.
     let r = chat.run(Task::Resume).await.unwrap();
     assert!(r.messages.is_empty());
-    assert!(matches!(r.stop_reason, StopReason::MaxConsecutiveAutoReply { .. }));
+    assert!(matches!(
+        r.stop_reason,
+        StopReason::MaxConsecutiveAutoReply { .. }
+    ));
     // A new task is a new chat (AG2's initiate_chat): the counters start over.
     let r = chat.run("again").await.unwrap();
     assert_eq!(sources(&r.messages), ["user", "a", "b", "a", "b"]);
@@ -190,13 +202,11 @@ async fn condition_sees_the_task_first_then_each_reply_delta_and_resets_on_stop(
         .unwrap();
     let r = chat.run("go").await.unwrap();
     assert_eq!(sources(&r.messages), ["user", "a", "b", "a"]);
-    assert_eq!(r.stop_reason, StopReason::TextMention { text: "a 3".into() });
-    let seen: Vec<Vec<String>> = deltas
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|d| sources(d))
-        .collect();
+    assert_eq!(
+        r.stop_reason,
+        StopReason::TextMention { text: "a 3".into() }
+    );
+    let seen: Vec<Vec<String>> = deltas.lock().unwrap().iter().map(|d| sources(d)).collect();
     assert_eq!(seen, [vec!["user"], vec!["a"], vec!["b"], vec!["a"]]);
     // The condition was reset at the stop, so a resumed run goes on.
     let r = chat.run(Task::Resume).await.unwrap();
@@ -212,7 +222,10 @@ async fn condition_wins_over_max_turns_on_the_same_reply() {
         .build()
         .unwrap();
     let r = chat.run("go").await.unwrap();
-    assert_eq!(r.stop_reason, StopReason::TextMention { text: "b 2".into() });
+    assert_eq!(
+        r.stop_reason,
+        StopReason::TextMention { text: "b 2".into() }
+    );
 }
 
 #[tokio::test]
@@ -224,7 +237,12 @@ async fn a_task_can_meet_the_condition_before_any_turn() {
         .unwrap();
     let r = chat.run("STOP now").await.unwrap();
     assert_eq!(sources(&r.messages), ["user"]);
-    assert_eq!(r.stop_reason, StopReason::TextMention { text: "STOP".into() });
+    assert_eq!(
+        r.stop_reason,
+        StopReason::TextMention {
+            text: "STOP".into()
+        }
+    );
 }
 
 #[tokio::test]

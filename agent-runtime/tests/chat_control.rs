@@ -1,5 +1,7 @@
 //! Running a chat: resume and reset, cancellation (also of a turn stuck in a call), the event
 //! stream, results, and save → load → continue.
+// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
+#![allow(clippy::result_large_err)]
 
 mod support;
 
@@ -101,7 +103,10 @@ async fn a_cancelled_chat_resumes_with_the_same_speaker_and_its_turn_count() {
     let r = chat.run("go").await.unwrap();
     assert_eq!(r.stop_reason, StopReason::Cancelled);
     assert_eq!(sources(&r.messages), ["user", "a"]);
-    assert!(!chat.cancel_handle().is_cancelled(), "the cancel was consumed");
+    assert!(
+        !chat.cancel_handle().is_cancelled(),
+        "the cancel was consumed"
+    );
     // The turn counter survived the cancellation (AutoGen): 1 turn done, 2 left.
     let r = chat.run(Task::Resume).await.unwrap();
     assert_eq!(sources(&r.messages), ["b", "a"]);
@@ -152,7 +157,9 @@ async fn the_event_stream_reports_messages_speakers_calls_and_the_result_in_orde
                 error.is_none()
             ),
             ChatEvent::Stopped(r) => format!("stopped {r}"),
-            ChatEvent::Finished(r) => format!("result {}", r.as_ref().as_ref().unwrap().messages.len()),
+            ChatEvent::Finished(r) => {
+                format!("result {}", r.as_ref().as_ref().unwrap().messages.len())
+            }
             other => format!("{other:?}"),
         })
         .collect();
@@ -319,9 +326,11 @@ async fn many_chats_run_as_plain_futures_on_one_task() {
                 .unwrap()
         })
         .collect();
-    let results = futures::future::join_all(chats.into_iter().map(|mut c| async move {
-        c.run("go").await.unwrap()
-    }))
+    let results = futures::future::join_all(
+        chats
+            .into_iter()
+            .map(|mut c| async move { c.run("go").await.unwrap() }),
+    )
     .await;
     assert!(results.iter().all(|r| r.messages.len() == 5));
     assert_eq!(model.request_count(), 100);

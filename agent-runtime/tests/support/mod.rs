@@ -1,5 +1,5 @@
 //! Test agents, conditions and input sources shared by the chat integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -115,7 +115,9 @@ pub struct ModelAgent {
 
 impl std::fmt::Debug for ModelAgent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelAgent").field("name", &self.name).finish()
+        f.debug_struct("ModelAgent")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -232,10 +234,7 @@ impl ChatModel for Stuck {
     fn id(&self) -> &str {
         "test/stuck"
     }
-    async fn complete(
-        &self,
-        _request: ChatRequest,
-    ) -> Result<Completion, agent_core::ModelError> {
+    async fn complete(&self, _request: ChatRequest) -> Result<Completion, agent_core::ModelError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         std::future::pending().await
     }
@@ -252,10 +251,7 @@ impl ChatModel for Slow {
     fn id(&self) -> &str {
         "test/slow"
     }
-    async fn complete(
-        &self,
-        _request: ChatRequest,
-    ) -> Result<Completion, agent_core::ModelError> {
+    async fn complete(&self, _request: ChatRequest) -> Result<Completion, agent_core::ModelError> {
         tokio::time::sleep(self.delay).await;
         Ok(Completion::text("test/slow", "late", Usage::new(1, 1)))
     }
