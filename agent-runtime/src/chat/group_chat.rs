@@ -23,7 +23,7 @@ use super::speaker::{
     Transitions, random_below, rotation_next, select_manually,
 };
 use super::state::ChatState;
-use super::summary::SummaryMethod;
+use super::summary::{SummaryMethod, last_text};
 use super::task::Task;
 use crate::context::SchedulerContext;
 use crate::scheduler::{CallObserver, QuotaScheduler};
@@ -612,24 +612,24 @@ impl GroupChat {
         let result = match outcome {
             Ok(stop) => {
                 self.emit(|| ChatEvent::Stopped(stop.clone()));
+                if stop != StopReason::Cancelled {
+                    self.after_stop();
+                }
                 let manager = &self.contexts[self.roster.len()];
-                match self
-                    .summary
-                    .summarize(&self.thread.messages, &stop, manager)
-                    .await
-                {
-                    Ok(summary) => {
-                        if stop != StopReason::Cancelled {
-                            self.after_stop();
-                        }
-                        Ok(ChatResult {
-                            messages: self.thread.messages[run_start..].to_vec(),
-                            stop_reason: stop,
-                            summary,
-                            usage: self.shared.finish(),
-                            wall_time: started.elapsed(),
-                        })
-                    }
+                let summary = tokio::select! {
+                    biased;
+                    s = self.summary.summarize(&self.thread.messages, &stop, manager) => s,
+                    // A reflection stuck in the queue must not outlive a cancel.
+                    () = self.token.cancelled() => Ok(last_text(&self.thread.messages)),
+                };
+                match summary {
+                    Ok(summary) => Ok(ChatResult {
+                        messages: self.thread.messages[run_start..].to_vec(),
+                        stop_reason: stop,
+                        summary,
+                        usage: self.shared.finish(),
+                        wall_time: started.elapsed(),
+                    }),
                     Err(e) => Err(ChatError::new(
                         ChatErrorKind::Summary(e),
                         self.thread.messages[run_start..].to_vec(),
