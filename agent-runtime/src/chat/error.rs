@@ -1,0 +1,130 @@
+//! What can go wrong with a chat: a configuration rejected at `build()`, or a run that failed.
+//!
+//! A chat that *stops* (a cap, the termination condition, the budget, cancellation) is not an
+//! error: it returns a [`ChatResult`](super::ChatResult) with a typed stop reason. [`ChatError`] is
+//! for failures a caller has to handle, and it keeps the transcript so nothing is lost.
+
+use agent_core::{AgentError, CallError, Message};
+
+/// A chat configuration rejected by `build()` (or by [`GroupChat::load_state`](super::GroupChat::load_state)).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatConfigError {
+    /// The chat has no participants.
+    #[error("a chat needs at least one participant; add one with .participant(agent)")]
+    NoParticipants,
+    /// Two participants share a name.
+    #[error("two participants are named '{name}'; agent names must be unique in a chat")]
+    DuplicateName {
+        /// The repeated name.
+        name: String,
+    },
+    /// A participant has the chat's own name (used for selector and reflection calls).
+    #[error(
+        "participant '{name}' has the chat's own name, which is used for speaker-selection and reflection calls; rename the agent or set another chat name with .name(..)"
+    )]
+    NameClash {
+        /// The name.
+        name: String,
+    },
+    /// A name in the configuration is not a participant.
+    #[error(
+        "{context} names '{name}', which is not a participant (participants: {participants:?})"
+    )]
+    UnknownAgent {
+        /// Where the name was given (e.g. `"transitions"`).
+        context: &'static str,
+        /// The unknown name.
+        name: String,
+        /// The participants' names.
+        participants: Vec<String>,
+    },
+    /// A cap or attempt count was zero, which would stop (or never select) before anything happens.
+    #[error("{what} must be at least 1; leave it unset for no cap")]
+    Zero {
+        /// The setting.
+        what: &'static str,
+    },
+    /// Two settings that cannot be combined.
+    #[error("{0}")]
+    Incompatible(String),
+    /// A saved state does not fit this chat.
+    #[error("saved chat state does not fit this chat: {0}")]
+    State(String),
+}
+
+/// What failed in a chat run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChatErrorKind {
+    /// An agent's reply failed with something other than budget exhaustion or cancellation (those
+    /// stop the chat with a reason instead).
+    #[error("agent '{agent}' failed: {source}")]
+    Agent {
+        /// The agent.
+        agent: String,
+        /// What it failed with.
+        source: AgentError,
+    },
+    /// A speaker-selection model call failed (after the scheduler's retries).
+    #[error("speaker selection failed: {0}")]
+    Selector(CallError),
+    /// The summary's reflection call failed.
+    #[error("summary reflection failed: {0}")]
+    Summary(CallError),
+    /// Speaker selection (a custom function, a handoff, or a saved state) named someone who is
+    /// not a participant.
+    #[error(
+        "{context} named '{name}', which is not a participant (participants: {participants:?})"
+    )]
+    UnknownSpeaker {
+        /// Who named it: `"selector function"` or `"handoff"`.
+        context: &'static str,
+        /// The name given.
+        name: String,
+        /// The participants.
+        participants: Vec<String>,
+    },
+    /// Reading the human's choice for manual speaker selection failed.
+    #[error("manual speaker selection could not read input: {0}")]
+    Input(AgentError),
+    /// A chat built during the run (nested or sequential) was misconfigured.
+    #[error(transparent)]
+    Config(#[from] ChatConfigError),
+}
+
+/// A chat run that failed. Carries the messages of this run up to the failure (task messages
+/// included), so nothing is lost; the chat itself keeps its whole thread and can be run again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}")]
+pub struct ChatError {
+    kind: ChatErrorKind,
+    transcript: Vec<Message>,
+}
+
+impl ChatError {
+    pub(crate) fn new(kind: ChatErrorKind, transcript: Vec<Message>) -> Self {
+        Self { kind, transcript }
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> &ChatErrorKind {
+        &self.kind
+    }
+
+    /// The messages of the failed run up to the failure.
+    pub fn transcript(&self) -> &[Message] {
+        &self.transcript
+    }
+
+    /// The transcript, by value.
+    pub fn into_transcript(self) -> Vec<Message> {
+        self.transcript
+    }
+}
+
+impl From<ChatConfigError> for ChatError {
+    fn from(e: ChatConfigError) -> Self {
+        ChatError::new(ChatErrorKind::Config(e), Vec::new())
+    }
+}

@@ -1,0 +1,964 @@
+//! The group chat: its validating builder and its run loop (select a speaker, let it reply through
+//! the scheduler, append, check caps and the termination condition, repeat).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use agent_core::{
+    Agent, AgentError, Budget, CallError, Charge, Content, Message, StopReason, Termination,
+};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cancel::CancelHandle;
+use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
+use super::error::{ChatConfigError, ChatError, ChatErrorKind};
+use super::events::{AgentObserver, ChatEvent, ChatEventStream, ChatShared};
+use super::result::ChatResult;
+use super::speaker::{
+    AllowRepeat, LlmTurn, Roster, Rules, Selected, SelectorFn, SelectorInput, SpeakerSelection,
+    Transitions, random_below, rotation_next, select_manually,
+};
+use super::state::ChatState;
+use super::summary::{SummaryMethod, last_text};
+use super::task::Task;
+use crate::context::SchedulerContext;
+use crate::scheduler::{CallObserver, QuotaScheduler};
+
+/// The chat's own name when none is set: selector and reflection calls are made under it.
+pub const DEFAULT_CHAT_NAME: &str = "group_chat";
+
+const ONE_CALL: Charge = Charge {
+    calls: 1,
+    tokens: 0,
+    cost_nanos: 0,
+};
+
+fn next_conversation_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("chat-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Which speakers may speak twice in a row, as configured.
+#[derive(Debug, Clone)]
+enum RepeatSetting {
+    All(bool),
+    Only(Vec<String>),
+}
+
+/// Builds a [`GroupChat`]; every setting is checked at [`build`](Self::build).
+#[must_use = "a builder does nothing until build() is called"]
+pub struct GroupChatBuilder {
+    name: Option<String>,
+    conversation_id: Option<String>,
+    agents: Vec<Arc<dyn Agent>>,
+    selection: SpeakerSelection,
+    selector_func: Option<SelectorFn>,
+    transitions: Option<Transitions>,
+    repeat: Option<RepeatSetting>,
+    max_turns: Option<u32>,
+    exchange_turns: bool,
+    max_messages: Option<u64>,
+    max_consecutive_auto_reply: Option<u32>,
+    termination: Option<Box<dyn Termination>>,
+    predicate: Option<TerminationPredicate>,
+    budget: Option<Budget>,
+    scheduler: Option<QuotaScheduler>,
+    priority: u8,
+    summary: SummaryMethod,
+    task_source: Option<String>,
+    observers: Vec<Arc<dyn CallObserver>>,
+    parent_cancel: Option<CancellationToken>,
+    state: Option<ChatState>,
+}
+
+impl fmt::Debug for GroupChatBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupChatBuilder")
+            .field("name", &self.name)
+            .field(
+                "participants",
+                &self.agents.iter().map(|a| a.name()).collect::<Vec<_>>(),
+            )
+            .field("selection", &self.selection)
+            .field("max_turns", &self.max_turns)
+            .field("max_messages", &self.max_messages)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupChatBuilder {
+    fn new() -> Self {
+        Self {
+            name: None,
+            conversation_id: None,
+            agents: Vec::new(),
+            selection: SpeakerSelection::RoundRobin,
+            selector_func: None,
+            transitions: None,
+            repeat: None,
+            max_turns: None,
+            exchange_turns: false,
+            max_messages: None,
+            max_consecutive_auto_reply: None,
+            termination: None,
+            predicate: None,
+            budget: None,
+            scheduler: None,
+            priority: 0,
+            summary: SummaryMethod::LastMessage,
+            task_source: None,
+            observers: Vec::new(),
+            parent_cancel: None,
+            state: None,
+        }
+    }
+
+    /// Adds a participant (an `Arc<dyn Agent>` works too).
+    pub fn participant(mut self, agent: impl Agent + 'static) -> Self {
+        self.agents.push(Arc::new(agent));
+        self
+    }
+
+    /// Adds several participants, in order.
+    pub fn participants<A: Agent + 'static>(mut self, agents: impl IntoIterator<Item = A>) -> Self {
+        self.agents
+            .extend(agents.into_iter().map(|a| Arc::new(a) as Arc<dyn Agent>));
+        self
+    }
+
+    /// How the next speaker is chosen (default: round robin).
+    pub fn speaker_selection(mut self, selection: SpeakerSelection) -> Self {
+        self.selection = selection;
+        self
+    }
+
+    /// A function consulted before the selection method: it returns a participant's name (which
+    /// overrides the transition graph and the repeat rule) or `None` to let the method choose. A
+    /// name that is not a participant fails the run with a clear error.
+    pub fn selector_func(
+        mut self,
+        f: impl Fn(&SelectorInput<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.selector_func = Some(Arc::new(f));
+        self
+    }
+
+    /// Restricts who may follow whom.
+    pub fn transitions(mut self, transitions: Transitions) -> Self {
+        self.transitions = Some(transitions);
+        self
+    }
+
+    /// Whether the previous speaker may be chosen again. Default: `false` for LLM selection
+    /// (AutoGen's `allow_repeated_speaker`), `true` otherwise (AG2's `allow_repeat_speaker`).
+    pub fn allow_repeat(mut self, allow: bool) -> Self {
+        self.repeat = Some(RepeatSetting::All(allow));
+        self
+    }
+
+    /// Only these agents may speak twice in a row.
+    pub fn allow_repeat_for<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.repeat = Some(RepeatSetting::Only(
+            names.into_iter().map(Into::into).collect(),
+        ));
+        self
+    }
+
+    /// Stops after this many agent replies since the last stop (task messages are not turns).
+    pub fn max_turns(mut self, max: u32) -> Self {
+        self.max_turns = Some(max);
+        self
+    }
+
+    /// Two-agent chats count turns as exchanges (AG2's `initiate_chat(max_turns=)`).
+    pub(crate) fn count_exchanges(mut self) -> Self {
+        self.exchange_turns = true;
+        self
+    }
+
+    /// Stops once this many messages have been seen since the last stop, **task messages
+    /// included** and inner tool traffic excluded (AutoGen's `MaxMessageTermination`): with one
+    /// task message, `max_messages(3)` allows two replies.
+    pub fn max_messages(mut self, max: u64) -> Self {
+        self.max_messages = Some(max);
+        self
+    }
+
+    /// The default `max_consecutive_auto_reply` for agents that do not set their own: an agent
+    /// that has made this many automatic replies since the last human reply or new task stops the
+    /// chat when it is selected again. `0` means it may not auto-reply at all.
+    pub fn max_consecutive_auto_reply(mut self, max: u32) -> Self {
+        self.max_consecutive_auto_reply = Some(max);
+        self
+    }
+
+    /// The termination condition, checked with the task messages and then with each reply's
+    /// messages.
+    pub fn termination(mut self, condition: impl Termination + 'static) -> Self {
+        self.termination = Some(Box::new(condition));
+        self
+    }
+
+    /// Stops when an appended message (task messages included) satisfies `predicate` (AG2's
+    /// `is_termination_msg`), with [`StopReason::TerminationMessage`].
+    pub fn is_termination_msg(
+        mut self,
+        predicate: impl Fn(&Message) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.predicate = Some(Arc::new(predicate));
+        self
+    }
+
+    /// The budget every call of the chat is charged to (default: unlimited). Selector, reflection
+    /// and nested-chat calls are charged here too.
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The scheduler every call goes through (default: a new scheduler with no quotas; share one
+    /// across chats to share quotas).
+    pub fn scheduler(mut self, scheduler: QuotaScheduler) -> Self {
+        self.scheduler = Some(scheduler);
+        self
+    }
+
+    /// The conversation id calls are queued under (default: a unique `chat-N`).
+    pub fn conversation_id(mut self, id: impl Into<String>) -> Self {
+        self.conversation_id = Some(id.into());
+        self
+    }
+
+    /// The chat's own name, under which selector and reflection calls are made and reported
+    /// (default [`DEFAULT_CHAT_NAME`]). Must differ from every participant's name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The admission priority of the chat's calls (higher first; default 0).
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// How each run is summarized (default: the last message).
+    pub fn summary_method(mut self, method: SummaryMethod) -> Self {
+        self.summary = method;
+        self
+    }
+
+    /// Who a text task is attributed to (default `"user"`).
+    pub fn task_source(mut self, source: impl Into<String>) -> Self {
+        self.task_source = Some(source.into());
+        self
+    }
+
+    /// Adds an observer of every model call the chat causes (metrics; a nested chat reports to
+    /// its parent this way).
+    pub fn call_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observers.push(observer);
+        self
+    }
+
+    /// Cancelling `parent` cancels this chat too.
+    pub(crate) fn parent_cancel(mut self, parent: CancellationToken) -> Self {
+        self.parent_cancel = Some(parent);
+        self
+    }
+
+    /// Continues from a saved state (see [`GroupChat::load_state`]).
+    pub fn load_state(mut self, state: ChatState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Validates the configuration and builds the chat.
+    ///
+    /// # Errors
+    /// No participant, duplicate names, a participant named like the chat, unknown names in the
+    /// transitions or repeat list, a zero cap or attempt count, handoff selection combined with
+    /// transitions or a repeat rule, or a saved state that does not fit.
+    pub fn build(self) -> Result<GroupChat, ChatConfigError> {
+        if self.agents.is_empty() {
+            return Err(ChatConfigError::NoParticipants);
+        }
+        let names: Vec<Arc<str>> = self.agents.iter().map(|a| Arc::from(a.name())).collect();
+        for (i, n) in names.iter().enumerate() {
+            if names[..i].contains(n) {
+                return Err(ChatConfigError::DuplicateName {
+                    name: n.to_string(),
+                });
+            }
+        }
+        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(DEFAULT_CHAT_NAME));
+        if names.contains(&name) {
+            return Err(ChatConfigError::NameClash {
+                name: name.to_string(),
+            });
+        }
+        let roster = Roster::new(names);
+        if self.max_turns == Some(0) {
+            return Err(ChatConfigError::Zero { what: "max_turns" });
+        }
+        if self.max_messages == Some(0) {
+            return Err(ChatConfigError::Zero {
+                what: "max_messages",
+            });
+        }
+        if let SpeakerSelection::Llm(s) = &self.selection
+            && s.attempts() == 0
+        {
+            return Err(ChatConfigError::Zero {
+                what: "LlmSelector::max_attempts",
+            });
+        }
+        if matches!(self.selection, SpeakerSelection::Handoffs) {
+            if self.transitions.is_some() {
+                return Err(ChatConfigError::Incompatible(
+                    "handoff selection follows the agents' handoffs; a transition graph does not apply to it — remove .transitions(..) or choose another selection".into(),
+                ));
+            }
+            if self.repeat.is_some() {
+                return Err(ChatConfigError::Incompatible(
+                    "handoff selection lets the same speaker continue when nobody hands off; a repeat rule does not apply to it — remove .allow_repeat(..)".into(),
+                ));
+            }
+        }
+        let n = roster.len();
+        let repeat = match &self.repeat {
+            Some(RepeatSetting::All(true)) => AllowRepeat::All,
+            Some(RepeatSetting::All(false)) => AllowRepeat::Nobody,
+            Some(RepeatSetting::Only(list)) => {
+                let mut allowed = vec![false; n];
+                for who in list {
+                    allowed[roster.require("allow_repeat_for", who)?] = true;
+                }
+                AllowRepeat::Only(allowed)
+            }
+            None if matches!(self.selection, SpeakerSelection::Llm(_)) => AllowRepeat::Nobody,
+            None => AllowRepeat::All,
+        };
+        let rules = Rules::new(self.transitions.as_ref(), repeat, &roster)?;
+        let caps = Caps {
+            max_turns: self.max_turns.map(|max| TurnCap {
+                replies: if self.exchange_turns {
+                    max.saturating_mul(2).saturating_sub(1)
+                } else {
+                    max
+                },
+                reported: max,
+            }),
+            max_messages: self.max_messages,
+            auto_reply: self
+                .agents
+                .iter()
+                .map(|a| {
+                    a.max_consecutive_auto_reply()
+                        .or(self.max_consecutive_auto_reply)
+                })
+                .collect(),
+            predicate: self.predicate,
+        };
+        let rng_seed = match &self.selection {
+            SpeakerSelection::Random { seed } => *seed,
+            _ => 0,
+        };
+        let budget = self.budget.unwrap_or_default();
+        let scheduler = self.scheduler.unwrap_or_default();
+        let conversation: Arc<str> =
+            Arc::from(self.conversation_id.unwrap_or_else(next_conversation_id));
+        let cancel = CancelHandle::new(self.parent_cancel);
+        let token = cancel.token();
+        let shared = Arc::new(ChatShared::default());
+        let descriptions = self
+            .agents
+            .iter()
+            .map(|a| Arc::from(a.description()))
+            .collect();
+        let mut chat = GroupChat {
+            contexts: Vec::new(),
+            name,
+            conversation,
+            agents: self.agents,
+            roster,
+            descriptions,
+            selection: self.selection,
+            selector_func: self.selector_func,
+            rules,
+            caps,
+            termination: self.termination,
+            summary: self.summary,
+            task_source: Arc::from(self.task_source.as_deref().unwrap_or("user")),
+            scheduler,
+            budget,
+            priority: self.priority,
+            observers: self.observers.into(),
+            shared,
+            cancel,
+            token,
+            events: None,
+            rng_seed,
+            thread: Thread {
+                messages: Vec::new(),
+                previous: None,
+                handoff: None,
+                counters: Counters {
+                    consecutive: vec![0; n],
+                    ..Counters::default()
+                },
+                rng: rng_seed,
+            },
+            scratch: Vec::with_capacity(n),
+        };
+        chat.contexts = chat.make_contexts();
+        if let Some(state) = self.state {
+            chat.load_state(state)?;
+        }
+        Ok(chat)
+    }
+}
+
+/// The conversation itself and the counters that continue across runs.
+#[derive(Debug, Clone)]
+struct Thread {
+    messages: Vec<Message>,
+    previous: Option<usize>,
+    handoff: Option<usize>,
+    counters: Counters,
+    rng: u64,
+}
+
+/// A conversation between agents, every model call of which goes through a [`QuotaScheduler`].
+///
+/// Each run appends the task, then repeats: pick a speaker, let it reply to the whole thread
+/// (agents apply their own history policy), append the reply, check the termination condition and
+/// the caps. It stops at the first of: the termination condition, `max_messages`, the
+/// termination predicate, `max_turns`, an agent's `max_consecutive_auto_reply`, the budget, no
+/// eligible speaker, an empty reply, or cancellation — and says which in
+/// [`ChatResult::stop_reason`].
+///
+/// The chat keeps its thread and counters between runs: running it again (with a new task or
+/// [`Task::Resume`]) continues the rotation like AutoGen-agentchat; [`reset`](Self::reset) starts
+/// over; [`save_state`](Self::save_state) / [`load_state`](Self::load_state) carry it across a
+/// process restart. A chat is a future, not a thread: thousands can share one scheduler.
+///
+/// ```
+/// use agent_core::{Agent, AgentError, AgentReply, Message, StopReason, TurnContext};
+/// use agent_runtime::chat::GroupChat;
+///
+/// struct Echo(&'static str);
+///
+/// #[agent_core::async_trait]
+/// impl Agent for Echo {
+///     fn name(&self) -> &str { self.0 }
+///     async fn reply(&self, history: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+///         let n = history.len();
+///         Ok(AgentReply::message(Message::assistant(self.0, format!("{} #{n}", self.0))))
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// let mut chat = GroupChat::builder()
+///     .participant(Echo("alice"))
+///     .participant(Echo("bob"))
+///     .max_turns(3)
+///     .build()?;
+/// let result = chat.run("say hi").await?;
+/// let speakers: Vec<_> = result.messages.iter().map(|m| m.source().unwrap()).collect();
+/// assert_eq!(speakers, ["user", "alice", "bob", "alice"]);
+/// assert_eq!(result.stop_reason, StopReason::MaxTurns { max: 3 });
+///
+/// // Running again continues the rotation.
+/// let more = chat.run(agent_runtime::chat::Task::Resume).await?;
+/// assert_eq!(more.messages[0].source(), Some("bob"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct GroupChat {
+    name: Arc<str>,
+    conversation: Arc<str>,
+    agents: Vec<Arc<dyn Agent>>,
+    roster: Roster,
+    descriptions: Vec<Arc<str>>,
+    selection: SpeakerSelection,
+    selector_func: Option<SelectorFn>,
+    rules: Rules,
+    caps: Caps,
+    termination: Option<Box<dyn Termination>>,
+    summary: SummaryMethod,
+    task_source: Arc<str>,
+    scheduler: QuotaScheduler,
+    budget: Budget,
+    priority: u8,
+    observers: Arc<[Arc<dyn CallObserver>]>,
+    /// One context per participant, then the chat's own (selector, reflection).
+    contexts: Vec<SchedulerContext>,
+    shared: Arc<ChatShared>,
+    cancel: CancelHandle,
+    token: CancellationToken,
+    events: Option<UnboundedSender<ChatEvent>>,
+    rng_seed: u64,
+    thread: Thread,
+    /// Reused candidate buffer, so selection does not allocate per turn.
+    scratch: Vec<usize>,
+}
+
+impl fmt::Debug for GroupChat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupChat")
+            .field("name", &self.name)
+            .field("conversation", &self.conversation)
+            .field("participants", &self.roster.names())
+            .field("selection", &self.selection)
+            .field("caps", &self.caps)
+            .field("messages", &self.thread.messages.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupChat {
+    /// A builder with no participants, round-robin selection and no caps.
+    pub fn builder() -> GroupChatBuilder {
+        GroupChatBuilder::new()
+    }
+
+    fn make_contexts(&self) -> Vec<SchedulerContext> {
+        self.roster
+            .names()
+            .iter()
+            .chain(std::iter::once(&self.name))
+            .map(|agent| {
+                let observer = Arc::new(AgentObserver {
+                    agent: agent.clone(),
+                    shared: self.shared.clone(),
+                    budget: self.budget.clone(),
+                    forward: self.observers.clone(),
+                });
+                SchedulerContext::new(
+                    self.scheduler.clone(),
+                    self.conversation.clone(),
+                    agent.clone(),
+                    self.budget.clone(),
+                )
+                .with_cancel(self.token.clone())
+                .with_observer(observer)
+                .with_priority(self.priority)
+            })
+            .collect()
+    }
+
+    /// The chat's name (selector and reflection calls are reported under it).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The conversation id.
+    pub fn conversation_id(&self) -> &str {
+        &self.conversation
+    }
+
+    /// The participants' names, in order.
+    pub fn participants(&self) -> &[Arc<str>] {
+        self.roster.names()
+    }
+
+    /// The whole thread, every run included.
+    pub fn messages(&self) -> &[Message] {
+        &self.thread.messages
+    }
+
+    /// The budget the chat charges.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// A handle that cancels the chat's current (or next) run from anywhere.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Runs the chat until it stops. `task` may be text, messages, or [`Task::Resume`].
+    ///
+    /// # Errors
+    /// An agent failing with anything but budget exhaustion or cancellation, a failed selector or
+    /// reflection call, a selector function or handoff naming a non-participant, or unreadable
+    /// manual input. The error carries the run's transcript; the chat keeps its thread.
+    pub async fn run(&mut self, task: impl Into<Task>) -> Result<ChatResult, ChatError> {
+        self.run_with(task.into(), None).await
+    }
+
+    /// Runs the chat, yielding [`ChatEvent`]s as they happen; the last one is
+    /// [`ChatEvent::Finished`] with the same result [`run`](Self::run) would return.
+    pub fn run_stream(&mut self, task: impl Into<Task>) -> ChatEventStream<'_> {
+        let task = task.into();
+        ChatEventStream::new(move |tx| Box::pin(self.run_with(task, Some(tx))))
+    }
+
+    async fn run_with(
+        &mut self,
+        task: Task,
+        events: Option<UnboundedSender<ChatEvent>>,
+    ) -> Result<ChatResult, ChatError> {
+        let started = Instant::now();
+        self.shared.begin(events.clone());
+        self.events = events;
+        let run_start = self.thread.messages.len();
+        let outcome = self.drive(task).await;
+        let result = match outcome {
+            Ok(stop) => {
+                self.emit(|| ChatEvent::Stopped(stop.clone()));
+                if stop != StopReason::Cancelled {
+                    self.after_stop();
+                }
+                let manager = &self.contexts[self.roster.len()];
+                let summary = tokio::select! {
+                    biased;
+                    s = self.summary.summarize(&self.thread.messages, &stop, manager) => s,
+                    // A reflection stuck in the queue must not outlive a cancel.
+                    () = self.token.cancelled() => Ok(last_text(&self.thread.messages)),
+                };
+                match summary {
+                    Ok(summary) => Ok(ChatResult {
+                        messages: self.thread.messages[run_start..].to_vec(),
+                        stop_reason: stop,
+                        summary,
+                        usage: self.shared.finish(),
+                        wall_time: started.elapsed(),
+                    }),
+                    Err(e) => Err(ChatError::new(
+                        ChatErrorKind::Summary(e),
+                        self.thread.messages[run_start..].to_vec(),
+                    )),
+                }
+            }
+            Err(kind) => Err(ChatError::new(
+                *kind,
+                self.thread.messages[run_start..].to_vec(),
+            )),
+        };
+        self.shared.finish();
+        self.events = None;
+        if let Some(fresh) = self.cancel.renew() {
+            self.set_token(fresh);
+        }
+        tracing::debug!(
+            conversation = %self.conversation,
+            stop = ?result.as_ref().map(|r| &r.stop_reason),
+            "chat run finished"
+        );
+        result
+    }
+
+    fn set_token(&mut self, token: CancellationToken) {
+        for ctx in &mut self.contexts {
+            *ctx = ctx.clone().with_cancel(token.clone());
+        }
+        self.token = token;
+    }
+
+    /// After any stop but a cancellation: the condition and the turn and message counters start
+    /// over (AutoGen-agentchat); the rotation and auto-reply counters continue.
+    fn after_stop(&mut self) {
+        if let Some(t) = &mut self.termination {
+            t.reset();
+        }
+        self.thread.counters.turns = 0;
+        self.thread.counters.messages = 0;
+    }
+
+    fn emit(&self, make: impl FnOnce() -> ChatEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(make());
+        }
+    }
+
+    /// Appends `messages`, emits them, tracks handoffs, and checks the condition and caps.
+    fn append(&mut self, messages: Vec<Message>) -> Result<Option<StopReason>, Box<ChatErrorKind>> {
+        let from = self.thread.messages.len();
+        self.thread.messages.extend(messages);
+        let delta = &self.thread.messages[from..];
+        if let Some(tx) = &self.events {
+            for m in delta {
+                let _ = tx.send(ChatEvent::Message(m.clone()));
+            }
+        }
+        if matches!(self.selection, SpeakerSelection::Handoffs)
+            && let Some(target) = delta.iter().rev().find_map(|m| match &m.content {
+                Content::Handoff { target, .. } => Some(target),
+                _ => None,
+            })
+        {
+            match self.roster.index(target) {
+                Some(i) => self.thread.handoff = Some(i),
+                None => {
+                    return Err(Box::new(ChatErrorKind::UnknownSpeaker {
+                        context: "handoff",
+                        name: target.to_string(),
+                        participants: self.roster.owned_names(),
+                    }));
+                }
+            }
+        }
+        let condition = self.termination.as_mut().and_then(|t| t.check(delta));
+        Ok(self
+            .caps
+            .check_delta(&mut self.thread.counters, delta, condition))
+    }
+
+    async fn drive(&mut self, task: Task) -> Result<StopReason, Box<ChatErrorKind>> {
+        if self.termination.as_ref().is_some_and(|t| t.is_terminated()) {
+            return Ok(StopReason::AlreadyTerminated);
+        }
+        if !task.is_resume() {
+            // A new task is a new chat in AG2's sense: auto-reply counters start over.
+            self.thread
+                .counters
+                .consecutive
+                .iter_mut()
+                .for_each(|c| *c = 0);
+            let messages = task.into_messages(&self.task_source);
+            if let Some(stop) = self.append(messages)? {
+                return Ok(stop);
+            }
+        }
+        loop {
+            if self.token.is_cancelled() {
+                return Ok(StopReason::Cancelled);
+            }
+            if let Err(e) = self.budget.check(ONE_CALL) {
+                return Ok(StopReason::BudgetExhausted(e));
+            }
+            let speaker = match self.select().await {
+                Selected::Speaker(s) => s,
+                Selected::Stop(reason) => return Ok(reason),
+                Selected::Fail(kind) => return Err(kind),
+            };
+            self.emit(|| ChatEvent::SpeakerSelected {
+                name: self.roster.name(speaker).clone(),
+            });
+            if let Some(max) = self.caps.auto_reply_reached(&self.thread.counters, speaker) {
+                return Ok(StopReason::MaxConsecutiveAutoReply {
+                    agent: self.roster.name(speaker).to_string(),
+                    max,
+                });
+            }
+            let reply = {
+                let agent = &self.agents[speaker];
+                let mut turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
+                // An instant agent finishes on the first poll; only a pending turn needs to race
+                // the cancellation token (which costs a waiter registration).
+                match futures::poll!(turn.as_mut()) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        () = self.token.cancelled() => return Ok(StopReason::Cancelled),
+                        r = &mut turn => r,
+                    },
+                }
+            };
+            let reply = match reply {
+                Ok(r) => r,
+                Err(AgentError::Call(CallError::BudgetExhausted(e))) => {
+                    return Ok(StopReason::BudgetExhausted(e));
+                }
+                Err(AgentError::Call(CallError::Cancelled)) => return Ok(StopReason::Cancelled),
+                Err(source) => {
+                    return Err(Box::new(ChatErrorKind::Agent {
+                        agent: self.roster.name(speaker).to_string(),
+                        source,
+                    }));
+                }
+            };
+            if reply.messages.is_empty() {
+                return Ok(StopReason::EmptyReply {
+                    agent: self.roster.name(speaker).to_string(),
+                });
+            }
+            self.thread.previous = Some(speaker);
+            let by_turns =
+                self.caps
+                    .record_reply(&mut self.thread.counters, speaker, reply.from_human);
+            if let Some(stop) = self.append(reply.messages)? {
+                return Ok(stop);
+            }
+            if let Some(stop) = by_turns {
+                return Ok(stop);
+            }
+            // Let other chats on this worker run: an instant agent never yields otherwise.
+            tokio::task::consume_budget().await;
+        }
+    }
+
+    async fn select(&mut self) -> Selected {
+        let n = self.roster.len();
+        let previous = self.thread.previous;
+        if let Some(f) = &self.selector_func {
+            let input = SelectorInput {
+                messages: &self.thread.messages,
+                participants: self.roster.names(),
+                previous: previous.map(|p| &**self.roster.name(p)),
+            };
+            if let Some(name) = f(&input) {
+                return match self.roster.index(&name) {
+                    Some(i) => Selected::Speaker(i),
+                    None => Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
+                        context: "selector function",
+                        name,
+                        participants: self.roster.owned_names(),
+                    })),
+                };
+            }
+        }
+        match &self.selection {
+            SpeakerSelection::Handoffs => {
+                return Selected::Speaker(self.thread.handoff.take().or(previous).unwrap_or(0));
+            }
+            // Fast path: with no graph and several participants, the rotation never repeats.
+            SpeakerSelection::RoundRobin if self.rules.is_open() && n > 1 => {
+                return Selected::Speaker(previous.map_or(0, |p| (p + 1) % n));
+            }
+            _ => {}
+        }
+        self.rules.candidates(n, previous, &mut self.scratch);
+        let candidates = &self.scratch;
+        if candidates.is_empty() {
+            return Selected::Stop(StopReason::NoEligibleSpeaker {
+                after: previous.map_or_else(String::new, |p| self.roster.name(p).to_string()),
+            });
+        }
+        if let [only] = candidates[..] {
+            return Selected::Speaker(only);
+        }
+        match &self.selection {
+            SpeakerSelection::Random { .. } => {
+                Selected::Speaker(candidates[random_below(&mut self.thread.rng, candidates.len())])
+            }
+            SpeakerSelection::Llm(selector) => {
+                LlmTurn {
+                    selector,
+                    ctx: &self.contexts[n],
+                    roster: &self.roster,
+                    descriptions: &self.descriptions,
+                    messages: &self.thread.messages,
+                    candidates,
+                    previous,
+                    cancel: &self.token,
+                }
+                .select()
+                .await
+            }
+            SpeakerSelection::Manual(input) => tokio::select! {
+                biased;
+                () = self.token.cancelled() => Selected::Stop(StopReason::Cancelled),
+                r = select_manually(&**input, &self.roster, candidates, previous) => match r {
+                    Ok(s) => Selected::Speaker(s),
+                    Err(kind) => Selected::Fail(Box::new(kind)),
+                },
+            },
+            SpeakerSelection::RoundRobin | SpeakerSelection::Handoffs => {
+                Selected::Speaker(rotation_next(n, previous, candidates).unwrap_or(candidates[0]))
+            }
+        }
+    }
+
+    /// Starts over: clears the thread, the rotation, every counter, the random selector, the
+    /// termination condition, and each agent's own state ([`Agent::reset`]).
+    pub fn reset(&mut self) {
+        let n = self.roster.len();
+        self.thread = Thread {
+            messages: Vec::new(),
+            previous: None,
+            handoff: None,
+            counters: Counters {
+                consecutive: vec![0; n],
+                ..Counters::default()
+            },
+            rng: self.rng_seed,
+        };
+        if let Some(t) = &mut self.termination {
+            t.reset();
+        }
+        for a in &self.agents {
+            a.reset();
+        }
+        if let Some(fresh) = self.cancel.renew() {
+            self.set_token(fresh);
+        }
+    }
+
+    /// A snapshot of the thread, rotation and counters (see [`ChatState`]).
+    pub fn save_state(&self) -> ChatState {
+        let t = &self.thread;
+        ChatState {
+            version: ChatState::VERSION,
+            conversation_id: self.conversation.to_string(),
+            messages: t.messages.clone(),
+            previous_speaker: t.previous.map(|p| self.roster.name(p).to_string()),
+            pending_handoff: t.handoff.map(|p| self.roster.name(p).to_string()),
+            turns: t.counters.turns,
+            counted_messages: t.counters.messages,
+            consecutive_auto_replies: t
+                .counters
+                .consecutive
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| (self.roster.name(i).to_string(), *c))
+                .collect(),
+            rng: t.rng,
+        }
+    }
+
+    /// Replaces the thread, rotation and counters with a saved state, and adopts its conversation
+    /// id. The termination condition starts fresh.
+    ///
+    /// # Errors
+    /// An unknown format version, or a state naming agents that are not participants.
+    pub fn load_state(&mut self, state: ChatState) -> Result<(), ChatConfigError> {
+        if state.version != ChatState::VERSION {
+            return Err(ChatConfigError::State(format!(
+                "format version {} is not supported (expected {})",
+                state.version,
+                ChatState::VERSION
+            )));
+        }
+        let find = |name: &str| {
+            self.roster.index(name).ok_or_else(|| {
+                ChatConfigError::State(format!(
+                    "it names '{name}', who is not a participant (participants: {:?})",
+                    self.roster.owned_names()
+                ))
+            })
+        };
+        let previous = state.previous_speaker.as_deref().map(find).transpose()?;
+        let handoff = state.pending_handoff.as_deref().map(find).transpose()?;
+        let mut consecutive = vec![0; self.roster.len()];
+        for (name, count) in &state.consecutive_auto_replies {
+            consecutive[find(name)?] = *count;
+        }
+        self.thread = Thread {
+            messages: state.messages,
+            previous,
+            handoff,
+            counters: Counters {
+                turns: state.turns,
+                messages: state.counted_messages,
+                consecutive,
+            },
+            rng: state.rng,
+        };
+        if let Some(t) = &mut self.termination {
+            t.reset();
+        }
+        if *self.conversation != *state.conversation_id {
+            self.conversation = Arc::from(state.conversation_id);
+            self.contexts = self.make_contexts();
+        }
+        Ok(())
+    }
+}

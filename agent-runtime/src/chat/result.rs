@@ -1,0 +1,182 @@
+//! What a chat run returns: its messages, why it stopped, its summary, and every model call it
+//! caused — hidden ones (speaker selection, reflection, nested chats) included.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Message, StopReason, Usage};
+use serde::{Deserialize, Serialize};
+
+/// Nanodollars per dollar (costs add exactly as integers, as in the budget).
+const NANOS_PER_DOLLAR: f64 = 1e9;
+
+/// Model usage of one agent, one model, or a whole run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallUsage {
+    /// Model calls that finished, successfully or not.
+    pub calls: u64,
+    /// Of those, calls that failed.
+    pub failed: u64,
+    /// Provider attempts (a call retried by the scheduler counts each attempt).
+    pub attempts: u64,
+    /// Prompt tokens reported by the providers.
+    pub prompt_tokens: u64,
+    /// Completion tokens reported by the providers.
+    pub completion_tokens: u64,
+    /// Cost in nanodollars, priced with the chat budget's price table.
+    pub cost_nanos: u64,
+}
+
+impl CallUsage {
+    /// Prompt plus completion tokens.
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens + self.completion_tokens
+    }
+
+    /// Cost in dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.cost_nanos as f64 / NANOS_PER_DOLLAR
+    }
+
+    fn add(&mut self, other: &CallUsage) {
+        self.calls += other.calls;
+        self.failed += other.failed;
+        self.attempts += other.attempts;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cost_nanos += other.cost_nanos;
+    }
+}
+
+/// Usage of a run, by agent and by model.
+///
+/// Keys: the agent whose context made the call — a participant, or the chat's own name for
+/// speaker-selection and reflection calls; a nested chat's calls count under the nested agent —
+/// and the scheduler's quota key for the model (the model id unless the scheduler maps it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageReport {
+    /// Per agent.
+    pub by_agent: BTreeMap<String, CallUsage>,
+    /// Per model (quota key).
+    pub by_model: BTreeMap<String, CallUsage>,
+    /// Everything.
+    pub total: CallUsage,
+}
+
+/// The outcome of one chat run.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ChatResult {
+    /// The messages of this run: the task messages, then every reply (inner tool traffic
+    /// included). A resumed run holds only the new messages.
+    pub messages: Vec<Message>,
+    /// Why the run stopped.
+    pub stop_reason: StopReason,
+    /// The summary, by the chat's [`SummaryMethod`](super::SummaryMethod) (default: the last
+    /// message's text).
+    pub summary: String,
+    /// Every model call the run caused.
+    pub usage: UsageReport,
+    /// Time from the start of the run to its result.
+    pub wall_time: Duration,
+}
+
+impl ChatResult {
+    /// Total cost in dollars.
+    pub fn cost_usd(&self) -> f64 {
+        self.usage.total.cost_usd()
+    }
+
+    /// Model calls made (each call once, whatever its retries).
+    pub fn model_calls(&self) -> u64 {
+        self.usage.total.calls
+    }
+}
+
+/// Running totals of a chat's calls, keyed by (agent, quota key). A handful of entries per chat,
+/// so a vector beats a map.
+#[derive(Debug, Default)]
+pub(crate) struct Ledger {
+    entries: Vec<(Arc<str>, Arc<str>, CallUsage)>,
+}
+
+impl Ledger {
+    pub(crate) fn record(
+        &mut self,
+        agent: &Arc<str>,
+        key: &str,
+        usage: Option<Usage>,
+        failed: bool,
+        attempts: u32,
+        cost_nanos: u64,
+    ) {
+        let entry = match self
+            .entries
+            .iter_mut()
+            .position(|(a, k, _)| a == agent && &**k == key)
+        {
+            Some(i) => &mut self.entries[i].2,
+            None => {
+                self.entries
+                    .push((agent.clone(), Arc::from(key), CallUsage::default()));
+                let last = self.entries.len() - 1;
+                &mut self.entries[last].2
+            }
+        };
+        let usage = usage.unwrap_or_default();
+        entry.add(&CallUsage {
+            calls: 1,
+            failed: u64::from(failed),
+            attempts: u64::from(attempts),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_nanos,
+        });
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    pub(crate) fn report(&self) -> UsageReport {
+        let mut report = UsageReport::default();
+        for (agent, key, usage) in &self.entries {
+            report
+                .by_agent
+                .entry(agent.to_string())
+                .or_default()
+                .add(usage);
+            report
+                .by_model
+                .entry(key.to_string())
+                .or_default()
+                .add(usage);
+            report.total.add(usage);
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_groups_by_agent_and_model() {
+        let mut ledger = Ledger::default();
+        let a: Arc<str> = Arc::from("a");
+        let sel: Arc<str> = Arc::from("chat");
+        ledger.record(&a, "m1", Some(Usage::new(10, 2)), false, 1, 5);
+        ledger.record(&a, "m1", Some(Usage::new(1, 1)), false, 2, 1);
+        ledger.record(&sel, "m2", None, true, 3, 0);
+        let r = ledger.report();
+        assert_eq!(r.by_agent["a"].calls, 2);
+        assert_eq!(r.by_agent["a"].attempts, 3);
+        assert_eq!(r.by_agent["a"].total_tokens(), 14);
+        assert_eq!(r.by_agent["chat"].failed, 1);
+        assert_eq!(r.by_model["m1"].cost_nanos, 6);
+        assert_eq!(r.total.calls, 3);
+        assert_eq!(r.total.attempts, 6);
+    }
+}
