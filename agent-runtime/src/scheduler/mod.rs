@@ -3,6 +3,13 @@
 //! `budget → quota admission → provider → reconcile`, with exactly one retry loop around the
 //! provider stage. (This file is the stable public surface; the stages live in sub-modules.)
 
+mod bucket;
+pub mod quota;
+pub mod state;
+
+pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
+pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
