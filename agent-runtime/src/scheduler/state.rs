@@ -343,11 +343,6 @@ impl KeyBuckets {
         }
     }
 
-    /// Calls holding a slot.
-    pub(crate) fn in_flight(&self) -> u32 {
-        self.in_flight
-    }
-
     /// Whole units available per dimension now: `[requests, tokens]` (for snapshots).
     pub(crate) fn available(&mut self, now: Instant, limits: &Limits) -> [Option<u64>; 2] {
         self.sync(limits, now);
