@@ -372,7 +372,9 @@ impl Key {
             probe,
             done: false,
         };
-        self.wait_turn(&mut waiting, backend, start, max_wait).await
+        // Boxed: the waiting state machine (timers, notifications) is large, and keeping it out
+        // of line keeps the fast path's future small and cheap to move.
+        Box::pin(self.wait_turn(&mut waiting, backend, start, max_wait)).await
     }
 
     async fn wait_turn(

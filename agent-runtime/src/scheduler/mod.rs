@@ -462,21 +462,27 @@ impl InFlight<'_> {
             (limits, reading)
         };
         if let Backend::Shared { state, .. } = &scheduler.backend {
-            let key = &*self.key.name;
-            let mut results = Vec::new();
-            if let Some(lease) = self.admitted.lease {
-                results.push(state.settle(key, &limits, lease, settlement).await);
-            }
-            if let Some(r) = reading {
-                results.push(state.observe(key, &limits, r).await);
-            }
-            if !pause.is_zero() {
-                results.push(state.pause_until(key, pause).await);
-            }
-            let errors = results.iter().filter(|r| r.is_err()).count() as u64;
-            if errors > 0 {
-                self.key.lock().stats.backend_errors += errors;
-            }
+            let lease = self.admitted.lease;
+            let key = self.key;
+            // Boxed so the local path's future does not carry the remote calls' state.
+            Box::pin(async move {
+                let name = &*key.name;
+                let mut errors = 0u64;
+                if let Some(lease) = lease {
+                    let r = state.settle(name, &limits, lease, settlement).await;
+                    errors += u64::from(r.is_err());
+                }
+                if let Some(r) = reading {
+                    errors += u64::from(state.observe(name, &limits, r).await.is_err());
+                }
+                if !pause.is_zero() {
+                    errors += u64::from(state.pause_until(name, pause).await.is_err());
+                }
+                if errors > 0 {
+                    key.lock().stats.backend_errors += errors;
+                }
+            })
+            .await;
         }
         (self.reservation.take(), pause)
     }
@@ -668,7 +674,12 @@ impl QuotaScheduler {
             key = &*key.name,
             kind = ?call.kind,
         );
-        self.run(call, &key).instrument(span).await
+        // Without a subscriber the span is disabled: skip the wrapper (and a move of the future).
+        if span.is_disabled() {
+            self.run(call, &key).await
+        } else {
+            self.run(call, &key).instrument(span).await
+        }
     }
 
     async fn run(&self, call: ModelCall<'_>, key: &Arc<Key>) -> Result<Completion, CallError> {
@@ -885,7 +896,7 @@ impl QuotaScheduler {
                 tokio::select! {
                     biased;
                     () = cancelled(ticket.cancel) => return Err(CallError::Cancelled),
-                    () = tokio::time::sleep(backoff) => {}
+                    () = Box::pin(tokio::time::sleep(backoff)) => {}
                 }
             }
             ticket.retry = true;

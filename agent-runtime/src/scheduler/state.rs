@@ -200,6 +200,8 @@ pub(crate) struct Blocked {
 #[derive(Debug, Default)]
 pub(crate) struct KeyBuckets {
     buckets: [Option<Bucket>; 4],
+    /// Any bucket exists (lets an unlimited key skip `sync`).
+    has_buckets: bool,
     in_flight: u32,
     paused_until: Option<Instant>,
 }
@@ -227,6 +229,9 @@ fn amounts(cost: Cost) -> [u64; 4] {
 impl KeyBuckets {
     /// Creates, resizes or drops buckets to match `limits`, and refills them to `now`.
     fn sync(&mut self, limits: &Limits, now: Instant) {
+        if !self.has_buckets && limits.is_unlimited() {
+            return;
+        }
         for (slot, rate) in self.buckets.iter_mut().zip(rates(limits)) {
             match (slot.as_mut(), rate) {
                 (Some(b), Some(r)) => {
@@ -241,6 +246,7 @@ impl KeyBuckets {
                 (None, None) => {}
             }
         }
+        self.has_buckets = self.buckets.iter().any(Option::is_some);
     }
 
     /// How long the key is still paused.
