@@ -2,7 +2,7 @@
 //! key and on a limited key that never has to wait, next to the budget stage alone.
 //!
 //! `cargo bench -p agent-runtime --no-default-features --bench admission`
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::panic)] // a bench with a bad configuration should stop loudly
 
 use std::hint::black_box;
 

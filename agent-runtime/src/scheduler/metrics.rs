@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -329,9 +329,7 @@ impl Conversations {
         if self.cap == 0 {
             return;
         }
-        let mut h = FxBuildHasher.build_hasher();
-        conversation.hash(&mut h);
-        let shard = (h.finish() >> 32) as usize % SHARDS;
+        let shard = (FxBuildHasher.hash_one(conversation) >> 32) as usize % SHARDS;
         let mut map = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
         let entry = match map.get_mut(conversation) {
             Some(e) => e,
