@@ -223,6 +223,8 @@ pub(crate) struct Ticket<'a> {
 /// An admitted call.
 #[derive(Debug)]
 pub(crate) struct Admitted {
+    /// When the call was admitted.
+    pub(crate) at: Instant,
     pub(crate) wait: Duration,
     /// This call is the circuit breaker's half-open probe.
     pub(crate) probe: bool,
@@ -355,6 +357,7 @@ impl Key {
             {
                 inner.stats.admitted(ticket.cost, Duration::ZERO);
                 return Ok(Admitted {
+                    at: start,
                     wait: Duration::ZERO,
                     probe,
                     lease: None,
@@ -525,6 +528,7 @@ impl Key {
         let wait = now - start;
         inner.stats.admitted(waiting.ticket.cost, wait);
         Admitted {
+            at: now,
             wait,
             probe: waiting.probe,
             lease,

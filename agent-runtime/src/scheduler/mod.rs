@@ -387,8 +387,12 @@ impl InFlight<'_> {
     }
 
     /// Reconciles quota to the outcome, learns from the provider, updates the breaker and
-    /// counters. Returns the reservation (to settle) and the pause a 429 imposed.
-    async fn finish(mut self, outcome: Outcome<'_>) -> (Option<Reservation>, Duration) {
+    /// counters. Returns the reservation (to settle), the pause a 429 imposed, and what a shared
+    /// backend still has to be told. Synchronous, so the local path's future stays small.
+    fn finish(
+        mut self,
+        outcome: Outcome<'_>,
+    ) -> (Option<Reservation>, Duration, Option<RemoteSettle>) {
         self.done = true;
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
@@ -397,11 +401,18 @@ impl InFlight<'_> {
         };
         let settlement = self.settlement(actual);
         let scheduler = self.scheduler;
-        let now = Instant::now();
         let mut pause = Duration::ZERO;
         let (limits, reading) = {
             let mut inner = self.key.lock();
             let inner = &mut *inner;
+            // An unlimited key's success touches no bucket and no timer: spare the clock read.
+            let timeless = inner.limits.is_unlimited()
+                && matches!(outcome, Outcome::Completed { reading: None, .. });
+            let now = if timeless {
+                self.admitted.at
+            } else {
+                Instant::now()
+            };
             inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
             let reading = match &outcome {
                 Outcome::Completed { reading, usage } => {
@@ -461,30 +472,53 @@ impl InFlight<'_> {
             inner.queue.notify_head();
             (limits, reading)
         };
-        if let Backend::Shared { state, .. } = &scheduler.backend {
-            let lease = self.admitted.lease;
-            let key = self.key;
-            // Boxed so the local path's future does not carry the remote calls' state.
-            Box::pin(async move {
-                let name = &*key.name;
-                let mut errors = 0u64;
-                if let Some(lease) = lease {
-                    let r = state.settle(name, &limits, lease, settlement).await;
-                    errors += u64::from(r.is_err());
-                }
-                if let Some(r) = reading {
-                    errors += u64::from(state.observe(name, &limits, r).await.is_err());
-                }
-                if !pause.is_zero() {
-                    errors += u64::from(state.pause_until(name, pause).await.is_err());
-                }
-                if errors > 0 {
-                    key.lock().stats.backend_errors += errors;
-                }
-            })
-            .await;
+        let remote = match &scheduler.backend {
+            Backend::Local => None,
+            Backend::Shared { state, .. } => Some(RemoteSettle {
+                state: state.clone(),
+                key: self.key.clone(),
+                lease: self.admitted.lease,
+                limits,
+                settlement,
+                reading: reading.cloned(),
+                pause,
+            }),
+        };
+        (self.reservation.take(), pause, remote)
+    }
+}
+
+/// What a shared backend must be told after an attempt (settle, observe, pause).
+struct RemoteSettle {
+    state: Arc<dyn QuotaState>,
+    key: Arc<Key>,
+    lease: Option<Lease>,
+    limits: Limits,
+    settlement: Settlement,
+    reading: Option<RateLimitReading>,
+    pause: Duration,
+}
+
+impl RemoteSettle {
+    async fn apply(self) {
+        let name = &*self.key.name;
+        let mut errors = 0u64;
+        if let Some(lease) = self.lease {
+            let r = self
+                .state
+                .settle(name, &self.limits, lease, self.settlement)
+                .await;
+            errors += u64::from(r.is_err());
         }
-        (self.reservation.take(), pause)
+        if let Some(r) = &self.reading {
+            errors += u64::from(self.state.observe(name, &self.limits, r).await.is_err());
+        }
+        if !self.pause.is_zero() {
+            errors += u64::from(self.state.pause_until(name, self.pause).await.is_err());
+        }
+        if errors > 0 {
+            self.key.lock().stats.backend_errors += errors;
+        }
     }
 }
 
@@ -663,7 +697,12 @@ impl QuotaScheduler {
     /// too large, invalid request) and for waits beyond `max_admission_wait`;
     /// [`CallError::RetriesExhausted`] when attempts or the retry budget run out;
     /// [`CallError::Cancelled`] when the call's token fires.
-    pub async fn call(&self, call: ModelCall<'_>) -> Result<Completion, CallError> {
+    pub fn call<'a>(
+        &'a self,
+        call: ModelCall<'a>,
+    ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
+        // Not an `async fn`: the key lookup and the span happen here, and the returned future is
+        // the instrumented pipeline itself rather than one more state machine around it.
         let key = self
             .inner
             .key(call.quota_key.unwrap_or_else(|| call.model.id()));
@@ -674,15 +713,11 @@ impl QuotaScheduler {
             key = &*key.name,
             kind = ?call.kind,
         );
-        // Without a subscriber the span is disabled: skip the wrapper (and a move of the future).
-        if span.is_disabled() {
-            self.run(call, &key).await
-        } else {
-            self.run(call, &key).instrument(span).await
-        }
+        self.run(call, key).instrument(span)
     }
 
-    async fn run(&self, call: ModelCall<'_>, key: &Arc<Key>) -> Result<Completion, CallError> {
+    async fn run(&self, call: ModelCall<'_>, key: Arc<Key>) -> Result<Completion, CallError> {
+        let key = &key;
         let ModelCall {
             model,
             request,
@@ -797,7 +832,11 @@ impl QuotaScheduler {
                         usage,
                         reading: completion.rate_limits.as_ref(),
                     };
-                    let (r, _) = in_flight.finish(outcome).await;
+                    let (r, _, remote) = in_flight.finish(outcome);
+                    if let Some(remote) = remote {
+                        // Boxed: keeps the remote calls' state out of the local path's future.
+                        Box::pin(remote.apply()).await;
+                    }
                     match (r, usage) {
                         (Some(r), Some(u)) => {
                             r.settle(Charge {
@@ -830,7 +869,10 @@ impl QuotaScheduler {
                         retry_after,
                         reading: reading.as_ref(),
                     };
-                    let (r, pause) = in_flight.finish(outcome).await;
+                    let (r, pause, remote) = in_flight.finish(outcome);
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply()).await;
+                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
                     }
@@ -848,7 +890,10 @@ impl QuotaScheduler {
                     error
                 }
                 Err(e @ ModelError::Transient { .. }) => {
-                    let (r, _) = in_flight.finish(Outcome::Transient).await;
+                    let (r, _, remote) = in_flight.finish(Outcome::Transient);
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply()).await;
+                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
                     }
@@ -857,7 +902,10 @@ impl QuotaScheduler {
                 Err(e) => {
                     // Quota exhausted, request too large, invalid request, malformed response:
                     // the same request would fail again, so it is never retried.
-                    let (r, _) = in_flight.finish(Outcome::Rejected).await;
+                    let (r, _, remote) = in_flight.finish(Outcome::Rejected);
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply()).await;
+                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
                     }
