@@ -194,3 +194,89 @@ async fn budget_tokens_reserve_the_estimate_then_settle_to_actual() {
     s.call(call).await.unwrap();
     assert_eq!(budget.used().tokens, 40);
 }
+
+mod conservation {
+    use super::*;
+    use agent_core::{Completion, ModelError};
+    use agent_runtime::scheduler::RetryPolicy;
+    use proptest::prelude::*;
+
+    fn answer(request: &ChatRequest) -> Result<Completion, ModelError> {
+        let text = request.messages[0].text().unwrap_or("");
+        match text.split('-').next() {
+            Some("fail") => Err(scheduler_support::server_error()),
+            Some("quota") => Err(ModelError::QuotaExhausted {
+                message: "insufficient_quota".into(),
+            }),
+            _ => Ok(completion(Usage::new(3, 4))),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Calls through the scheduler on a random budget tree, with random provider outcomes
+        /// and retries: no node ever spends more calls than its cap, and every node's spending is
+        /// exactly the provider attempts made in its subtree (children never exceed the parent,
+        /// and nothing is charged twice or hidden).
+        #[test]
+        fn budgets_are_conserved_through_the_pipeline(
+            root_cap in 0u64..40,
+            child_caps in proptest::collection::vec((0u64..25, 0usize..3), 1..5),
+            calls in proptest::collection::vec((0usize..6, 0u8..3), 1..60),
+        ) {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let s = QuotaScheduler::builder()
+                        .estimator(ExactEstimator)
+                        .retry(RetryPolicy::default().max_attempts(3).seed(1))
+                        .build()
+                        .unwrap();
+                    let model = TimedModel::new(ScriptedModel::new("m").with_responder(answer));
+                    // nodes[0] is the root; each child hangs off an earlier node.
+                    let mut nodes = vec![Budget::new("n0", BudgetLimits::calls(root_cap))];
+                    let mut parents = vec![None];
+                    for (i, (cap, parent)) in child_caps.iter().enumerate() {
+                        let p = parent % nodes.len();
+                        let child = nodes[p].child(format!("n{}", i + 1), BudgetLimits::calls(*cap));
+                        nodes.push(child);
+                        parents.push(Some(p));
+                    }
+                    let runs = calls.iter().enumerate().map(|(i, (node, outcome))| {
+                        let node = node % nodes.len();
+                        let kind = ["ok", "fail", "quota"][usize::from(*outcome)];
+                        let text = format!("{kind}-{node}");
+                        let (s, model, budget) = (&s, &model, &nodes[node]);
+                        async move {
+                            let request = ChatRequest::new(vec![Message::user(text)]);
+                            let conversation = format!("c{i}");
+                            let call = ModelCall::new(model, request, CallKind::Reply, &conversation, "a", budget);
+                            s.call(call).await
+                        }
+                    });
+                    futures::future::join_all(runs).await;
+                    // Attempts per node, from what the provider received.
+                    let mut attempts = vec![0u64; nodes.len()];
+                    for r in model.inner.requests() {
+                        let text = r.messages[0].text().unwrap_or("");
+                        let node: usize = text.rsplit('-').next().unwrap().parse().unwrap();
+                        attempts[node] += 1;
+                    }
+                    let mut subtree = attempts.clone();
+                    for i in (1..nodes.len()).rev() {
+                        let p = parents[i].unwrap();
+                        subtree[p] += subtree[i];
+                    }
+                    for (i, node) in nodes.iter().enumerate() {
+                        let cap = node.limits().max_calls.unwrap();
+                        assert!(node.used().calls <= cap, "node {i} over its cap");
+                        assert_eq!(node.used().calls, subtree[i], "node {i}");
+                    }
+                });
+        }
+    }
+}

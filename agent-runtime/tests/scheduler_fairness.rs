@@ -86,39 +86,46 @@ async fn conversations_with_equal_demand_get_equal_shares_even_against_a_greedy_
 
 #[tokio::test(start_paused = true)]
 async fn a_large_call_is_admitted_within_a_bounded_wait_while_small_calls_keep_coming() {
-    // 1,000 tokens a second; ten conversations send 10-token calls back to back (far more than
-    // the refill), and one large call of 900 tokens arrives at t = 2 s.
+    // 1,000 tokens a second. Ten conversations each start a 10-token call every 50 ms without
+    // waiting for the previous one (2,000 tokens/s offered: twice the refill, so the bucket stays
+    // near empty), and a 900-token call arrives at t = 2 s.
     let s = scheduler(Quota::per_period(Duration::from_secs(1)).tokens(1_000));
     let model = TimedModel::answering("m", Usage::new(1, 1));
     let budget = Budget::unlimited();
     let t0 = Instant::now();
-    let stop = t0 + Duration::from_secs(6);
-    let mut small = Vec::new();
+    let stop = t0 + Duration::from_secs(5);
+    let mut arrivals = Vec::new();
     for i in 0..10 {
         let (s, model, budget) = (s.clone(), model.clone(), budget.clone());
-        small.push(tokio::spawn(async move {
+        arrivals.push(tokio::spawn(async move {
+            let mut calls = Vec::new();
             while Instant::now() < stop {
-                call(&s, &model, 10, &format!("small{i}"), &budget)
-                    .await
-                    .unwrap();
+                let (s, model, budget) = (s.clone(), model.clone(), budget.clone());
+                calls.push(tokio::spawn(async move {
+                    call(&s, &model, 10, &format!("small{i}"), &budget).await
+                }));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            calls
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let asked = Instant::now();
     call(&s, &model, 900, "large", &budget).await.unwrap();
     let waited = Instant::now() - asked;
-    // At worst: every other conversation's turn first (10 × 10 tokens), then 900 tokens of
-    // refill, at 1 token per ms.
+    // Strict head-of-line: at worst every other conversation's turn first (10 × 10 tokens), then
+    // 900 tokens of refill, at 1 token per ms. Without it, small calls would keep taking the
+    // refill and the large call would wait until they stop.
     let bound = Duration::from_millis(900 + 10 * 10);
     assert!(waited <= bound, "large call waited {waited:?} > {bound:?}");
     assert!(
         waited > Duration::ZERO,
         "the bucket was drained by the small calls"
     );
-    tokio::time::sleep_until(stop).await;
-    for t in small {
-        t.await.unwrap();
+    for a in arrivals {
+        for c in a.await.unwrap() {
+            c.await.unwrap().unwrap();
+        }
     }
 }
 
@@ -199,4 +206,30 @@ async fn cancelling_a_queued_call_gives_its_place_and_budget_back() {
     assert_eq!(root.used().calls, 2);
     let k = &s.snapshot().keys["m"];
     assert_eq!((k.queued, k.in_flight), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_in_flight_keeps_the_charge_and_frees_the_slot() {
+    let s = scheduler(Quota::per_minute().max_in_flight(1));
+    let model = TimedModel::answering("m", Usage::new(1, 1)).with_latency(Duration::from_secs(5));
+    let budget = Budget::new("b", BudgetLimits::calls(10));
+    let token = CancellationToken::new();
+    let slow = {
+        let (s, model, budget, token) = (s.clone(), model.clone(), budget.clone(), token.clone());
+        tokio::spawn(async move {
+            let call = ModelCall::new(&model, request(1), CallKind::Reply, "a", "a", &budget)
+                .with_cancel(&token);
+            s.call(call).await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.snapshot().keys["m"].in_flight, 1);
+    token.cancel();
+    assert!(matches!(slow.await.unwrap(), Err(CallError::Cancelled)));
+    // The request reached the provider: it stays charged. The slot is free at once.
+    assert_eq!(budget.used().calls, 1);
+    assert_eq!(s.snapshot().keys["m"].in_flight, 0);
+    let t = Instant::now();
+    call(&s, &model, 1, "b", &budget).await.unwrap();
+    assert_eq!(model.seen()[1].at, t);
 }
