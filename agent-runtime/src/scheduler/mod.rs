@@ -13,6 +13,9 @@ use agent_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+#[cfg(feature = "redis")]
+pub mod redis_state;
+
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
     /// The call entered the admission queue.
