@@ -21,6 +21,9 @@ pub mod quota;
 pub mod retry;
 pub mod state;
 
+#[cfg(feature = "redis")]
+pub mod redis_state;
+
 pub use admission::FailurePolicy;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
@@ -46,9 +49,6 @@ use tracing::Instrument;
 
 use admission::{Admitted, Backend, Key, Refusal, Ticket, cancelled};
 use metrics::{CallRecord, Conversations};
-
-#[cfg(feature = "redis")]
-pub mod redis_state;
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
@@ -619,6 +619,16 @@ impl Inner {
                     key.name, self.max_admission_wait
                 ),
             }),
+            Refusal::BackendUnavailable { error, wait } => {
+                CallError::Model(ModelError::Transient {
+                    status: None,
+                    retry_after: None,
+                    message: format!(
+                        "quota '{}' not admitted: its shared state backend kept failing for {wait:?} ({error}); admission fails closed (FailurePolicy::Closed)",
+                        key.name
+                    ),
+                })
+            }
             Refusal::Cancelled => CallError::Cancelled,
         }
     }

@@ -5,46 +5,34 @@ use std::time::Duration;
 /// What admission does while Redis is unreachable or slower than the command timeout.
 ///
 /// There is no silent mode: every switch into and out of a failure mode is logged with
-/// `tracing::warn!` and counted in [`RedisQuotaMetrics`](super::RedisQuotaMetrics).
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `tracing::warn!` and shows in [`RedisQuotaMetrics`](super::RedisQuotaMetrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
-pub enum FailurePolicy {
-    /// Admission keeps retrying Redis for up to `max_wait`, then fails with
-    /// [`RedisQuotaError::Unavailable`](super::RedisQuotaError::Unavailable). No call is sent
-    /// without the shared quota's consent, so the provider never sees more than the limit.
-    FailClosed {
-        /// How long one admission waits for Redis before it gives up.
-        max_wait: Duration,
-    },
+pub enum RedisFailurePolicy {
+    /// Admission fails with [`StateError::Unavailable`](crate::scheduler::StateError): the
+    /// scheduler (with its default [`FailurePolicy::Closed`](crate::scheduler::FailurePolicy))
+    /// keeps the call waiting and asking Redis again every poll interval, and fails it after
+    /// `max_admission_wait`. No call is sent without the shared quota's consent, so the provider
+    /// never sees more than the limit; an outage stalls calls. The default: a shared quota that
+    /// silently stops being shared is the bug this backend exists to prevent.
+    #[default]
+    FailClosed,
     /// Admission continues on a local in-memory quota holding each limit divided by
-    /// `expected_processes` (the conservative share of one process), and returns to the shared
-    /// quota as soon as Redis answers again. Calls keep flowing, at a lower rate.
+    /// `expected_processes` (this process's conservative share), asks Redis again every
+    /// `probe_interval`, and returns to the shared quota as soon as Redis answers. Calls keep
+    /// flowing at a lower rate; the sum over processes stays within the limit as long as no more
+    /// than `expected_processes` processes run.
     FailOpen {
         /// How many processes share the quota; each gets `1 / expected_processes` of every limit
-        /// while Redis is down. At least 1.
+        /// (and of the in-flight cap) while Redis is down. At least 1.
         expected_processes: u32,
     },
 }
 
-impl FailurePolicy {
-    /// Fail closed, waiting up to `max_wait` per admission.
-    pub fn fail_closed(max_wait: Duration) -> Self {
-        FailurePolicy::FailClosed { max_wait }
-    }
-
+impl RedisFailurePolicy {
     /// Fail open to `1 / expected_processes` of every limit.
     pub fn fail_open(expected_processes: u32) -> Self {
-        FailurePolicy::FailOpen { expected_processes }
-    }
-}
-
-impl Default for FailurePolicy {
-    /// Fail closed with a 30 s wait: a shared quota that silently stops being shared is the bug
-    /// this backend exists to prevent, so degrading is opt-in.
-    fn default() -> Self {
-        FailurePolicy::FailClosed {
-            max_wait: Duration::from_secs(30),
-        }
+        RedisFailurePolicy::FailOpen { expected_processes }
     }
 }
 
@@ -53,12 +41,12 @@ impl Default for FailurePolicy {
 ///
 /// ```
 /// use std::time::Duration;
-/// use agent_runtime::scheduler::redis_state::{FailurePolicy, RedisQuotaConfig};
+/// use agent_runtime::scheduler::redis_state::{RedisFailurePolicy, RedisQuotaConfig};
 ///
 /// let config = RedisQuotaConfig::default()
 ///     .with_key_prefix("billing-service")
-///     .with_lease_ttl(Duration::from_secs(20))
-///     .with_failure_policy(FailurePolicy::fail_open(4));
+///     .with_command_timeout(Duration::from_millis(200))
+///     .with_failure_policy(RedisFailurePolicy::fail_open(4));
 /// assert_eq!(config.key_prefix, "billing-service");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -67,32 +55,23 @@ pub struct RedisQuotaConfig {
     /// Namespace of every key (`{prefix:quota}:…`). Processes share a quota exactly when they use
     /// the same prefix and quota key. Default `"turnstile"`.
     pub key_prefix: String,
-    /// How long an in-flight lease lives without renewal. A holder renews its lease every third of
-    /// this while the call runs, so a crashed holder's slot returns at most this long after the
-    /// crash. Default 30 s.
-    pub lease_ttl: Duration,
     /// A Redis command slower than this counts as a failure (and triggers the failure policy).
     /// Default 500 ms.
     pub command_timeout: Duration,
     /// While Redis is failing, how often a fail-open state probes it to return to the shared
     /// quota. Default 1 s.
     pub probe_interval: Duration,
-    /// The longest an admission sleeps on a full in-flight limit before asking Redis again: a
-    /// slot freed by another process is not announced, so it is polled. Default 50 ms.
-    pub in_flight_poll: Duration,
-    /// What admission does when Redis fails. Default [`FailurePolicy::default`].
-    pub failure_policy: FailurePolicy,
+    /// What admission does when Redis fails. Default [`RedisFailurePolicy::FailClosed`].
+    pub failure_policy: RedisFailurePolicy,
 }
 
 impl Default for RedisQuotaConfig {
     fn default() -> Self {
         Self {
             key_prefix: "turnstile".to_owned(),
-            lease_ttl: Duration::from_secs(30),
             command_timeout: Duration::from_millis(500),
             probe_interval: Duration::from_secs(1),
-            in_flight_poll: Duration::from_millis(50),
-            failure_policy: FailurePolicy::default(),
+            failure_policy: RedisFailurePolicy::default(),
         }
     }
 }
@@ -102,13 +81,6 @@ impl RedisQuotaConfig {
     #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
-        self
-    }
-
-    /// Sets the lease time-to-live.
-    #[must_use]
-    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
         self
     }
 
@@ -126,16 +98,9 @@ impl RedisQuotaConfig {
         self
     }
 
-    /// Sets the in-flight poll interval.
-    #[must_use]
-    pub fn with_in_flight_poll(mut self, poll: Duration) -> Self {
-        self.in_flight_poll = poll;
-        self
-    }
-
     /// Sets the failure policy.
     #[must_use]
-    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+    pub fn with_failure_policy(mut self, policy: RedisFailurePolicy) -> Self {
         self.failure_policy = policy;
         self
     }
@@ -145,19 +110,13 @@ impl RedisQuotaConfig {
         if self.key_prefix.is_empty() {
             return Err("key_prefix is empty; set a namespace such as \"turnstile\"".into());
         }
-        if self.lease_ttl < Duration::from_millis(100) {
-            return Err(format!(
-                "lease_ttl {:?} is below 100 ms; leases would expire between renewals",
-                self.lease_ttl
-            ));
-        }
         if self.command_timeout.is_zero() {
             return Err("command_timeout is zero; every command would time out".into());
         }
-        if self.probe_interval.is_zero() || self.in_flight_poll.is_zero() {
-            return Err("probe_interval and in_flight_poll must be above zero".into());
+        if self.probe_interval.is_zero() {
+            return Err("probe_interval must be above zero".into());
         }
-        if let FailurePolicy::FailOpen {
+        if let RedisFailurePolicy::FailOpen {
             expected_processes: 0,
         } = self.failure_policy
         {
@@ -177,7 +136,7 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert!(matches!(
             config.failure_policy,
-            FailurePolicy::FailClosed { .. }
+            RedisFailurePolicy::FailClosed
         ));
     }
 
@@ -185,10 +144,9 @@ mod tests {
     fn bad_values_are_rejected_with_a_reason() {
         let cases = [
             RedisQuotaConfig::default().with_key_prefix(""),
-            RedisQuotaConfig::default().with_lease_ttl(Duration::from_millis(10)),
             RedisQuotaConfig::default().with_command_timeout(Duration::ZERO),
-            RedisQuotaConfig::default().with_in_flight_poll(Duration::ZERO),
-            RedisQuotaConfig::default().with_failure_policy(FailurePolicy::fail_open(0)),
+            RedisQuotaConfig::default().with_probe_interval(Duration::ZERO),
+            RedisQuotaConfig::default().with_failure_policy(RedisFailurePolicy::fail_open(0)),
         ];
         for case in cases {
             let err = case.validate().err();

@@ -9,41 +9,75 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 
-/// One continuous bucket of a quota as the scripts store it: `capacity` units, refilled at
-/// `capacity / period` continuously (so `capacity` is both the limit per period and the burst).
-///
-/// Processes sharing a quota must agree on the buckets; a process passing a different capacity
-/// for the same name simply sees the level clamped to its own capacity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BucketSpec {
-    /// The dimension's name as stored and reported, e.g. `"requests"` or `"tokens"`.
-    pub name: &'static str,
-    /// The limit per period, which is also the most one burst can take.
-    pub capacity: u64,
-    /// The period over which `capacity` refills completely (e.g. one minute).
-    pub period: Duration,
+use crate::scheduler::quota::{Cost, Dimension, Limits, Rate};
+
+/// One bucket of a quota as the scripts see it: its stored name and rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BucketArg {
+    pub(crate) dimension: Dimension,
+    pub(crate) rate: Rate,
 }
 
-impl BucketSpec {
-    /// A bucket of `capacity` per `period`.
-    pub fn new(name: &'static str, capacity: u64, period: Duration) -> Self {
-        Self {
-            name,
-            capacity,
-            period,
+impl BucketArg {
+    /// The buckets `limits` sets, in a fixed order.
+    pub(crate) fn of(limits: &Limits) -> impl Iterator<Item = BucketArg> {
+        [
+            (Dimension::Requests, limits.requests),
+            (Dimension::Tokens, limits.tokens),
+            (Dimension::RequestsPerDay, limits.requests_per_day),
+            (Dimension::TokensPerDay, limits.tokens_per_day),
+        ]
+        .into_iter()
+        .filter_map(|(dimension, rate)| rate.map(|rate| BucketArg { dimension, rate }))
+    }
+
+    /// What one admission of `cost` takes from this bucket.
+    pub(crate) fn amount(&self, cost: Cost) -> u64 {
+        if self.is_tokens() {
+            cost.tokens
+        } else {
+            cost.requests
         }
+    }
+
+    pub(crate) fn is_tokens(&self) -> bool {
+        matches!(self.dimension, Dimension::Tokens | Dimension::TokensPerDay)
     }
 
     /// Pushes `name, capacity, period_ms, amount` onto a script call.
     fn push(&self, inv: &mut ScriptInvocation<'_>, amount: f64) {
-        // At least 1 ms so a zero period cannot divide by zero inside Redis; `validate` rejects it
-        // before it gets here.
-        let period_ms = self.period.as_secs_f64() * 1000.0;
-        inv.arg(self.name)
-            .arg(self.capacity)
+        // At least 1 ms: the scheduler validates periods above zero, and Redis must never divide
+        // by zero whatever it is sent.
+        let period_ms = self.rate.period.as_secs_f64() * 1000.0;
+        inv.arg(dimension_name(self.dimension))
+            .arg(self.rate.limit)
             .arg(period_ms.max(1.0))
             .arg(amount);
     }
+}
+
+/// The name a dimension is stored and reported under.
+fn dimension_name(dimension: Dimension) -> &'static str {
+    match dimension {
+        Dimension::Requests => "requests",
+        Dimension::Tokens => "tokens",
+        Dimension::RequestsPerDay => "requests_per_day",
+        Dimension::TokensPerDay => "tokens_per_day",
+        Dimension::InFlight => "in_flight",
+        _ => "paused",
+    }
+}
+
+fn parse_dimension(name: &str) -> Option<Dimension> {
+    Some(match name {
+        "requests" => Dimension::Requests,
+        "tokens" => Dimension::Tokens,
+        "requests_per_day" => Dimension::RequestsPerDay,
+        "tokens_per_day" => Dimension::TokensPerDay,
+        "in_flight" => Dimension::InFlight,
+        "paused" => Dimension::Paused,
+        _ => return None,
+    })
 }
 
 /// The three keys of one quota. They share the `{prefix:quota}` hash tag, so on Redis Cluster they
@@ -76,16 +110,15 @@ impl QuotaKeys {
 /// What the acquire script decided.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum AcquireReply {
-    /// Every dimension was reserved and the lease recorded.
-    Granted { server_us: u64 },
+    /// Every dimension was reserved and the lease recorded under `lease_id`.
+    Granted { lease_id: u64 },
     /// Not now; `dimension` is the one with the longest wait.
     Wait {
-        server_us: u64,
-        dimension: String,
+        dimension: Dimension,
         wait: Duration,
     },
     /// The cost exceeds the bucket's capacity.
-    Never { dimension: String, capacity: u64 },
+    Never { dimension: Dimension, capacity: u64 },
 }
 
 /// A quota's state as read by the inspect script.
@@ -94,7 +127,7 @@ pub(crate) struct InspectReply {
     pub(crate) server_us: u64,
     pub(crate) in_flight: u64,
     pub(crate) paused_for: Duration,
-    pub(crate) levels: Vec<f64>,
+    pub(crate) levels: Vec<(Dimension, f64)>,
 }
 
 /// The loaded-once scripts.
@@ -130,37 +163,36 @@ impl Scripts {
         }
     }
 
-    /// Checks and reserves `costs` plus one in-flight slot under `lease_id`.
+    /// Checks and reserves `cost` in every bucket of `limits` plus one in-flight slot.
     pub(crate) async fn acquire(
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        lease_id: &str,
+        limits: &Limits,
+        cost: Cost,
         lease_ttl: Duration,
-        max_in_flight: Option<u32>,
-        costs: &[(BucketSpec, u64)],
     ) -> RedisResult<AcquireReply> {
         let mut inv = self.acquire.prepare_invoke();
         keys.push(&mut inv);
-        inv.arg(lease_id)
-            .arg(duration_ms(lease_ttl))
-            .arg(max_in_flight.unwrap_or(0))
-            .arg(costs.len());
-        for (spec, cost) in costs {
-            spec.push(&mut inv, *cost as f64);
+        let buckets: Vec<BucketArg> = BucketArg::of(limits).collect();
+        inv.arg(duration_ms(lease_ttl))
+            .arg(limits.max_in_flight.unwrap_or(0))
+            .arg(u8::from(limits.start_empty))
+            .arg(buckets.len());
+        for b in &buckets {
+            b.push(&mut inv, b.amount(cost) as f64);
         }
         let reply: Vec<Value> = inv.invoke_async(conn).await?;
         match reply.first().and_then(as_i64) {
             Some(1) => Ok(AcquireReply::Granted {
-                server_us: field_u64(&reply, 1)?,
+                lease_id: field_u64(&reply, 2)?,
             }),
             Some(0) => Ok(AcquireReply::Wait {
-                server_us: field_u64(&reply, 1)?,
-                dimension: field_string(&reply, 2)?,
+                dimension: field_dimension(&reply, 2)?,
                 wait: Duration::from_micros(field_u64(&reply, 3)?),
             }),
             Some(-1) => Ok(AcquireReply::Never {
-                dimension: field_string(&reply, 2)?,
+                dimension: field_dimension(&reply, 2)?,
                 capacity: field_u64(&reply, 3)?,
             }),
             _ => Err(malformed("acquire", &reply)),
@@ -173,14 +205,14 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        lease_id: &str,
-        deltas: &[(BucketSpec, i64)],
+        lease_id: u64,
+        deltas: &[(BucketArg, i64)],
     ) -> RedisResult<bool> {
         let mut inv = self.settle.prepare_invoke();
         keys.push(&mut inv);
         inv.arg(lease_id).arg(deltas.len());
-        for (spec, delta) in deltas {
-            spec.push(&mut inv, *delta as f64);
+        for (bucket, delta) in deltas {
+            bucket.push(&mut inv, *delta as f64);
         }
         let reply: Vec<Value> = inv.invoke_async(conn).await?;
         Ok(field_u64(&reply, 0)? == 1)
@@ -191,7 +223,7 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        lease_id: &str,
+        lease_id: u64,
         lease_ttl: Duration,
     ) -> RedisResult<bool> {
         let mut inv = self.renew.prepare_invoke();
@@ -221,13 +253,13 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        remaining: &[(BucketSpec, u64)],
+        remaining: &[(BucketArg, u64)],
     ) -> RedisResult<()> {
         let mut inv = self.observe.prepare_invoke();
         keys.push(&mut inv);
         inv.arg(remaining.len());
-        for (spec, left) in remaining {
-            spec.push(&mut inv, *left as f64);
+        for (bucket, left) in remaining {
+            bucket.push(&mut inv, *left as f64);
         }
         let _: Vec<Value> = inv.invoke_async(conn).await?;
         Ok(())
@@ -238,22 +270,23 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        specs: &[BucketSpec],
+        limits: &Limits,
     ) -> RedisResult<InspectReply> {
         let mut inv = self.inspect.prepare_invoke();
         keys.push(&mut inv);
-        inv.arg(specs.len());
-        for spec in specs {
-            spec.push(&mut inv, 0.0);
+        let buckets: Vec<BucketArg> = BucketArg::of(limits).collect();
+        inv.arg(buckets.len());
+        for b in &buckets {
+            b.push(&mut inv, f64::from(u8::from(limits.start_empty)));
         }
         let reply: Vec<Value> = inv.invoke_async(conn).await?;
-        let mut levels = Vec::with_capacity(specs.len());
-        for i in 0..specs.len() {
+        let mut levels = Vec::with_capacity(buckets.len());
+        for (i, b) in buckets.iter().enumerate() {
             let text = field_string(&reply, 3 + i)?;
             let level = text
                 .parse::<f64>()
                 .map_err(|_| malformed("inspect", &reply))?;
-            levels.push(level);
+            levels.push((b.dimension, level));
         }
         Ok(InspectReply {
             server_us: field_u64(&reply, 0)?,
@@ -294,6 +327,10 @@ fn field_string(reply: &[Value], i: usize) -> RedisResult<String> {
     }
 }
 
+fn field_dimension(reply: &[Value], i: usize) -> RedisResult<Dimension> {
+    parse_dimension(&field_string(reply, i)?).ok_or_else(|| malformed("acquire", reply))
+}
+
 fn malformed(script: &'static str, reply: &[Value]) -> redis::RedisError {
     redis::RedisError::from((
         redis::ErrorKind::UnexpectedReturnType,
@@ -315,6 +352,20 @@ mod tests {
         }
         assert_ne!(keys.buckets, keys.leases);
         assert_ne!(keys.leases, keys.pause);
+    }
+
+    #[test]
+    fn every_dimension_round_trips_through_its_stored_name() {
+        for d in [
+            Dimension::Requests,
+            Dimension::Tokens,
+            Dimension::RequestsPerDay,
+            Dimension::TokensPerDay,
+            Dimension::InFlight,
+            Dimension::Paused,
+        ] {
+            assert_eq!(parse_dimension(dimension_name(d)), Some(d));
+        }
     }
 
     #[test]

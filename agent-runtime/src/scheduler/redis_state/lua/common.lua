@@ -22,11 +22,15 @@ local function server_now()
 end
 
 -- The level of one bucket at `now_ms`, after continuous refill (never above capacity; negative
--- after an extra charge, which later callers then wait out).
-local function load_bucket(key, name, cap, period_ms, now_ms)
+-- after an extra charge, which later callers then wait out). A bucket not stored yet starts full,
+-- or empty when `empty` (the quota's `start_empty`).
+local function load_bucket(key, name, cap, period_ms, now_ms, empty)
   local rate = cap / period_ms
   local v = redis.call('HMGET', key, name .. ':l', name .. ':t')
   if not v[1] or not v[2] then
+    if empty then
+      return 0, rate
+    end
     return cap, rate
   end
   local elapsed = now_ms - tonumber(v[2])

@@ -7,7 +7,7 @@ local specs = read_specs(2, tonumber(ARGV[1]), 4)
 local now_us, now_ms = server_now()
 local ttl = 0
 for _, s in ipairs(specs) do
-  local level, rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms)
+  local level, rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, false)
   if s.amount < level then
     level = s.amount
     store_bucket(KEYS[1], s.name, level, now_ms)

@@ -10,7 +10,7 @@ local now_us, now_ms = server_now()
 local released = redis.call('ZREM', KEYS[2], ARGV[1])
 local ttl = 0
 for _, s in ipairs(specs) do
-  local level, rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms)
+  local level, rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, false)
   level = math.min(s.cap, level + s.amount)
   store_bucket(KEYS[1], s.name, level, now_ms)
   ttl = math.max(ttl, time_to_full(s.cap, rate, level))
