@@ -216,3 +216,136 @@ async fn the_password_never_shows_in_debug_output_or_errors() {
         .unwrap_err();
     assert!(!err.to_string().contains("hunter2"));
 }
+
+/// A private `redis-server` on a free port, stopped on drop (the shared Redis is never stopped).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None` when no `redis-server` binary is installed.
+    fn start(port: Option<u16>) -> Option<Self> {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self {
+            port,
+            child: Some(child),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks until the state answers `Granted` from Redis (not from the local share).
+async fn wait_for_shared(state: &RedisQuotaState, limits: &agent_runtime::scheduler::Limits) {
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = state
+                .acquire("model", limits, cost, Duration::from_secs(60))
+                .await;
+            if state.mode() == RedisMode::Shared && matches!(answer, Ok(Acquire::Granted(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("never back on the shared quota");
+}
+
+#[tokio::test]
+async fn fail_open_returns_to_the_shared_quota_when_redis_comes_back() {
+    let Some(mut redis) = PrivateRedis::start(None) else {
+        eprintln!("skipping: no redis-server binary");
+        return;
+    };
+    let state = RedisQuotaState::connect(
+        &redis.url(),
+        RedisQuotaConfig::default()
+            .with_failure_policy(RedisFailurePolicy::fail_open(2))
+            .with_probe_interval(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let limits = Quota::per_minute().requests(1_000).limits();
+    wait_for_shared(&state, &limits).await;
+    let switches = state.metrics().mode_switches;
+
+    redis.stop();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let answer = state
+        .acquire("model", &limits, cost, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Acquire::Granted(_)));
+    assert_eq!(state.mode(), RedisMode::LocalShare);
+    assert_eq!(state.metrics().local_admissions, 1);
+
+    let _restarted = PrivateRedis::start(Some(redis.port)).unwrap();
+    wait_for_shared(&state, &limits).await;
+    // Out to the local share and back: two more switches, each logged.
+    assert_eq!(state.metrics().mode_switches, switches + 2);
+}
+
+#[tokio::test]
+async fn fail_closed_admits_again_once_redis_comes_back() {
+    let Some(mut redis) = PrivateRedis::start(None) else {
+        eprintln!("skipping: no redis-server binary");
+        return;
+    };
+    let state = RedisQuotaState::connect(&redis.url(), RedisQuotaConfig::default())
+        .await
+        .unwrap();
+    let limits = Quota::per_minute().requests(1_000).limits();
+    wait_for_shared(&state, &limits).await;
+    redis.stop();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    assert!(
+        state
+            .acquire("model", &limits, cost, Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    assert_eq!(state.mode(), RedisMode::Unavailable);
+    let _restarted = PrivateRedis::start(Some(redis.port)).unwrap();
+    wait_for_shared(&state, &limits).await;
+    assert_eq!(state.metrics().local_admissions, 0);
+}
