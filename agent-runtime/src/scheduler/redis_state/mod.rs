@@ -179,8 +179,11 @@ impl RedisQuotaState {
         let client = Client::open(url).map_err(|e| RedisQuotaError::InvalidUrl {
             reason: e.to_string(),
         })?;
-        let endpoint = client.get_connection_info().addr().to_string();
-        install_tls_provider();
+        let addr = client.get_connection_info().addr();
+        let endpoint = addr.to_string();
+        if matches!(addr, redis::ConnectionAddr::TcpTls { .. }) {
+            install_tls_provider();
+        }
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.command_timeout))
             .set_response_timeout(Some(config.command_timeout))
