@@ -245,6 +245,11 @@ pub(crate) enum Refusal {
         dimension: Dimension,
         wait: Duration,
     },
+    /// A fail-closed shared backend kept failing until the call's admission wait ran out.
+    BackendUnavailable {
+        error: String,
+        wait: Duration,
+    },
     Cancelled,
 }
 
@@ -482,6 +487,7 @@ impl Key {
         let now = Instant::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
+        let mut backend_error = None;
         let (wait, dimension) = match answer {
             Ok(Acquire::Granted(lease)) => {
                 return Ok(Ok(self.grant(inner, waiting, start, now, Some(lease))));
@@ -500,12 +506,21 @@ impl Key {
                             Err(b) => (b.wait.unwrap_or(*poll), b.dimension),
                         }
                     }
-                    FailurePolicy::Closed => (*poll, Dimension::Paused),
+                    FailurePolicy::Closed => {
+                        backend_error = Some(e.to_string());
+                        (*poll, Dimension::Paused)
+                    }
                 }
             }
         };
         let next = now + wait;
         if next > give_up_at {
+            if let Some(error) = backend_error {
+                return Err(Refusal::BackendUnavailable {
+                    error,
+                    wait: next - start,
+                });
+            }
             return Err(Refusal::TooLong {
                 dimension,
                 wait: next - start,

@@ -21,6 +21,9 @@ pub mod quota;
 pub mod retry;
 pub mod state;
 
+#[cfg(feature = "redis")]
+pub mod redis_state;
+
 pub use admission::FailurePolicy;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
@@ -616,6 +619,16 @@ impl Inner {
                     key.name, self.max_admission_wait
                 ),
             }),
+            Refusal::BackendUnavailable { error, wait } => {
+                CallError::Model(ModelError::Transient {
+                    status: None,
+                    retry_after: None,
+                    message: format!(
+                        "quota '{}' not admitted: its shared state backend kept failing for {wait:?} ({error}); admission fails closed (FailurePolicy::Closed)",
+                        key.name
+                    ),
+                })
+            }
             Refusal::Cancelled => CallError::Cancelled,
         }
     }
