@@ -24,7 +24,6 @@ pub mod state;
 #[cfg(feature = "redis")]
 pub mod redis_state;
 
-pub use admission::FailurePolicy;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
@@ -216,7 +215,6 @@ pub struct QuotaSchedulerBuilder {
     estimator: Arc<dyn TokenEstimator>,
     retry: RetryPolicy,
     state: Option<Arc<dyn QuotaState>>,
-    on_state_error: FailurePolicy,
     lease_ttl: Duration,
     poll: Duration,
     max_tracked_conversations: usize,
@@ -237,7 +235,6 @@ impl Default for QuotaSchedulerBuilder {
             estimator: Arc::new(CharsPerToken::default()),
             retry: RetryPolicy::default(),
             state: None,
-            on_state_error: FailurePolicy::default(),
             lease_ttl: Duration::from_secs(600),
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
@@ -275,12 +272,6 @@ impl QuotaSchedulerBuilder {
     /// Keeps bucket state in a shared backend (e.g. Redis) instead of this process's memory.
     pub fn state(mut self, state: Arc<dyn QuotaState>) -> Self {
         self.state = Some(state);
-        self
-    }
-
-    /// What a shared backend's failure does (default [`FailurePolicy::Closed`]).
-    pub fn on_state_error(mut self, policy: FailurePolicy) -> Self {
-        self.on_state_error = policy;
         self
     }
 
@@ -333,7 +324,6 @@ impl QuotaSchedulerBuilder {
             None => Backend::Local,
             Some(state) => Backend::Shared {
                 state,
-                on_error: self.on_state_error,
                 lease_ttl: self.lease_ttl,
                 poll: self.poll,
             },
@@ -624,7 +614,7 @@ impl Inner {
                     status: None,
                     retry_after: None,
                     message: format!(
-                        "quota '{}' not admitted: its shared state backend kept failing for {wait:?} ({error}); admission fails closed (FailurePolicy::Closed)",
+                        "quota '{}' not admitted: its shared state backend kept failing for {wait:?} ({error}); admission fails closed",
                         key.name
                     ),
                 })

@@ -10,8 +10,7 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum RedisFailurePolicy {
     /// Admission fails with [`StateError::Unavailable`](crate::scheduler::StateError): the
-    /// scheduler (with its default [`FailurePolicy::Closed`](crate::scheduler::FailurePolicy))
-    /// keeps the call waiting and asking Redis again every poll interval, and fails it after
+    /// scheduler keeps the call waiting and asking Redis again every poll interval, and fails it after
     /// `max_admission_wait`. No call is sent without the shared quota's consent, so the provider
     /// never sees more than the limit; an outage stalls calls. The default: a shared quota that
     /// silently stops being shared is the bug this backend exists to prevent.
