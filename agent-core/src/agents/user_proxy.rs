@@ -52,7 +52,8 @@ type TerminationPredicate = dyn Fn(&Message) -> bool + Send + Sync;
 /// [`ToolRegistry`] (a tool it does not have is an error result the model can read, as in AG2)
 /// and reply with the results; otherwise reply with the default auto-reply text (AG2's default:
 /// empty). Input is trimmed; `exit` must match exactly. A stop is a [`Content::Stop`] message with
-/// text `exit`. A reply the human typed (or a stop they chose) has `from_human: true`, which
+/// text `exit`; every chat ends on it with
+/// [`StopReason::StopRequested`](crate::StopReason::StopRequested). A reply the human typed (or a stop they chose) has `from_human: true`, which
 /// resets the runtime's `max_consecutive_auto_reply` count.
 ///
 /// Differences from AG2: the runtime, not the proxy, enforces `max_consecutive_auto_reply`, so

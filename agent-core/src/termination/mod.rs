@@ -146,13 +146,22 @@ pub enum StopReason {
         /// The last speaker.
         after: String,
     },
-    /// An agent replied with nothing (or a human ended the chat).
+    /// An agent replied with no messages.
     EmptyReply {
         /// The agent.
         agent: String,
     },
     /// The chat was run while its termination condition was still terminated.
     AlreadyTerminated,
+    /// A reply ended with a stop message ([`Content::Stop`](crate::Content::Stop)), such as a
+    /// human typing `exit` to a [`UserProxy`](crate::UserProxy). Every chat stops on one, with no
+    /// condition needed (AG2 ends the conversation there too).
+    StopRequested {
+        /// The agent whose reply ended with the stop message.
+        source: String,
+        /// The stop message's text (`exit` for a human).
+        text: String,
+    },
     /// The chat was cancelled.
     Cancelled,
     /// Several conditions fired together (AND accumulation, or several OR children).
@@ -225,6 +234,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::EmptyReply { agent } => write!(f, "'{agent}' had nothing to say"),
             StopReason::AlreadyTerminated => f.write_str("The group chat has already terminated."),
+            StopReason::StopRequested { source, text } => {
+                write!(f, "'{source}' asked to stop: {text}")
+            }
             StopReason::Cancelled => f.write_str("Cancelled"),
             StopReason::Combined(reasons) => {
                 for (i, r) in reasons.iter().enumerate() {

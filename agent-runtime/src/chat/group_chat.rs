@@ -438,8 +438,9 @@ struct Thread {
 /// Each run appends the task, then repeats: pick a speaker, let it reply to the whole thread
 /// (agents apply their own history policy), append the reply, check the termination condition and
 /// the caps. It stops at the first of: the termination condition, `max_messages`, the
-/// termination predicate, `max_turns`, an agent's `max_consecutive_auto_reply`, the budget, no
-/// eligible speaker, an empty reply, or cancellation — and says which in
+/// termination predicate, a reply ending with a stop message (a human typing `exit`),
+/// `max_turns`, an agent's `max_consecutive_auto_reply`, the budget, no eligible speaker, an
+/// empty reply, or cancellation — and says which in
 /// [`ChatResult::stop_reason`].
 ///
 /// The chat keeps its thread and counters between runs: running it again (with a new task or
@@ -783,7 +784,21 @@ impl GroupChat {
             let by_turns =
                 self.caps
                     .record_reply(&mut self.thread.counters, speaker, reply.from_human);
-            if let Some(stop) = self.append(reply.messages)? {
+            // A reply that ends with a stop message (a human typing `exit`) ends every chat.
+            let requested = match reply.messages.last().map(|m| &m.content) {
+                Some(Content::Stop { text }) => Some(StopReason::StopRequested {
+                    source: self.roster.name(speaker).to_string(),
+                    text: text.to_string(),
+                }),
+                _ => None,
+            };
+            let stop = match (self.append(reply.messages)?, requested) {
+                (Some(checked), Some(requested)) => {
+                    StopReason::combine(vec![checked, requested])
+                }
+                (checked, requested) => checked.or(requested),
+            };
+            if let Some(stop) = stop {
                 return Ok(stop);
             }
             if let Some(stop) = by_turns {

@@ -16,6 +16,9 @@ impl GroupChat {
     /// - the termination predicate is AG2's default: a message whose text is exactly
     ///   `TERMINATE` (checked on the opening message too) stops with
     ///   [`StopReason::TerminationMessage`](agent_core::StopReason::TerminationMessage);
+    /// - a reply ending with a stop message (a [`UserProxy`](agent_core::UserProxy) whose human
+    ///   types `exit`) stops with
+    ///   [`StopReason::StopRequested`](agent_core::StopReason::StopRequested), as in every chat;
     /// - each agent's `max_consecutive_auto_reply` applies, and
     ///   [`max_consecutive_auto_reply`](GroupChatBuilder::max_consecutive_auto_reply) sets a
     ///   default for both.
