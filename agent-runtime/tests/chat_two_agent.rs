@@ -146,3 +146,22 @@ async fn a_human_typing_exit_stops_the_chat_without_another_model_call() {
     );
     assert_eq!(r.stop_reason.to_string(), "'human' asked to stop: exit");
 }
+
+#[tokio::test]
+async fn every_run_of_a_two_agent_chat_starts_with_the_recipient() {
+    let mut chat = GroupChat::two_agent(Echo::new("student"), Echo::new("teacher"))
+        .max_turns(2)
+        .build()
+        .unwrap();
+    let first = chat.run("first question").await.unwrap();
+    assert_eq!(
+        sources(&first.messages),
+        ["student", "teacher", "student", "teacher"]
+    );
+    let second = chat.run("second question").await.unwrap();
+    assert_eq!(
+        sources(&second.messages),
+        ["student", "teacher", "student", "teacher"]
+    );
+    assert_eq!(second.messages[0].text(), Some("second question"));
+}

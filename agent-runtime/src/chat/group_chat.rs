@@ -723,7 +723,20 @@ impl GroupChat {
                 .iter_mut()
                 .for_each(|c| *c = 0);
             let messages = task.into_messages(&self.task_source);
-            if let Some(stop) = self.append(messages)? {
+            // A task written by a participant (a two-agent chat's initiator) is that
+            // participant's turn, so another one answers it, as in AG2, where the sender of the
+            // opening message is the last speaker. Handoff selection follows handoffs only.
+            let author = messages
+                .last()
+                .and_then(Message::source)
+                .and_then(|source| self.roster.index(source));
+            let stop = self.append(messages)?;
+            if let Some(author) = author
+                && !matches!(self.selection, SpeakerSelection::Handoffs)
+            {
+                self.thread.previous = Some(author);
+            }
+            if let Some(stop) = stop {
                 return Ok(stop);
             }
         }

@@ -8,9 +8,10 @@ use super::group_chat::{GroupChat, GroupChatBuilder};
 impl GroupChat {
     /// A two-agent chat, AG2's `initiator.initiate_chat(recipient, message, max_turns=…)`.
     ///
-    /// The run's text task is the initiator's opening message (attributed to the initiator); the
-    /// recipient replies first, then they alternate. Preset, and overridable on the returned
-    /// builder:
+    /// The run's text task is the initiator's opening message (attributed to the initiator). A
+    /// task written by a participant counts as that participant's turn, so the recipient answers
+    /// it, then they alternate — in every run, not only the first. Preset, and overridable on the
+    /// returned builder:
     /// - `max_turns(N)` counts **exchanges**: at most `2N` messages in a run (the opening message,
     ///   then `2N − 1` replies), as in AG2; the stop reason reports `N`;
     /// - the termination predicate is AG2's default: a message whose text is exactly
