@@ -370,3 +370,31 @@ async fn cancel_while_a_turn_waits_in_the_quota_queue_refunds_it_and_frees_the_q
     assert_eq!(key.queued, 0);
     assert_eq!(key.in_flight, 0);
 }
+
+#[tokio::test]
+async fn a_loaded_state_with_impossible_counters_is_rejected_not_overflowed() {
+    let mut chat = GroupChat::builder()
+        .participants([Echo::new("a"), Echo::new("b")])
+        .max_turns(3)
+        .build()
+        .unwrap();
+    chat.run("go").await.unwrap();
+    let good = chat.save_state();
+
+    let mut state = good.clone();
+    state.turns = u32::MAX;
+    let err = chat.load_state(state).unwrap_err();
+    assert!(err.to_string().contains("turns"), "{err}");
+
+    let mut state = good.clone();
+    state.counted_messages = u64::MAX;
+    assert!(chat.load_state(state).is_err());
+
+    let mut state = good.clone();
+    state.consecutive_auto_replies.insert("a".into(), u32::MAX);
+    assert!(chat.load_state(state).is_err());
+
+    // The chat is unchanged by the rejected loads and still runs within its cap.
+    let r = chat.run("again").await.unwrap();
+    assert_eq!(r.stop_reason, StopReason::MaxTurns { max: 3 });
+}

@@ -51,6 +51,19 @@ pub enum ChatConfigError {
     /// A saved state does not fit this chat.
     #[error("saved chat state does not fit this chat: {0}")]
     State(String),
+    /// A saved counter is larger than the saved thread allows: every counted turn, message or
+    /// auto-reply is a message of the thread, so none can exceed the thread's length.
+    #[error(
+        "saved chat state is inconsistent: its {counter} counter is {value}, but its thread has only {messages} messages, so it can be at most {messages}; the state was corrupted or edited — load an unmodified save_state()"
+    )]
+    StateCounterOutOfRange {
+        /// The counter (`turns`, `counted_messages`, or `consecutive_auto_replies['<agent>']`).
+        counter: String,
+        /// Its saved value.
+        value: u64,
+        /// The number of messages in the saved thread.
+        messages: u64,
+    },
 }
 
 /// What failed in a chat run.

@@ -946,7 +946,9 @@ impl GroupChat {
     /// id. The termination condition starts fresh.
     ///
     /// # Errors
-    /// An unknown format version, or a state naming agents that are not participants.
+    /// An unknown format version, a state naming agents that are not participants, or a counter
+    /// larger than the saved thread allows (a corrupted or edited state). A rejected state
+    /// changes nothing.
     pub fn load_state(&mut self, state: ChatState) -> Result<(), ChatConfigError> {
         if state.version != ChatState::VERSION {
             return Err(ChatConfigError::State(format!(
@@ -965,8 +967,26 @@ impl GroupChat {
         };
         let previous = state.previous_speaker.as_deref().map(find).transpose()?;
         let handoff = state.pending_handoff.as_deref().map(find).transpose()?;
+        let messages = u64::try_from(state.messages.len()).unwrap_or(u64::MAX);
+        let in_range = |counter: &str, value: u64| {
+            if value <= messages {
+                Ok(())
+            } else {
+                Err(ChatConfigError::StateCounterOutOfRange {
+                    counter: counter.to_owned(),
+                    value,
+                    messages,
+                })
+            }
+        };
+        in_range("turns", u64::from(state.turns))?;
+        in_range("counted_messages", state.counted_messages)?;
         let mut consecutive = vec![0; self.roster.len()];
         for (name, count) in &state.consecutive_auto_replies {
+            in_range(
+                &format!("consecutive_auto_replies['{name}']"),
+                u64::from(*count),
+            )?;
             consecutive[find(name)?] = *count;
         }
         self.thread = Thread {
