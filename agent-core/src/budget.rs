@@ -220,10 +220,19 @@ impl Node {
     }
 
     fn add(&self, charge: Charge) {
-        self.calls.fetch_add(charge.calls, Ordering::AcqRel);
-        self.tokens.fetch_add(charge.tokens, Ordering::AcqRel);
-        self.cost_nanos
-            .fetch_add(charge.cost_nanos, Ordering::AcqRel);
+        for (counter, amount) in [
+            (&self.calls, charge.calls),
+            (&self.tokens, charge.tokens),
+            (&self.cost_nanos, charge.cost_nanos),
+        ] {
+            if amount == 0 {
+                continue;
+            }
+            // Saturating: a restored usage can be arbitrarily large, and must never wrap to 0.
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(amount))
+            });
+        }
     }
 
     fn sub(&self, charge: Charge) {
@@ -318,9 +327,16 @@ fn to_cap(limit: Option<u64>) -> u64 {
 
 fn cost_cap(limit: Option<f64>) -> u64 {
     match limit {
-        Some(usd) if usd.is_finite() => (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64,
+        Some(usd) if usd.is_finite() => usd_to_nanos(usd),
         _ => u64::MAX,
     }
+}
+
+/// Dollars as nanodollars, rounded; negative or NaN amounts are 0, and amounts too large for a
+/// `u64` saturate.
+fn usd_to_nanos(usd: f64) -> u64 {
+    // `as` saturates (and maps NaN to 0), which is the clamping wanted here.
+    (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64
 }
 
 impl Budget {
@@ -408,6 +424,44 @@ impl Budget {
             calls: n.calls.load(Ordering::Acquire),
             tokens: n.tokens.load(Ordering::Acquire),
             cost_usd: n.cost_nanos.load(Ordering::Acquire) as f64 / NANOS_PER_DOLLAR,
+        }
+    }
+
+    /// Raises this node's usage to `usage` and charges the difference to every ancestor, ignoring
+    /// caps (usage that really happened is always recorded). This is how a chat restored from a
+    /// saved state keeps spending from what it had already spent before a restart.
+    ///
+    /// - Only what is missing is added, so restoring the same usage twice (or a usage the node
+    ///   has already reached) changes nothing, and usage is never lowered.
+    /// - The ancestors are those of **this** tree: a child restored under a fresh parent charges
+    ///   the parent too, keeping every parent's usage at least the sum of its children's. Restore
+    ///   each saved node once, at the node it was saved from; do not also restore the same usage
+    ///   into a parent, or the parent counts it twice.
+    /// - Call it before the budget is in use; concurrent charges are kept, but the raise is
+    ///   computed from the usage at the time of the call.
+    ///
+    /// ```
+    /// use agent_core::{Budget, BudgetLimits, BudgetUsage, Charge};
+    ///
+    /// let root = Budget::new("process", BudgetLimits::UNLIMITED);
+    /// let chat = root.child("chat", BudgetLimits::calls(5));
+    /// let saved = BudgetUsage { calls: 3, tokens: 120, cost_usd: 0.0 };
+    /// chat.restore_used(saved);
+    /// chat.restore_used(saved); // idempotent
+    /// assert_eq!(chat.used(), saved);
+    /// assert_eq!(root.used().calls, 3);
+    /// assert_eq!(chat.remaining_calls(), 2);
+    /// ```
+    pub fn restore_used(&self, usage: BudgetUsage) {
+        let n = &self.node;
+        let missing = Charge {
+            calls: usage.calls.saturating_sub(n.calls.load(Ordering::Acquire)),
+            tokens: usage.tokens.saturating_sub(n.tokens.load(Ordering::Acquire)),
+            cost_nanos: usd_to_nanos(usage.cost_usd)
+                .saturating_sub(n.cost_nanos.load(Ordering::Acquire)),
+        };
+        for node in self.node.chain() {
+            node.add(missing);
         }
     }
 

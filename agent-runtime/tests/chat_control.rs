@@ -398,3 +398,48 @@ async fn a_loaded_state_with_impossible_counters_is_rejected_not_overflowed() {
     let r = chat.run("again").await.unwrap();
     assert_eq!(r.stop_reason, StopReason::MaxTurns { max: 3 });
 }
+
+fn model_chat(model: &ScriptedModel, budget: Budget) -> GroupChatBuilder {
+    GroupChat::builder()
+        .participant(ModelAgent::new("a", model.clone()))
+        .participant(ModelAgent::new("b", model.clone()))
+        .conversation_id("conv-budget")
+        .budget(budget)
+}
+
+#[tokio::test]
+async fn a_restored_chat_keeps_spending_from_its_saved_budget() {
+    let model = ScriptedModel::new("test/m").with_responder(|_| {
+        Ok(agent_core::Completion::text(
+            "test/m",
+            "ok",
+            agent_core::Usage::new(3, 1),
+        ))
+    });
+    let mut first = model_chat(&model, Budget::new("run", BudgetLimits::calls(5)))
+        .max_turns(3)
+        .build()
+        .unwrap();
+    first.run("go").await.unwrap();
+    assert_eq!(first.budget().used().calls, 3);
+    let json = serde_json::to_string(&first.save_state()).unwrap();
+    drop(first);
+
+    // A "new process": a fresh budget with the same caps, under a fresh parent.
+    let root = Budget::new("process", BudgetLimits::UNLIMITED);
+    let budget = root.child("run", BudgetLimits::calls(5));
+    let state: ChatState = serde_json::from_str(&json).unwrap();
+    let mut second = model_chat(&model, budget.clone())
+        .max_turns(10)
+        .load_state(state)
+        .build()
+        .unwrap();
+    assert_eq!(budget.used().calls, 3);
+    assert_eq!(root.used().calls, 3, "restored usage counts into the new ancestors");
+    let r = second.run(Task::Resume).await.unwrap();
+    assert_eq!(r.model_calls(), 2, "only what is left of the 5 calls");
+    assert!(matches!(r.stop_reason, StopReason::BudgetExhausted(_)));
+    assert_eq!(model.request_count(), 5);
+    assert_eq!(budget.used().calls, 5);
+    assert_eq!(budget.used().tokens, 20);
+}

@@ -939,11 +939,14 @@ impl GroupChat {
                 .map(|(i, c)| (self.roster.name(i).to_string(), *c))
                 .collect(),
             rng: t.rng,
+            budget_used: Some(self.budget.used()),
         }
     }
 
     /// Replaces the thread, rotation and counters with a saved state, and adopts its conversation
-    /// id. The termination condition starts fresh.
+    /// id. The chat's budget is raised to the saved usage ([`Budget::restore_used`]: its ancestors
+    /// are charged too, and loading the same state twice charges once). The termination condition
+    /// starts fresh.
     ///
     /// # Errors
     /// An unknown format version, a state naming agents that are not participants, or a counter
@@ -1002,6 +1005,9 @@ impl GroupChat {
         };
         if let Some(t) = &mut self.termination {
             t.reset();
+        }
+        if let Some(used) = state.budget_used {
+            self.budget.restore_used(used);
         }
         if *self.conversation != *state.conversation_id {
             self.conversation = Arc::from(state.conversation_id);
