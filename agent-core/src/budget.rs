@@ -145,8 +145,13 @@ pub enum BudgetDimension {
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("{}", describe(self))]
 pub struct BudgetExhausted {
-    /// Name of the budget node that refused (the chat's own, or an ancestor's).
+    /// Name of the budget node that refused (the chat's own, or an ancestor's). Names need not be
+    /// unique; compare [`budget_id`](Self::budget_id) to tell nodes apart.
     pub budget: String,
+    /// [`Budget::id`] of the node that refused. `0` when read from a serialized form that predates
+    /// the field (no budget has id 0).
+    #[serde(default)]
+    pub budget_id: u64,
     /// Which cap.
     pub dimension: BudgetDimension,
     /// What had been used (or reserved) when the charge was refused.
@@ -199,6 +204,7 @@ pub struct BudgetUsage {
 
 #[derive(Debug)]
 struct Node {
+    id: u64,
     name: Arc<str>,
     max_calls: u64,
     max_tokens: u64,
@@ -282,6 +288,7 @@ impl Node {
         };
         BudgetExhausted {
             budget: self.name.to_string(),
+            budget_id: self.id,
             dimension,
             used,
             limit,
@@ -365,8 +372,11 @@ impl Budget {
         parent: Option<Arc<Node>>,
         prices: Arc<PriceTable>,
     ) -> Self {
+        // Ids start at 1 so that 0 can mean "unknown" in deserialized errors.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Budget {
             node: Arc::new(Node {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 name,
                 max_calls: to_cap(limits.max_calls),
                 max_tokens: to_cap(limits.max_tokens),
@@ -391,9 +401,28 @@ impl Budget {
         )
     }
 
-    /// The node's name.
+    /// The node's name (not necessarily unique).
     pub fn name(&self) -> &str {
         &self.node.name
+    }
+
+    /// The node's identity: unique among the budgets of this process (clones share it), and what
+    /// [`BudgetExhausted::budget_id`] refers to. Compare ids, not names, to ask whether a refusal
+    /// came from a given node.
+    ///
+    /// ```
+    /// use agent_core::{Budget, BudgetLimits, Charge};
+    ///
+    /// let outer = Budget::new("research", BudgetLimits::calls(1));
+    /// let inner = outer.child("research", BudgetLimits::UNLIMITED);
+    /// assert_ne!(outer.id(), inner.id());
+    /// assert_eq!(inner.clone().id(), inner.id());
+    /// inner.try_reserve(Charge { calls: 1, ..Charge::default() }).unwrap().commit();
+    /// let err = inner.try_reserve(Charge { calls: 1, ..Charge::default() }).unwrap_err();
+    /// assert_eq!(err.budget_id, outer.id()); // same name, but the outer node refused
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.node.id
     }
 
     /// The node's own caps.

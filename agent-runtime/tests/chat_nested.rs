@@ -280,3 +280,27 @@ async fn a_failing_chat_in_a_sequence_keeps_the_earlier_results() {
         Some("two\nContext: \na 1")
     );
 }
+
+#[tokio::test]
+async fn an_outer_budget_named_like_the_nested_agent_still_stops_the_outer_chat() {
+    let model = counting_model();
+    // The outer budget has the nested agent's name: only identity tells the budgets apart.
+    let parent = Budget::new("research", BudgetLimits::calls(4));
+    let mut chat = GroupChat::builder()
+        .participant(researcher(&model, BudgetLimits::calls(3)))
+        .participant(Echo::new("writer"))
+        .budget(parent.clone())
+        .max_turns(10)
+        .build()
+        .unwrap();
+    let r = chat.run("queues").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "research", "writer"]);
+    match &r.stop_reason {
+        StopReason::BudgetExhausted(e) => {
+            assert_eq!(e.budget, "research");
+            assert_eq!(e.limit, 4.0);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(parent.used().calls, 4);
+}

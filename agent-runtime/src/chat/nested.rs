@@ -136,7 +136,8 @@ impl Agent for NestedChatAgent {
         let mut text = result.summary;
         match result.stop_reason {
             StopReason::Cancelled => return Err(AgentError::Call(CallError::Cancelled)),
-            StopReason::BudgetExhausted(e) if e.budget != child.name() => {
+            // By identity: an ancestor may have the nested agent's name.
+            StopReason::BudgetExhausted(e) if e.budget_id != child.id() => {
                 return Err(AgentError::Call(CallError::BudgetExhausted(e)));
             }
             StopReason::BudgetExhausted(e) => {
