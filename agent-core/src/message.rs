@@ -306,6 +306,25 @@ impl Message {
         }
     }
 
+    /// AG2's default `is_termination_msg`: a **text** message whose text is exactly `TERMINATE`
+    /// (case-sensitive, no surrounding whitespace). Stop and handoff messages never match: a stop
+    /// message ends a chat by itself, and a handoff is not a request to stop.
+    ///
+    /// The two-agent chat's default predicate and [`UserProxy`](crate::UserProxy)'s default
+    /// termination test are both this function.
+    ///
+    /// ```
+    /// use agent_core::Message;
+    ///
+    /// assert!(Message::assistant("a", "TERMINATE").is_terminate());
+    /// assert!(!Message::assistant("a", "TERMINATE.").is_terminate());
+    /// assert!(!Message::stop("a", "TERMINATE").is_terminate());
+    /// assert!(!Message::handoff("a", "b", "TERMINATE").is_terminate());
+    /// ```
+    pub fn is_terminate(&self) -> bool {
+        matches!(&self.content, Content::Text { text } if &**text == "TERMINATE")
+    }
+
     /// True for a plain text message.
     pub fn is_text(&self) -> bool {
         matches!(self.content, Content::Text { .. })

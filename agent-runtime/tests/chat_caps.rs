@@ -264,7 +264,7 @@ async fn termination_predicate_checks_every_message() {
     let mut chat = GroupChat::builder()
         .participant(Scripted::new("a", &["working", "TERMINATE"]))
         .participant(Echo::new("b"))
-        .is_termination_msg(agent_runtime::chat::is_terminate)
+        .is_termination_msg(agent_core::Message::is_terminate)
         .build()
         .unwrap();
     let r = chat.run("go").await.unwrap();

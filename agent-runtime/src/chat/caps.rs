@@ -10,11 +10,6 @@ use agent_core::{Content, Message, StopReason};
 /// `is_termination_msg`).
 pub type TerminationPredicate = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
 
-/// AG2's default `is_termination_msg`: the message's text is exactly `TERMINATE`.
-pub fn is_terminate(message: &Message) -> bool {
-    matches!(&message.content, Content::Text { text } if &**text == "TERMINATE")
-}
-
 /// The turn cap: how many agent replies stop the chat, and the number the stop reason reports
 /// (a two-agent chat counts exchanges, AG2-style: `max_turns = N` allows `2N − 1` replies after
 /// the initiator's opening message).
@@ -156,7 +151,7 @@ mod tests {
     fn simultaneous_hits_combine() {
         let caps = Caps {
             max_messages: Some(1),
-            predicate: Some(Arc::new(is_terminate)),
+            predicate: Some(Arc::new(Message::is_terminate)),
             ..Caps::default()
         };
         let mut counters = Counters::default();
@@ -226,10 +221,4 @@ mod tests {
         assert_eq!(counters.messages, u64::MAX);
     }
 
-    #[test]
-    fn default_predicate_is_exact() {
-        assert!(is_terminate(&Message::assistant("a", "TERMINATE")));
-        assert!(!is_terminate(&Message::assistant("a", "TERMINATE.")));
-        assert!(!is_terminate(&Message::assistant("a", "terminate")));
-    }
 }
