@@ -78,8 +78,32 @@ impl Price {
     fn nanos(&self, usage: Usage) -> u64 {
         let dollars = usage.prompt_tokens as f64 * self.input_per_million / 1e6
             + usage.completion_tokens as f64 * self.output_per_million / 1e6;
-        (dollars * NANOS_PER_DOLLAR).round().max(0.0) as u64
+        usd_to_nanos(dollars)
     }
+}
+
+/// Nanodollars as dollars. Costs are counted in integer nanodollars (so they add exactly) and
+/// shown in dollars; this and [`usd_to_nanos`] are the only conversions, used by budgets and by
+/// the runtime's usage reports alike.
+///
+/// ```
+/// use agent_core::budget::{nanos_to_usd, usd_to_nanos};
+///
+/// assert_eq!(usd_to_nanos(0.25), 250_000_000);
+/// assert_eq!(nanos_to_usd(250_000_000), 0.25);
+/// assert_eq!(usd_to_nanos(-1.0), 0);
+/// assert_eq!(usd_to_nanos(f64::NAN), 0);
+/// assert_eq!(usd_to_nanos(1e30), u64::MAX);
+/// ```
+pub fn nanos_to_usd(nanos: u64) -> f64 {
+    nanos as f64 / NANOS_PER_DOLLAR
+}
+
+/// Dollars as nanodollars, rounded to the nearest. Negative and NaN amounts are 0; amounts too
+/// large for a `u64` saturate. See [`nanos_to_usd`].
+pub fn usd_to_nanos(usd: f64) -> u64 {
+    // `as` saturates (and maps NaN to 0), which is the clamping wanted here.
+    (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64
 }
 
 /// Prices by model id ([`ChatModel::id`](crate::ChatModel::id)). Models not in the table cost 0.
@@ -119,7 +143,7 @@ impl PriceTable {
 
     /// Cost in dollars of `usage` on `model` (0 when the model is not listed).
     pub fn cost_usd(&self, model: &str, usage: Usage) -> f64 {
-        self.cost_nanos(model, usage) as f64 / NANOS_PER_DOLLAR
+        nanos_to_usd(self.cost_nanos(model, usage))
     }
 
     fn cost_nanos(&self, model: &str, usage: Usage) -> u64 {
@@ -282,8 +306,8 @@ impl Node {
             BudgetDimension::Calls => (current as f64, self.max_calls as f64),
             BudgetDimension::Tokens => (current as f64, self.max_tokens as f64),
             BudgetDimension::Cost => (
-                current as f64 / NANOS_PER_DOLLAR,
-                self.max_cost_nanos as f64 / NANOS_PER_DOLLAR,
+                nanos_to_usd(current),
+                nanos_to_usd(self.max_cost_nanos),
             ),
         };
         BudgetExhausted {
@@ -337,13 +361,6 @@ fn cost_cap(limit: Option<f64>) -> u64 {
         Some(usd) if usd.is_finite() => usd_to_nanos(usd),
         _ => u64::MAX,
     }
-}
-
-/// Dollars as nanodollars, rounded; negative or NaN amounts are 0, and amounts too large for a
-/// `u64` saturate.
-fn usd_to_nanos(usd: f64) -> u64 {
-    // `as` saturates (and maps NaN to 0), which is the clamping wanted here.
-    (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64
 }
 
 impl Budget {
@@ -432,7 +449,7 @@ impl Budget {
             max_calls: (n.max_calls != u64::MAX).then_some(n.max_calls),
             max_tokens: (n.max_tokens != u64::MAX).then_some(n.max_tokens),
             max_cost_usd: (n.max_cost_nanos != u64::MAX)
-                .then_some(n.max_cost_nanos as f64 / NANOS_PER_DOLLAR),
+                .then_some(nanos_to_usd(n.max_cost_nanos)),
         }
     }
 
@@ -452,7 +469,7 @@ impl Budget {
         BudgetUsage {
             calls: n.calls.load(Ordering::Acquire),
             tokens: n.tokens.load(Ordering::Acquire),
-            cost_usd: n.cost_nanos.load(Ordering::Acquire) as f64 / NANOS_PER_DOLLAR,
+            cost_usd: nanos_to_usd(n.cost_nanos.load(Ordering::Acquire)),
         }
     }
 

@@ -113,18 +113,19 @@ impl Usage {
         }
     }
 
-    /// Prompt plus completion tokens.
+    /// Prompt plus completion tokens (saturating at `u64::MAX`).
     pub const fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
+/// Saturating: usage comes from providers and saved states, and a sum must never wrap.
 impl std::ops::Add for Usage {
     type Output = Usage;
     fn add(self, rhs: Usage) -> Usage {
         Usage {
-            prompt_tokens: self.prompt_tokens + rhs.prompt_tokens,
-            completion_tokens: self.completion_tokens + rhs.completion_tokens,
+            prompt_tokens: self.prompt_tokens.saturating_add(rhs.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(rhs.completion_tokens),
         }
     }
 }
@@ -396,5 +397,15 @@ mod tests {
         assert_eq!(t.text(), None);
         assert_eq!(t.calls().len(), 1);
         assert_eq!(Usage::new(1, 2) + Usage::new(3, 4), Usage::new(4, 6));
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_overflowing() {
+        let big = Usage::new(u64::MAX, u64::MAX - 1);
+        assert_eq!(big.total(), u64::MAX);
+        assert_eq!(big + Usage::new(1, 5), Usage::new(u64::MAX, u64::MAX));
+        let mut sum = Usage::new(u64::MAX - 1, 0);
+        sum += Usage::new(3, 2);
+        assert_eq!(sum, Usage::new(u64::MAX, 2));
     }
 }
