@@ -244,9 +244,12 @@ impl Node {
         let amounts = [charge.calls, charge.tokens, charge.cost_nanos];
         for (i, (counter, max, dimension)) in self.counters().into_iter().enumerate() {
             let amount = amounts[i];
+            if amount == 0 {
+                continue;
+            }
             let result = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
                 let next = v.saturating_add(amount);
-                (amount == 0 || next <= max).then_some(next)
+                (next <= max).then_some(next)
             });
             if let Err(current) = result {
                 // Roll back the dimensions already added at this node.
@@ -448,10 +451,10 @@ impl Budget {
 
     /// Takes `charge` from this node and every ancestor, or nothing if any cap would be crossed.
     pub fn try_reserve(&self, charge: Charge) -> Result<Reservation, BudgetExhausted> {
-        let chain: Vec<&Arc<Node>> = self.node.chain().collect();
-        for (i, node) in chain.iter().enumerate() {
+        // Walks the chain twice on failure rather than collecting it: no allocation per call.
+        for (i, node) in self.node.chain().enumerate() {
             if let Err(e) = node.try_add(charge) {
-                for done in &chain[..i] {
+                for done in self.node.chain().take(i) {
                     done.sub(charge);
                 }
                 return Err(e);

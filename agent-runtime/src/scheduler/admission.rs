@@ -1,0 +1,537 @@
+//! Quota admission: a key's fair queue of waiting calls and the wait itself.
+//!
+//! Per key, waiting calls sit in per-conversation FIFO queues; conversations take turns
+//! round-robin (one admission per turn) within a priority class, and higher classes go first.
+//! The order is **strict head-of-line**: only the call at the head of that order may take from the
+//! buckets, so a large call that waits for the bucket to refill is not overtaken by small calls
+//! taking the tokens it waits for; its wait is bounded by `cost / rate` once it is at the head.
+//!
+//! The head waits on a timer for the time the buckets say it needs; everyone else waits on a
+//! notification. Every event that can change the answer (a grant, a release, a refund, a
+//! cancellation of the head) notifies the new head. Cancelling a waiting call (dropping its future
+//! or firing its token) removes it and passes its turn on.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::pending;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustc_hash::FxBuildHasher;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use super::feedback;
+use super::metrics::{KeyCounters, LearnedLimits};
+use super::quota::{Cost, Dimension, Limits, Quota};
+use super::retry::{Breaker, RetryBudget, RetryPolicy};
+use super::state::{Acquire, KeyBuckets, Lease, QuotaState};
+
+/// What a shared backend's failure does to admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Calls keep waiting (polling the backend) until it answers or `max_admission_wait` passes:
+    /// quota is never exceeded, but an outage stalls calls.
+    #[default]
+    Closed,
+    /// Calls are admitted by this process's local buckets alone (the configured limits per
+    /// process): traffic continues, and the errors show in `KeyStats::backend_errors`.
+    Open,
+}
+
+/// Where admission takes quota from.
+#[derive(Debug, Clone)]
+pub(crate) enum Backend {
+    /// The key's own in-memory buckets, updated under its lock (the synchronous fast path).
+    Local,
+    /// A shared [`QuotaState`]; the local queue only orders the waiters.
+    Shared {
+        state: Arc<dyn QuotaState>,
+        on_error: FailurePolicy,
+        lease_ttl: Duration,
+        poll: Duration,
+    },
+}
+
+/// A waiting call.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    id: u64,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct Class {
+    priority: u8,
+    /// Conversations with waiting calls, in turn order.
+    ring: VecDeque<Arc<str>>,
+    waiting: HashMap<Arc<str>, VecDeque<Arc<Slot>>, FxBuildHasher>,
+}
+
+/// Per-conversation FIFO queues taken round-robin, within priority classes (highest first).
+#[derive(Debug, Default)]
+pub(crate) struct FairQueue {
+    classes: Vec<Class>,
+    len: usize,
+    next_id: u64,
+}
+
+impl FairQueue {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, conversation: &str, priority: u8, front: bool) -> Arc<Slot> {
+        self.next_id += 1;
+        let slot = Arc::new(Slot {
+            id: self.next_id,
+            notify: Notify::new(),
+        });
+        // Classes are sorted by descending priority.
+        let i = match self.classes.binary_search_by(|c| priority.cmp(&c.priority)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.classes.insert(
+                    i,
+                    Class {
+                        priority,
+                        ring: VecDeque::new(),
+                        waiting: HashMap::default(),
+                    },
+                );
+                i
+            }
+        };
+        let class = &mut self.classes[i];
+        match class.waiting.get_mut(conversation) {
+            Some(q) if front => q.push_front(slot.clone()),
+            Some(q) => q.push_back(slot.clone()),
+            None => {
+                let name: Arc<str> = Arc::from(conversation);
+                class
+                    .waiting
+                    .insert(name.clone(), VecDeque::from([slot.clone()]));
+                // A retried call had its turn already taken from it by the provider: it goes
+                // first again rather than to the back of the round.
+                if front {
+                    class.ring.push_front(name);
+                } else {
+                    class.ring.push_back(name);
+                }
+            }
+        }
+        self.len += 1;
+        slot
+    }
+
+    fn head(&self) -> Option<&Arc<Slot>> {
+        let class = self.classes.first()?;
+        class.waiting.get(class.ring.front()?)?.front()
+    }
+
+    fn is_head(&self, id: u64) -> bool {
+        self.head().is_some_and(|h| h.id == id)
+    }
+
+    /// Removes the head and moves its conversation to the back of the round.
+    fn pop_head(&mut self) {
+        let Some(class) = self.classes.first_mut() else {
+            return;
+        };
+        let Some(name) = class.ring.pop_front() else {
+            return;
+        };
+        if let Some(q) = class.waiting.get_mut(&name) {
+            q.pop_front();
+            self.len -= 1;
+            if q.is_empty() {
+                class.waiting.remove(&name);
+            } else {
+                class.ring.push_back(name);
+            }
+        }
+        if class.ring.is_empty() {
+            self.classes.remove(0);
+        }
+    }
+
+    /// Removes a waiter wherever it is.
+    fn remove(&mut self, conversation: &str, priority: u8, id: u64) {
+        let Some(ci) = self.classes.iter().position(|c| c.priority == priority) else {
+            return;
+        };
+        let class = &mut self.classes[ci];
+        let Some(q) = class.waiting.get_mut(conversation) else {
+            return;
+        };
+        let Some(pos) = q.iter().position(|s| s.id == id) else {
+            return;
+        };
+        q.remove(pos);
+        self.len -= 1;
+        if q.is_empty() {
+            class.waiting.remove(conversation);
+            class.ring.retain(|n| &**n != conversation);
+        }
+        if class.ring.is_empty() {
+            self.classes.remove(ci);
+        }
+    }
+
+    /// Wakes the head so it re-checks the buckets.
+    pub(crate) fn notify_head(&self) {
+        if let Some(h) = self.head() {
+            h.notify.notify_one();
+        }
+    }
+}
+
+/// Everything about one key that changes: guarded by one short per-key lock.
+#[derive(Debug)]
+pub(crate) struct KeyInner {
+    pub(crate) buckets: KeyBuckets,
+    /// Effective limits (configured, tightened or learned).
+    pub(crate) limits: Limits,
+    pub(crate) learned: LearnedLimits,
+    pub(crate) queue: FairQueue,
+    pub(crate) retry_budget: RetryBudget,
+    pub(crate) breaker: Breaker,
+    pub(crate) stats: KeyCounters,
+}
+
+/// One quota key.
+#[derive(Debug)]
+pub(crate) struct Key {
+    pub(crate) name: Arc<str>,
+    pub(crate) quota: Quota,
+    inner: Mutex<KeyInner>,
+}
+
+/// One admission request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket<'a> {
+    pub(crate) cost: Cost,
+    pub(crate) conversation: &'a str,
+    pub(crate) priority: u8,
+    /// A retry after a provider failure: goes to the front of its conversation's queue and is not
+    /// a new call for the retry budget.
+    pub(crate) retry: bool,
+    pub(crate) cancel: Option<&'a CancellationToken>,
+}
+
+/// An admitted call.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// When the call was admitted.
+    pub(crate) at: Instant,
+    pub(crate) wait: Duration,
+    /// This call is the circuit breaker's half-open probe.
+    pub(crate) probe: bool,
+    /// The shared backend's lease.
+    pub(crate) lease: Option<Lease>,
+}
+
+/// Why a call was not admitted.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    Exceeds {
+        dimension: Dimension,
+        needed: u64,
+        capacity: u64,
+    },
+    CircuitOpen(Duration),
+    TooLong {
+        dimension: Dimension,
+        wait: Duration,
+    },
+    Cancelled,
+}
+
+pub(crate) async fn cancelled(cancel: Option<&CancellationToken>) {
+    match cancel {
+        Some(c) => c.cancelled().await,
+        None => pending().await,
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => sleep_until(d).await,
+        None => pending().await,
+    }
+}
+
+/// Removes a waiter that leaves without admission (cancelled, refused, or dropped), passing the
+/// turn on and releasing a half-open probe it held.
+struct Waiting<'a> {
+    key: &'a Key,
+    slot: Arc<Slot>,
+    ticket: Ticket<'a>,
+    probe: bool,
+    done: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut inner = self.key.lock();
+        let was_head = inner.queue.is_head(self.slot.id);
+        inner
+            .queue
+            .remove(self.ticket.conversation, self.ticket.priority, self.slot.id);
+        if was_head {
+            inner.queue.notify_head();
+        }
+        if self.probe {
+            inner.breaker.probe_abandoned();
+        }
+    }
+}
+
+impl Key {
+    pub(crate) fn new(name: &str, quota: Quota, policy: &RetryPolicy) -> Self {
+        let now = Instant::now();
+        let learned = LearnedLimits::default();
+        Self {
+            name: Arc::from(name),
+            inner: Mutex::new(KeyInner {
+                buckets: KeyBuckets::default(),
+                limits: feedback::effective_limits(&quota, learned),
+                learned,
+                queue: FairQueue::default(),
+                retry_budget: RetryBudget::new(policy, now),
+                breaker: Breaker::new(),
+                stats: KeyCounters::default(),
+            }),
+            quota,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, KeyInner> {
+        // Every update under this lock is a handful of assignments that cannot panic half-way,
+        // so a poisoned lock still guards consistent state.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the call's turn and its quota. The fast path (empty queue, quota available,
+    /// local state) takes the lock once and never allocates.
+    pub(crate) async fn admit(
+        &self,
+        backend: &Backend,
+        ticket: Ticket<'_>,
+        policy: &RetryPolicy,
+        max_wait: Duration,
+    ) -> Result<Admitted, Refusal> {
+        let start = Instant::now();
+        let (slot, probe) = {
+            let mut inner = self.lock();
+            let inner = &mut *inner;
+            if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(ticket.cost) {
+                inner.stats.exceeds_quota += 1;
+                return Err(Refusal::Exceeds {
+                    dimension,
+                    needed,
+                    capacity,
+                });
+            }
+            let probe = match inner.breaker.admit(start, policy) {
+                Ok(probe) => probe,
+                Err(wait) => {
+                    inner.stats.circuit_rejections += 1;
+                    return Err(Refusal::CircuitOpen(wait));
+                }
+            };
+            if !ticket.retry {
+                inner.stats.calls += 1;
+                inner.retry_budget.deposit(start);
+            }
+            if matches!(backend, Backend::Local)
+                && inner.queue.len() == 0
+                && inner
+                    .buckets
+                    .try_acquire(start, &inner.limits, ticket.cost)
+                    .is_ok()
+            {
+                inner.stats.admitted(ticket.cost, Duration::ZERO);
+                return Ok(Admitted {
+                    at: start,
+                    wait: Duration::ZERO,
+                    probe,
+                    lease: None,
+                });
+            }
+            let slot = inner
+                .queue
+                .push(ticket.conversation, ticket.priority, ticket.retry);
+            (slot, probe)
+        };
+        let mut waiting = Waiting {
+            key: self,
+            slot,
+            ticket,
+            probe,
+            done: false,
+        };
+        // Boxed: the waiting state machine (timers, notifications) is large, and keeping it out
+        // of line keeps the fast path's future small and cheap to move.
+        Box::pin(self.wait_turn(&mut waiting, backend, start, max_wait)).await
+    }
+
+    async fn wait_turn(
+        &self,
+        waiting: &mut Waiting<'_>,
+        backend: &Backend,
+        start: Instant,
+        max_wait: Duration,
+    ) -> Result<Admitted, Refusal> {
+        let cost = waiting.ticket.cost;
+        let give_up_at = start + max_wait;
+        loop {
+            let mut deadline = None;
+            let mut ask_remote = None;
+            {
+                let mut inner = self.lock();
+                let inner = &mut *inner;
+                if inner.queue.is_head(waiting.slot.id) {
+                    let now = Instant::now();
+                    if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(cost) {
+                        // Limits learned while queued can make the call impossible.
+                        inner.stats.exceeds_quota += 1;
+                        return Err(Refusal::Exceeds {
+                            dimension,
+                            needed,
+                            capacity,
+                        });
+                    }
+                    let local = match backend {
+                        Backend::Local => true,
+                        Backend::Shared { .. } => false,
+                    };
+                    let blocked = if local {
+                        inner.buckets.try_acquire(now, &inner.limits, cost).err()
+                    } else {
+                        // A pause this process knows of holds the head without a round trip.
+                        inner
+                            .buckets
+                            .paused_for(now)
+                            .map(|wait| super::state::Blocked {
+                                wait: Some(wait),
+                                dimension: Dimension::Paused,
+                            })
+                    };
+                    match blocked {
+                        None if local => return Ok(self.grant(inner, waiting, start, now, None)),
+                        None => ask_remote = Some(inner.limits),
+                        Some(b) => {
+                            deadline = b.wait.map(|w| now + w);
+                            if let Some(d) = deadline.filter(|d| *d > give_up_at) {
+                                return Err(Refusal::TooLong {
+                                    dimension: b.dimension,
+                                    wait: d - start,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+            if let (Some(limits), Backend::Shared { .. }) = (ask_remote, backend) {
+                match self
+                    .ask_remote(waiting, backend, &limits, start, give_up_at)
+                    .await?
+                {
+                    Ok(admitted) => return Ok(admitted),
+                    Err(next) => deadline = Some(next),
+                }
+            }
+            tokio::select! {
+                biased;
+                () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
+                () = waiting.slot.notify.notified() => {}
+                () = sleep_until_opt(deadline) => {}
+            }
+        }
+    }
+
+    /// The head asks the shared backend. `Ok(Err(t))`: try again at `t`.
+    async fn ask_remote(
+        &self,
+        waiting: &mut Waiting<'_>,
+        backend: &Backend,
+        limits: &Limits,
+        start: Instant,
+        give_up_at: Instant,
+    ) -> Result<Result<Admitted, Instant>, Refusal> {
+        let Backend::Shared {
+            state,
+            on_error,
+            lease_ttl,
+            poll,
+        } = backend
+        else {
+            return Ok(Err(Instant::now()));
+        };
+        let cost = waiting.ticket.cost;
+        let answer = tokio::select! {
+            biased;
+            () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
+            a = state.acquire(&self.name, limits, cost, *lease_ttl) => a,
+        };
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let inner = &mut *inner;
+        let (wait, dimension) = match answer {
+            Ok(Acquire::Granted(lease)) => {
+                return Ok(Ok(self.grant(inner, waiting, start, now, Some(lease))));
+            }
+            Ok(Acquire::Wait {
+                retry_after,
+                dimension,
+            }) => (retry_after.unwrap_or(*poll), dimension),
+            Err(e) => {
+                inner.stats.backend_errors += 1;
+                tracing::warn!(key = &*self.name, error = %e, policy = ?on_error, "quota backend failed");
+                match on_error {
+                    FailurePolicy::Open => {
+                        match inner.buckets.try_acquire(now, &inner.limits, cost) {
+                            Ok(()) => return Ok(Ok(self.grant(inner, waiting, start, now, None))),
+                            Err(b) => (b.wait.unwrap_or(*poll), b.dimension),
+                        }
+                    }
+                    FailurePolicy::Closed => (*poll, Dimension::Paused),
+                }
+            }
+        };
+        let next = now + wait;
+        if next > give_up_at {
+            return Err(Refusal::TooLong {
+                dimension,
+                wait: next - start,
+            });
+        }
+        Ok(Err(next))
+    }
+
+    fn grant(
+        &self,
+        inner: &mut KeyInner,
+        waiting: &mut Waiting<'_>,
+        start: Instant,
+        now: Instant,
+        lease: Option<Lease>,
+    ) -> Admitted {
+        inner.queue.pop_head();
+        inner.queue.notify_head();
+        waiting.done = true;
+        let wait = now - start;
+        inner.stats.admitted(waiting.ticket.cost, wait);
+        Admitted {
+            at: now,
+            wait,
+            probe: waiting.probe,
+            lease,
+        }
+    }
+}

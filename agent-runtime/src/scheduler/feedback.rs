@@ -1,0 +1,142 @@
+//! Provider feedback: limits learned from rate-limit headers, and how long a 429 pauses a key.
+//!
+//! Headers are hints, never the source of truth (they are missing on some endpoints and wrong on
+//! others, rate-limits.md §1.1.4): a reported limit may set a limit that is not configured, or
+//! lower one that is, but never raise a key above its configuration.
+
+use std::time::Duration;
+
+use agent_core::{RateLimitKind, RateLimitReading};
+
+use super::metrics::LearnedLimits;
+use super::quota::{Cost, Limits, Quota, Rate};
+
+/// The limits in force: configured, lowered (or, when unset, set) by what the provider reported.
+pub(crate) fn effective_limits(quota: &Quota, learned: LearnedLimits) -> Limits {
+    let mut limits = quota.limits();
+    if quota.learn_from_headers {
+        limits.requests = merge(limits.requests, learned.requests, quota.period);
+        limits.tokens = merge(limits.tokens, learned.tokens, quota.period);
+    }
+    limits
+}
+
+fn merge(configured: Option<Rate>, reported: Option<u64>, period: Duration) -> Option<Rate> {
+    match (configured, reported.filter(|r| *r > 0)) {
+        (Some(c), Some(r)) => Some(Rate::new(c.limit.min(r), c.period)),
+        (Some(c), None) => Some(c),
+        // Learned limits use the key's period (a minute unless configured otherwise).
+        (None, Some(r)) => Some(Rate::new(r, period)),
+        (None, None) => None,
+    }
+}
+
+/// Updates what the provider reported; true when the effective limits may have changed.
+pub(crate) fn learn(learned: &mut LearnedLimits, reading: &RateLimitReading) -> bool {
+    let before = *learned;
+    if reading.limit_requests.is_some() {
+        learned.requests = reading.limit_requests;
+    }
+    if reading.limit_tokens.is_some() {
+        learned.tokens = reading.limit_tokens;
+    }
+    before != *learned
+}
+
+/// How long a 429 pauses the key: the provider's retry time when it gave one (the error's, else
+/// the reading's), else the time the limited bucket needs to refill this call's cost, else
+/// `fallback` (a jittered backoff).
+pub(crate) fn pause_after_429(
+    kind: RateLimitKind,
+    retry_after: Option<Duration>,
+    reading: Option<&RateLimitReading>,
+    limits: &Limits,
+    cost: Cost,
+    fallback: Duration,
+) -> Duration {
+    if let Some(d) = retry_after.or_else(|| reading.and_then(|r| r.retry_after)) {
+        return d;
+    }
+    let refill = |rate: Option<Rate>, amount: u64| {
+        rate.map(|r| {
+            let ns = r.period.as_nanos() * u128::from(amount) / u128::from(r.limit.max(1));
+            Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+        })
+    };
+    let computed = match kind {
+        RateLimitKind::Requests => refill(limits.requests, cost.requests),
+        RateLimitKind::Tokens => refill(limits.tokens, cost.tokens),
+        RateLimitKind::Unknown => None,
+    };
+    computed.unwrap_or(fallback)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_limits_tighten_or_set_but_never_raise() {
+        let quota = Quota::per_minute().requests(100);
+        let learned = LearnedLimits {
+            requests: Some(500),
+            tokens: Some(20_000),
+        };
+        let l = effective_limits(&quota, learned);
+        assert_eq!(l.requests.map(|r| r.limit), Some(100), "never raised");
+        assert_eq!(
+            l.tokens.map(|r| r.limit),
+            Some(20_000),
+            "learned when unset"
+        );
+        let lower = LearnedLimits {
+            requests: Some(40),
+            tokens: None,
+        };
+        assert_eq!(
+            effective_limits(&quota, lower).requests.map(|r| r.limit),
+            Some(40)
+        );
+        let off = quota.clone().learn_from_headers(false);
+        assert_eq!(effective_limits(&off, learned).tokens, None);
+    }
+
+    #[test]
+    fn pause_prefers_the_provider_then_the_bucket_then_backoff() {
+        let limits = Quota::per_minute().tokens(60_000).limits();
+        let cost = Cost {
+            requests: 1,
+            tokens: 2_000,
+        };
+        let fallback = Duration::from_millis(700);
+        let reading = RateLimitReading {
+            retry_after: Some(Duration::from_millis(1574)),
+            ..RateLimitReading::default()
+        };
+        let tokens = RateLimitKind::Tokens;
+        assert_eq!(
+            pause_after_429(
+                tokens,
+                Some(Duration::from_secs(3)),
+                Some(&reading),
+                &limits,
+                cost,
+                fallback
+            ),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            pause_after_429(tokens, None, Some(&reading), &limits, cost, fallback),
+            Duration::from_millis(1574)
+        );
+        // 2,000 tokens at 1,000 a second.
+        assert_eq!(
+            pause_after_429(tokens, None, None, &limits, cost, fallback),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            pause_after_429(RateLimitKind::Requests, None, None, &limits, cost, fallback),
+            fallback
+        );
+    }
+}
