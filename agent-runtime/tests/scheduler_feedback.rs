@@ -46,10 +46,10 @@ async fn a_429_pauses_the_key_until_the_retry_time_and_the_call_recovers() {
     let hinted_in_body = ModelError::RateLimited {
         kind: RateLimitKind::Requests,
         retry_after: None,
-        reading: Some(RateLimitReading {
+        reading: Some(Box::new(RateLimitReading {
             retry_after: Some(Duration::from_millis(1_574)),
             ..RateLimitReading::default()
-        }),
+        })),
         message: "Please try again in 1.574s".into(),
     };
     let model = TimedModel::new(

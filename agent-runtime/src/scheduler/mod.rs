@@ -867,7 +867,7 @@ impl QuotaScheduler {
                     let outcome = Outcome::RateLimited {
                         kind,
                         retry_after,
-                        reading: reading.as_ref(),
+                        reading: reading.as_deref(),
                     };
                     let (r, pause, remote) = in_flight.finish(outcome);
                     if let Some(remote) = remote {
