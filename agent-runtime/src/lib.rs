@@ -17,4 +17,9 @@ pub mod provider;
 pub mod scheduler;
 
 pub use context::SchedulerContext;
+
+// The README's code blocks compile and run as doctests, so the front page stays true to the code.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
 pub use scheduler::{CallObserver, ModelCall, QuotaScheduler};
