@@ -72,7 +72,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| run(&limited))
     });
 
-    c.bench_function("request_clone", |b| b.iter(|| black_box(request.clone())));
+    // What a call costs without the scheduler: the request clone the caller makes, the one the
+    // pipeline makes for its retry layer, and the model. `call/*` minus this is the scheduler.
+    c.bench_function("baseline/direct_model_call", |b| {
+        b.iter(|| {
+            let owned = request.clone();
+            black_box(model.complete(owned.clone()).now_or_never())
+        })
+    });
 
     let nested = budget.child("child", BudgetLimits::calls(u64::MAX / 2));
     c.bench_function("budget/reserve_settle/depth2", |b| {

@@ -1,7 +1,5 @@
 //! Caps and stop reasons: turns, messages, consecutive auto-replies, the termination condition
 //! and predicate, the budget — plus build-time validation and run errors.
-// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
-#![allow(clippy::result_large_err)]
 
 mod support;
 

@@ -1,7 +1,5 @@
 //! Running a chat: resume and reset, cancellation (also of a turn stuck in a call), the event
 //! stream, results, and save → load → continue.
-// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
-#![allow(clippy::result_large_err)]
 
 mod support;
 
@@ -10,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use agent_core::{Budget, BudgetLimits, ScriptedModel, StopReason};
+use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::{
     ChatConfigError, ChatEvent, ChatState, GroupChat, GroupChatBuilder, LlmSelector,
     SpeakerSelection, Task,
@@ -35,7 +34,7 @@ async fn the_turn_counter_restarts_after_each_stop() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn cancel_drops_a_stuck_turn_promptly_keeps_the_transcript_and_refunds_the_call() {
+async fn cancel_drops_a_stuck_turn_promptly_keeps_the_transcript_and_charges_the_sent_call() {
     let stuck = Stuck::default();
     let budget = Budget::new("run", BudgetLimits::calls(10));
     let mut chat = GroupChat::builder()
@@ -62,9 +61,11 @@ async fn cancel_drops_a_stuck_turn_promptly_keeps_the_transcript_and_refunds_the
     assert_eq!(r.stop_reason, StopReason::Cancelled);
     assert_eq!(sources(&r.messages), ["user", "a"]);
     assert_eq!(stuck.calls.load(Ordering::SeqCst), 1);
-    // The call never finished: no usage, and its reservation went back to the budget.
+    // The call never finished, so no usage is reported; but the request had reached the provider,
+    // so the budget keeps the call (the scheduler charges every attempt that was sent). A call
+    // cancelled while still queued is refunded instead (scheduler tests).
     assert_eq!(r.model_calls(), 0);
-    assert_eq!(budget.used().calls, 0);
+    assert_eq!(budget.used().calls, 1);
     assert!(
         events
             .iter()
@@ -334,4 +335,38 @@ async fn many_chats_run_as_plain_futures_on_one_task() {
     .await;
     assert!(results.iter().all(|r| r.messages.len() == 5));
     assert_eq!(model.request_count(), 100);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_while_a_turn_waits_in_the_quota_queue_refunds_it_and_frees_the_queue() {
+    use agent_runtime::scheduler::Quota;
+    // One request per minute: the first reply takes it, the second waits in the queue.
+    let model = ScriptedModel::new("test/m").text("one").text("two");
+    let scheduler = QuotaScheduler::builder()
+        .quota("test/m", Quota::per_minute().requests(1))
+        .build()
+        .unwrap();
+    let budget = Budget::new("run", BudgetLimits::calls(10));
+    let mut chat = GroupChat::builder()
+        .participant(ModelAgent::new("a", model.clone()))
+        .participant(ModelAgent::new("b", model.clone()))
+        .scheduler(scheduler.clone())
+        .budget(budget.clone())
+        .build()
+        .unwrap();
+    let handle = chat.cancel_handle();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        handle.cancel();
+    });
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(r.stop_reason, StopReason::Cancelled);
+    assert_eq!(sources(&r.messages), ["user", "a"]);
+    // Only the first call reached the provider and only it is charged; the queued one was
+    // refunded and left the queue.
+    assert_eq!(model.request_count(), 1);
+    assert_eq!(budget.used().calls, 1);
+    let key = &scheduler.snapshot().keys["test/m"];
+    assert_eq!(key.queued, 0);
+    assert_eq!(key.in_flight, 0);
 }

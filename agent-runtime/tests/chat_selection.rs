@@ -1,7 +1,5 @@
 //! Speaker selection: every method, the rules that narrow it, and the LLM selector's retries and
 //! fallback.
-// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
-#![allow(clippy::result_large_err)]
 
 mod support;
 

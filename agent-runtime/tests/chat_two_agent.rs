@@ -1,6 +1,4 @@
 //! Two-agent chats: AG2's `initiate_chat` turn counting, termination message and auto-reply caps.
-// `ScriptedModel` responders return agent-core's `ModelError`, which is large by design.
-#![allow(clippy::result_large_err)]
 
 mod support;
 

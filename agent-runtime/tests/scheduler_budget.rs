@@ -1,6 +1,6 @@
 //! Budgets through the scheduler: charged before queueing, retries charged, and the runaway
 //! recursion test — agents that spawn nested chats forever stop at the root budget.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::result_large_err)] // tests fail loudly
+#![allow(clippy::unwrap_used, clippy::panic)] // tests fail loudly
 
 mod scheduler_support;
 

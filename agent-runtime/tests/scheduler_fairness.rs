@@ -1,6 +1,6 @@
 //! Fair admission on the paused clock: equal shares across conversations, a bounded wait for a
 //! large call among small ones, priorities, and cancellation that gives the place back.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::result_large_err)] // tests fail loudly
+#![allow(clippy::unwrap_used, clippy::panic)] // tests fail loudly
 
 mod scheduler_support;
 

@@ -1,6 +1,6 @@
 //! Provider feedback and the one retry layer: 429 pauses with retry hints, errors that are never
 //! retried, transient retries with backoff and a retry budget, and the circuit breaker.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::result_large_err)] // tests fail loudly
+#![allow(clippy::unwrap_used, clippy::panic)] // tests fail loudly
 
 mod scheduler_support;
 

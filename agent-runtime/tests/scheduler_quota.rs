@@ -1,6 +1,6 @@
 //! Quota semantics of the scheduler on the paused clock: bucket bounds in every window, calls that
 //! can never fit, daily caps, in-flight caps, refunds, learned limits, and a shared backend.
-#![allow(clippy::unwrap_used, clippy::panic, clippy::result_large_err)] // tests fail loudly
+#![allow(clippy::unwrap_used, clippy::panic)] // tests fail loudly
 
 mod scheduler_support;
 

@@ -158,6 +158,9 @@ pub(crate) struct RetryBudget {
     slot_ms: u64,
     /// `(slot number, first attempts, retries)`.
     slots: [(u64, u32, u32); SLOTS],
+    /// The slot deposits go to until `slot_end` (saves the slot arithmetic on every call).
+    current: usize,
+    slot_end: Instant,
 }
 
 impl RetryBudget {
@@ -167,22 +170,30 @@ impl RetryBudget {
             origin: now,
             slot_ms: (window_ms / SLOTS as u64).max(1),
             slots: [(0, 0, 0); SLOTS],
+            current: 0,
+            slot_end: now,
         }
     }
 
     fn slot(&mut self, now: Instant) -> &mut (u64, u32, u32) {
         let d = now.saturating_duration_since(self.origin);
         let n = (d.as_secs() * 1000 + u64::from(d.subsec_millis())) / self.slot_ms;
-        let slot = &mut self.slots[(n % SLOTS as u64) as usize];
-        if slot.0 != n {
-            *slot = (n, 0, 0);
+        let i = (n % SLOTS as u64) as usize;
+        if self.slots[i].0 != n {
+            self.slots[i] = (n, 0, 0);
         }
-        slot
+        self.current = i;
+        self.slot_end = self.origin + Duration::from_millis((n + 1).saturating_mul(self.slot_ms));
+        &mut self.slots[i]
     }
 
     /// Records a first attempt.
     pub(crate) fn deposit(&mut self, now: Instant) {
-        let s = self.slot(now);
+        let s = if now < self.slot_end {
+            &mut self.slots[self.current]
+        } else {
+            self.slot(now)
+        };
         s.1 = s.1.saturating_add(1);
     }
 

@@ -269,6 +269,10 @@ impl KeyBuckets {
                 dimension: Dimension::Paused,
             });
         }
+        if limits.is_unlimited() && !self.has_buckets {
+            self.in_flight += 1;
+            return Ok(());
+        }
         if limits
             .max_in_flight
             .is_some_and(|max| self.in_flight >= max)

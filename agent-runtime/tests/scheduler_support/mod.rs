@@ -1,11 +1,6 @@
 //! Shared harness of the scheduler tests: a token estimator with exact costs and a model that
 //! records when each request reached it.
-#![allow(
-    dead_code,
-    unreachable_pub,
-    clippy::unwrap_used,
-    clippy::result_large_err
-)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
