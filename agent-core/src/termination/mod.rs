@@ -151,7 +151,11 @@ pub enum StopReason {
         /// The agent.
         agent: String,
     },
-    /// The chat was run while its termination condition was still terminated.
+    /// A run started while its termination condition was already terminated, so the chat stopped
+    /// before appending the task (AutoGen's "The group chat has already terminated."). A chat
+    /// resets its condition at every stop, at `reset()` and when loading a state, so this happens
+    /// only when the condition was handed to the chat already fired, or is a custom condition whose
+    /// `is_terminated` reads state outside the chat. That stop resets it like any other.
     AlreadyTerminated,
     /// A reply ended with a stop message ([`Content::Stop`](crate::Content::Stop)), such as a
     /// human typing `exit` to a [`UserProxy`](crate::UserProxy). Every chat stops on one, with no
