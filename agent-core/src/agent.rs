@@ -204,6 +204,13 @@ pub trait Agent: Send + Sync {
         ctx: &dyn TurnContext,
     ) -> Result<AgentReply, AgentError>;
 
+    /// The agents this one can hand off to (Swarm-style `Content::Handoff` targets), so a chat
+    /// with handoff selection can reject a target that is not a participant when it is built,
+    /// not when the handoff happens. Default: none.
+    fn handoff_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Clears per-conversation state when a chat is reset. Default: nothing to clear.
     fn reset(&self) {}
 }
@@ -225,6 +232,9 @@ impl<A: Agent + ?Sized> Agent for Arc<A> {
         ctx: &dyn TurnContext,
     ) -> Result<AgentReply, AgentError> {
         (**self).reply(history, ctx).await
+    }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
     }
     fn reset(&self) {
         (**self).reset()
@@ -248,6 +258,9 @@ impl<A: Agent + ?Sized> Agent for Box<A> {
         ctx: &dyn TurnContext,
     ) -> Result<AgentReply, AgentError> {
         (**self).reply(history, ctx).await
+    }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
     }
     fn reset(&self) {
         (**self).reset()

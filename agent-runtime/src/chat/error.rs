@@ -39,6 +39,19 @@ pub enum ChatConfigError {
         /// The participants' names.
         participants: Vec<String>,
     },
+    /// With handoff selection, an agent can hand off to someone who is not a participant
+    /// ([`Agent::handoff_targets`](agent_core::Agent::handoff_targets)).
+    #[error(
+        "agent '{agent}' can hand off to '{target}', which is not a participant (participants: {participants:?}); add '{target}' to the chat or remove the handoff"
+    )]
+    UnknownHandoffTarget {
+        /// The agent with the handoff.
+        agent: String,
+        /// The target that is not a participant.
+        target: String,
+        /// The participants' names.
+        participants: Vec<String>,
+    },
     /// A cap or attempt count was zero, which would stop (or never select) before anything happens.
     #[error("{what} must be at least 1; leave it unset for no cap")]
     Zero {

@@ -282,7 +282,9 @@ impl GroupChatBuilder {
     /// # Errors
     /// No participant, duplicate names, a participant named like the chat, unknown names in the
     /// transitions or repeat list, a zero cap or attempt count, handoff selection combined with
-    /// transitions or a repeat rule, or a saved state that does not fit.
+    /// transitions or a repeat rule, with handoff selection an agent whose
+    /// [`handoff_targets`](Agent::handoff_targets) name a non-participant, or a saved state that
+    /// does not fit.
     pub fn build(self) -> Result<GroupChat, ChatConfigError> {
         if self.agents.is_empty() {
             return Err(ChatConfigError::NoParticipants);
@@ -327,6 +329,18 @@ impl GroupChatBuilder {
                 return Err(ChatConfigError::Incompatible(
                     "handoff selection lets the same speaker continue when nobody hands off; a repeat rule does not apply to it — remove .allow_repeat(..)".into(),
                 ));
+            }
+            // Handoffs are acted on only here; elsewhere a handoff message is just a message.
+            for agent in &self.agents {
+                for target in agent.handoff_targets() {
+                    if roster.index(&target).is_none() {
+                        return Err(ChatConfigError::UnknownHandoffTarget {
+                            agent: agent.name().to_owned(),
+                            target,
+                            participants: roster.owned_names(),
+                        });
+                    }
+                }
             }
         }
         let n = roster.len();
