@@ -91,18 +91,76 @@ impl CallError {
 }
 
 /// What can fail in an agent's turn.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AgentError {
     /// A model call failed.
-    #[error(transparent)]
-    Call(#[from] CallError),
+    Call(CallError),
     /// Human input could not be read.
-    #[error("human input failed: {0}")]
     Input(String),
     /// Anything else, described.
-    #[error("{0}")]
     Other(String),
+    /// A failure with a typed cause, kept as the error's [`source`](std::error::Error::source) so
+    /// callers can downcast it (a nested chat keeps its `ChatError` here).
+    Failed {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<CallError> for AgentError {
+    fn from(e: CallError) -> Self {
+        AgentError::Call(e)
+    }
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Call(e) => e.fmt(f),
+            AgentError::Input(text) => write!(f, "human input failed: {text}"),
+            AgentError::Other(text) => f.write_str(text),
+            AgentError::Failed { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+// Written by hand rather than derived: thiserror would report the `Arc` itself as the source, so
+// downcasting to the cause's type would fail.
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::Call(e) => e.source(),
+            AgentError::Input(_) | AgentError::Other(_) => None,
+            AgentError::Failed { source, .. } => Some(&**source),
+        }
+    }
+}
+
+impl AgentError {
+    /// A failure while doing `context`, caused by `source` (kept for
+    /// [`source`](std::error::Error::source) and downcasting).
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use agent_core::AgentError;
+    ///
+    /// let cause = std::io::Error::other("disk full");
+    /// let err = AgentError::failed("saving notes", cause);
+    /// assert_eq!(err.to_string(), "saving notes: disk full");
+    /// assert!(err.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn failed(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AgentError::Failed {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 /// Everything an agent may use during one turn. **All model calls go through

@@ -475,12 +475,20 @@ fn builder_rejects_bad_configurations_with_clear_errors() {
         .allow_repeat(false)
         .build()
         .unwrap_err();
-    assert!(matches!(err, ChatConfigError::Incompatible(_)), "{err}");
+    assert!(
+        matches!(err, ChatConfigError::IncompatibleWithHandoffs { setting } if setting.contains("allow_repeat")),
+        "{err}"
+    );
     let err = GroupChat::builder()
         .participants([Echo::new("a"), Echo::new("b")])
         .speaker_selection(SpeakerSelection::Handoffs)
         .transitions(Transitions::allowed([("a", vec!["b"])]))
         .build()
         .unwrap_err();
-    assert!(matches!(err, ChatConfigError::Incompatible(_)), "{err}");
+    assert_eq!(
+        err,
+        ChatConfigError::IncompatibleWithHandoffs {
+            setting: ".transitions(..)"
+        }
+    );
 }

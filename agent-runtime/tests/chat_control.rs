@@ -301,11 +301,24 @@ fn loading_a_state_that_does_not_fit_is_rejected() {
     let mut state = chat.save_state();
     state.previous_speaker = Some("zed".into());
     let err = chat.load_state(state.clone()).unwrap_err();
-    assert!(matches!(err, ChatConfigError::State(_)));
+    assert_eq!(
+        err,
+        ChatConfigError::StateUnknownAgent {
+            field: "previous_speaker",
+            name: "zed".into(),
+            participants: vec!["a".into(), "b".into()],
+        }
+    );
     assert!(err.to_string().contains("'zed'"), "{err}");
     state.previous_speaker = None;
     state.version = 99;
-    assert!(chat.load_state(state).is_err());
+    assert_eq!(
+        chat.load_state(state).unwrap_err(),
+        ChatConfigError::StateVersion {
+            found: 99,
+            supported: ChatState::VERSION
+        }
+    );
 }
 
 #[tokio::test]

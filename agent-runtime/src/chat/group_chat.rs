@@ -321,14 +321,14 @@ impl GroupChatBuilder {
         }
         if matches!(self.selection, SpeakerSelection::Handoffs) {
             if self.transitions.is_some() {
-                return Err(ChatConfigError::Incompatible(
-                    "handoff selection follows the agents' handoffs; a transition graph does not apply to it — remove .transitions(..) or choose another selection".into(),
-                ));
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".transitions(..)",
+                });
             }
             if self.repeat.is_some() {
-                return Err(ChatConfigError::Incompatible(
-                    "handoff selection lets the same speaker continue when nobody hands off; a repeat rule does not apply to it — remove .allow_repeat(..)".into(),
-                ));
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".allow_repeat(..) / .allow_repeat_for(..)",
+                });
             }
             // Handoffs are acted on only here; elsewhere a handoff message is just a message.
             for agent in &self.agents {
@@ -968,22 +968,30 @@ impl GroupChat {
     /// changes nothing.
     pub fn load_state(&mut self, state: ChatState) -> Result<(), ChatConfigError> {
         if state.version != ChatState::VERSION {
-            return Err(ChatConfigError::State(format!(
-                "format version {} is not supported (expected {})",
-                state.version,
-                ChatState::VERSION
-            )));
+            return Err(ChatConfigError::StateVersion {
+                found: state.version,
+                supported: ChatState::VERSION,
+            });
         }
-        let find = |name: &str| {
-            self.roster.index(name).ok_or_else(|| {
-                ChatConfigError::State(format!(
-                    "it names '{name}', who is not a participant (participants: {:?})",
-                    self.roster.owned_names()
-                ))
-            })
+        let find = |field: &'static str, name: &str| {
+            self.roster
+                .index(name)
+                .ok_or_else(|| ChatConfigError::StateUnknownAgent {
+                    field,
+                    name: name.to_owned(),
+                    participants: self.roster.owned_names(),
+                })
         };
-        let previous = state.previous_speaker.as_deref().map(find).transpose()?;
-        let handoff = state.pending_handoff.as_deref().map(find).transpose()?;
+        let previous = state
+            .previous_speaker
+            .as_deref()
+            .map(|n| find("previous_speaker", n))
+            .transpose()?;
+        let handoff = state
+            .pending_handoff
+            .as_deref()
+            .map(|n| find("pending_handoff", n))
+            .transpose()?;
         let messages = u64::try_from(state.messages.len()).unwrap_or(u64::MAX);
         let in_range = |counter: &str, value: u64| {
             if value <= messages {
@@ -1004,7 +1012,7 @@ impl GroupChat {
                 &format!("consecutive_auto_replies['{name}']"),
                 u64::from(*count),
             )?;
-            consecutive[find(name)?] = *count;
+            consecutive[find("consecutive_auto_replies", name)?] = *count;
         }
         self.thread = Thread {
             messages: state.messages,

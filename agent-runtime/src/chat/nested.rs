@@ -124,13 +124,13 @@ impl Agent for NestedChatAgent {
             builder = builder.call_observer(observer.clone());
         }
         let mut chat = builder.build().map_err(|e| {
-            AgentError::Other(format!(
-                "nested chat of '{}' is misconfigured: {e}",
-                self.name
-            ))
+            AgentError::failed(
+                format!("nested chat of '{}' is misconfigured", self.name),
+                e,
+            )
         })?;
         let result = chat.run(task).await.map_err(|e| {
-            AgentError::Other(format!("nested chat of '{}' failed: {e}", self.name))
+            AgentError::failed(format!("nested chat of '{}' failed", self.name), e)
         })?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         let mut text = result.summary;
