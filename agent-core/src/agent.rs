@@ -325,6 +325,32 @@ impl<A: Agent + ?Sized> Agent for Box<A> {
     }
 }
 
+#[async_trait]
+impl<A: Agent + ?Sized> Agent for &A {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn description(&self) -> &str {
+        (**self).description()
+    }
+    fn max_consecutive_auto_reply(&self) -> Option<u32> {
+        (**self).max_consecutive_auto_reply()
+    }
+    async fn reply(
+        &self,
+        history: &[Message],
+        ctx: &dyn TurnContext,
+    ) -> Result<AgentReply, AgentError> {
+        (**self).reply(history, ctx).await
+    }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
+    }
+    fn reset(&self) {
+        (**self).reset()
+    }
+}
+
 /// Where human input comes from (a terminal, a web form, or a script in tests).
 #[async_trait]
 pub trait InputSource: Send + Sync {
@@ -334,6 +360,20 @@ pub trait InputSource: Send + Sync {
 
 #[async_trait]
 impl<I: InputSource + ?Sized> InputSource for Arc<I> {
+    async fn read(&self, prompt: &str) -> Result<String, AgentError> {
+        (**self).read(prompt).await
+    }
+}
+
+#[async_trait]
+impl<I: InputSource + ?Sized> InputSource for Box<I> {
+    async fn read(&self, prompt: &str) -> Result<String, AgentError> {
+        (**self).read(prompt).await
+    }
+}
+
+#[async_trait]
+impl<I: InputSource + ?Sized> InputSource for &I {
     async fn read(&self, prompt: &str) -> Result<String, AgentError> {
         (**self).read(prompt).await
     }

@@ -297,3 +297,41 @@ impl<T: Termination + ?Sized> Termination for Box<T> {
         (**self).reset()
     }
 }
+
+/// A borrowed condition: check it through a `&mut` and keep the condition itself. (`check` and
+/// `reset` need `&mut self`, so there is no forwarding impl for `Arc` or `&T`.)
+impl<T: Termination + ?Sized> Termination for &mut T {
+    fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
+        (**self).check(delta)
+    }
+    fn is_terminated(&self) -> bool {
+        (**self).is_terminated()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_twice(mut condition: impl Termination) -> Option<StopReason> {
+        condition.check(&[Message::user("a")]);
+        condition.check(&[Message::user("b")])
+    }
+
+    #[test]
+    fn a_borrowed_condition_keeps_its_state_in_the_owner() {
+        let mut owned = MaxMessages::new(2);
+        assert_eq!(
+            check_twice(&mut owned),
+            Some(StopReason::MaxMessages { max: 2, count: 2 })
+        );
+        assert!(owned.is_terminated());
+        (&mut owned).reset();
+        assert!(!owned.is_terminated());
+        let boxed: Box<dyn Termination> = Box::new(MaxMessages::new(3));
+        assert_eq!(check_twice(boxed), None);
+    }
+}
