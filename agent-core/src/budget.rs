@@ -305,10 +305,7 @@ impl Node {
         let (used, limit) = match dimension {
             BudgetDimension::Calls => (current as f64, self.max_calls as f64),
             BudgetDimension::Tokens => (current as f64, self.max_tokens as f64),
-            BudgetDimension::Cost => (
-                nanos_to_usd(current),
-                nanos_to_usd(self.max_cost_nanos),
-            ),
+            BudgetDimension::Cost => (nanos_to_usd(current), nanos_to_usd(self.max_cost_nanos)),
         };
         BudgetExhausted {
             budget: self.name.to_string(),
@@ -448,8 +445,7 @@ impl Budget {
         BudgetLimits {
             max_calls: (n.max_calls != u64::MAX).then_some(n.max_calls),
             max_tokens: (n.max_tokens != u64::MAX).then_some(n.max_tokens),
-            max_cost_usd: (n.max_cost_nanos != u64::MAX)
-                .then_some(nanos_to_usd(n.max_cost_nanos)),
+            max_cost_usd: (n.max_cost_nanos != u64::MAX).then_some(nanos_to_usd(n.max_cost_nanos)),
         }
     }
 
@@ -502,7 +498,9 @@ impl Budget {
         let n = &self.node;
         let missing = Charge {
             calls: usage.calls.saturating_sub(n.calls.load(Ordering::Acquire)),
-            tokens: usage.tokens.saturating_sub(n.tokens.load(Ordering::Acquire)),
+            tokens: usage
+                .tokens
+                .saturating_sub(n.tokens.load(Ordering::Acquire)),
             cost_nanos: usd_to_nanos(usage.cost_usd)
                 .saturating_sub(n.cost_nanos.load(Ordering::Acquire)),
         };

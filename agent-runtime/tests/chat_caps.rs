@@ -251,7 +251,11 @@ async fn a_condition_handed_over_terminated_stops_the_first_run_then_is_reset() 
     // from another run): the one way a chat starts with a terminated condition, since the chat
     // resets its condition at every stop, at reset() and at load_state().
     let mut condition = agent_core::termination::MaxMessages::new(1);
-    assert!(condition.check(&[agent_core::Message::user("earlier")]).is_some());
+    assert!(
+        condition
+            .check(&[agent_core::Message::user("earlier")])
+            .is_some()
+    );
     let mut chat = GroupChat::builder()
         .participants([Echo::new("a")])
         .termination(condition)
@@ -264,7 +268,10 @@ async fn a_condition_handed_over_terminated_stops_the_first_run_then_is_reset() 
     // That stop reset the condition like any other, so the next run is a normal one.
     let r = chat.run("go").await.unwrap();
     assert_eq!(sources(&r.messages), ["user"]);
-    assert!(matches!(r.stop_reason, StopReason::MaxMessages { max: 1, count: 1 }));
+    assert!(matches!(
+        r.stop_reason,
+        StopReason::MaxMessages { max: 1, count: 1 }
+    ));
 }
 
 #[tokio::test]

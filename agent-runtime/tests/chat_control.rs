@@ -448,7 +448,11 @@ async fn a_restored_chat_keeps_spending_from_its_saved_budget() {
         .build()
         .unwrap();
     assert_eq!(budget.used().calls, 3);
-    assert_eq!(root.used().calls, 3, "restored usage counts into the new ancestors");
+    assert_eq!(
+        root.used().calls,
+        3,
+        "restored usage counts into the new ancestors"
+    );
     let r = second.run(Task::Resume).await.unwrap();
     assert_eq!(r.model_calls(), 2, "only what is left of the 5 calls");
     assert!(matches!(r.stop_reason, StopReason::BudgetExhausted(_)));

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use agent_core::{Agent, AgentError, Budget, BudgetLimits, Message, ScriptedModel, StopReason};
 use agent_runtime::chat::{
-    ChatError, ChatErrorKind, ChatSpec, GroupChat, NestedChatAgent, SummaryMethod, Task, run_sequential,
+    ChatError, ChatErrorKind, ChatSpec, GroupChat, NestedChatAgent, SummaryMethod, Task,
+    run_sequential,
 };
 use support::{Echo, ModelAgent, Stuck, sources};
 
@@ -325,5 +326,8 @@ async fn a_failed_inner_chat_keeps_its_typed_error_as_the_source() {
         .expect("the inner ChatError is the source");
     assert!(matches!(inner.kind(), ChatErrorKind::Agent { agent, .. } if agent == "searcher"));
     assert_eq!(inner.transcript().len(), 1, "the inner transcript survives");
-    assert!(source.to_string().contains("tool server unreachable"), "{source}");
+    assert!(
+        source.to_string().contains("tool server unreachable"),
+        "{source}"
+    );
 }

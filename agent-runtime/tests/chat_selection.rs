@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use agent_core::{LlmAgent, Message, ScriptedModel, StopReason};
 use agent_runtime::chat::{
-    ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerSelection, Task, Transitions,
+    ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerSelection, Task,
+    Transitions,
 };
 use support::{Echo, HandOff, ScriptInput, sources};
 

@@ -95,6 +95,21 @@ mod forwarding_tests {
         (agent.name().to_owned(), text)
     }
 
+    // Generic helpers, so the wrapper's own impl is the one called (a method call on `&x` would
+    // auto-deref to `x`'s impl).
+    async fn read(input: impl InputSource) -> String {
+        input.read("?").await.unwrap()
+    }
+
+    async fn view(policy: impl HistoryPolicy, history: &[Message]) -> Vec<Message> {
+        policy.view(history, &TestContext::new()).await.unwrap()
+    }
+
+    async fn spec_and_call(tool: impl Tool) -> (String, String) {
+        let result = tool.call("[2, 3]").await.unwrap();
+        (tool.spec().name.to_string(), result)
+    }
+
     #[tokio::test]
     async fn agents_input_history_and_tools_forward_through_references_and_boxes() {
         let echo = FunctionAgent::new("echo", |h: &[Message]| {
@@ -106,18 +121,17 @@ mod forwarding_tests {
         assert_eq!(name_and_reply(Arc::new(&echo)).await, expected);
 
         let input = ScriptedInput::new(["one", "two"]);
-        assert_eq!((&input).read("?").await.unwrap(), "one");
+        assert_eq!(read(&input).await, "one");
         let boxed: Box<dyn InputSource> = Box::new(&input);
-        assert_eq!(boxed.read("?").await.unwrap(), "two");
+        assert_eq!(read(boxed).await, "two");
 
         let history = [Message::user("a"), Message::user("b")];
-        let view = (&Unbounded).view(&history, &TestContext::new()).await.unwrap();
-        assert_eq!(view, history);
+        assert_eq!(view(&Unbounded, &history).await, history);
 
         let add = TypedTool::new("add", "Adds.", |a: (i64, i64)| async move {
             Ok::<_, String>(a.0 + a.1)
         });
-        assert_eq!((&add).spec().name.as_ref(), "add");
-        assert_eq!((&add).call("[2, 3]").await.unwrap(), "5");
+        let expected = ("add".to_owned(), "5".to_owned());
+        assert_eq!(spec_and_call(&add).await, expected);
     }
 }

@@ -419,7 +419,9 @@ mod tests {
             .default_auto_reply("go on")
             .build()
             .unwrap();
-        assert!(is_stop(&turn(&p, Message::assistant("bot", "TERMINATE")).await));
+        assert!(is_stop(
+            &turn(&p, Message::assistant("bot", "TERMINATE")).await
+        ));
         // The same text in a handoff or a stop message is not AG2's termination message.
         for last in [
             Message::handoff("bot", "human", "TERMINATE"),

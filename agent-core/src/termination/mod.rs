@@ -329,7 +329,10 @@ mod tests {
             Some(StopReason::MaxMessages { max: 2, count: 2 })
         );
         assert!(owned.is_terminated());
-        (&mut owned).reset();
+        fn reset(mut condition: impl Termination) {
+            condition.reset();
+        }
+        reset(&mut owned);
         assert!(!owned.is_terminated());
         let boxed: Box<dyn Termination> = Box::new(MaxMessages::new(3));
         assert_eq!(check_twice(boxed), None);

@@ -220,5 +220,4 @@ mod tests {
         assert!(matches!(stop, Some(StopReason::MaxMessages { max: 5, .. })));
         assert_eq!(counters.messages, u64::MAX);
     }
-
 }

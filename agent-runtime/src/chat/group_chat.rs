@@ -820,9 +820,7 @@ impl GroupChat {
                 _ => None,
             };
             let stop = match (self.append(reply.messages)?, requested) {
-                (Some(checked), Some(requested)) => {
-                    StopReason::combine(vec![checked, requested])
-                }
+                (Some(checked), Some(requested)) => StopReason::combine(vec![checked, requested]),
                 (checked, requested) => checked.or(requested),
             };
             if let Some(stop) = stop {

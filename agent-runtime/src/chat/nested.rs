@@ -129,9 +129,10 @@ impl Agent for NestedChatAgent {
                 e,
             )
         })?;
-        let result = chat.run(task).await.map_err(|e| {
-            AgentError::failed(format!("nested chat of '{}' failed", self.name), e)
-        })?;
+        let result = chat
+            .run(task)
+            .await
+            .map_err(|e| AgentError::failed(format!("nested chat of '{}' failed", self.name), e))?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         let mut text = result.summary;
         match result.stop_reason {

@@ -45,7 +45,9 @@ impl std::ops::AddAssign for CallUsage {
         self.failed = self.failed.saturating_add(other.failed);
         self.attempts = self.attempts.saturating_add(other.attempts);
         self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
-        self.completion_tokens = self.completion_tokens.saturating_add(other.completion_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
     }
 }
