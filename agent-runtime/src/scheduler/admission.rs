@@ -126,25 +126,35 @@ impl FairQueue {
         self.head().is_some_and(|h| h.id == id)
     }
 
-    /// Removes the head and moves its conversation to the back of the round.
-    fn pop_head(&mut self) {
-        let Some(class) = self.classes.first_mut() else {
+    /// Removes an admitted waiter and moves its conversation to the back of its round (it had its
+    /// turn). By id, not "whoever is head now": while a shared backend answers, a higher-priority
+    /// call or a retry at the front of the queue may have become head, and popping it would lose
+    /// that call and orphan this one's slot.
+    fn take(&mut self, conversation: &str, priority: u8, id: u64) {
+        let Some(ci) = self.classes.iter().position(|c| c.priority == priority) else {
             return;
         };
-        let Some(name) = class.ring.pop_front() else {
+        let class = &mut self.classes[ci];
+        let Some(q) = class.waiting.get_mut(conversation) else {
             return;
         };
-        if let Some(q) = class.waiting.get_mut(&name) {
-            q.pop_front();
-            self.len -= 1;
-            if q.is_empty() {
-                class.waiting.remove(&name);
-            } else {
-                class.ring.push_back(name);
-            }
+        let Some(pos) = q.iter().position(|s| s.id == id) else {
+            return;
+        };
+        q.remove(pos);
+        self.len -= 1;
+        let now_empty = q.is_empty();
+        if now_empty {
+            class.waiting.remove(conversation);
+        }
+        if let Some(at) = class.ring.iter().position(|n| &**n == conversation)
+            && let Some(name) = class.ring.remove(at)
+            && !now_empty
+        {
+            class.ring.push_back(name);
         }
         if class.ring.is_empty() {
-            self.classes.remove(0);
+            self.classes.remove(ci);
         }
     }
 
@@ -535,7 +545,11 @@ impl Key {
         now: Instant,
         lease: Option<Lease>,
     ) -> Admitted {
-        inner.queue.pop_head();
+        inner.queue.take(
+            waiting.ticket.conversation,
+            waiting.ticket.priority,
+            waiting.slot.id,
+        );
         inner.queue.notify_head();
         waiting.done = true;
         let wait = now - start;

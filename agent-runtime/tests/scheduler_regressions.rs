@@ -1,0 +1,126 @@
+//! Regressions of the scheduler review: each test failed before its fix. Everything runs on
+//! tokio's paused clock; shared-backend races are reproduced with a slow in-memory backend.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod scheduler_support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_core::{
+    Budget, BudgetLimits, CallError, CallKind, ModelError, RateLimitReading, ScriptedModel, Usage,
+    async_trait,
+};
+use agent_runtime::scheduler::{
+    Acquire, Cost, InMemoryState, Lease, Limits, ModelCall, Quota, QuotaScheduler, QuotaState,
+    Settlement, StateError,
+};
+use scheduler_support::{ExactEstimator, TimedModel, completion, rate_limited, request};
+
+/// An [`InMemoryState`] whose operations take `latency` (a network round trip), counting what is
+/// still held.
+#[derive(Debug, Default)]
+struct SlowState {
+    inner: InMemoryState,
+    latency: Duration,
+    settle_latency: Duration,
+    granted: AtomicU64,
+    settled: AtomicU64,
+    settlements: Mutex<Vec<Settlement>>,
+}
+
+impl SlowState {
+    fn new(latency: Duration) -> Self {
+        Self {
+            latency,
+            ..Self::default()
+        }
+    }
+
+    fn held(&self) -> u64 {
+        self.granted.load(Ordering::SeqCst) - self.settled.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl QuotaState for SlowState {
+    async fn acquire(
+        &self,
+        key: &str,
+        limits: &Limits,
+        cost: Cost,
+        lease_ttl: Duration,
+    ) -> Result<Acquire, StateError> {
+        tokio::time::sleep(self.latency).await;
+        let answer = self.inner.acquire(key, limits, cost, lease_ttl).await?;
+        if matches!(answer, Acquire::Granted(_)) {
+            self.granted.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(answer)
+    }
+
+    async fn settle(
+        &self,
+        key: &str,
+        limits: &Limits,
+        lease: Lease,
+        settlement: Settlement,
+    ) -> Result<(), StateError> {
+        tokio::time::sleep(self.settle_latency).await;
+        self.settlements.lock().unwrap().push(settlement);
+        self.settled.fetch_add(1, Ordering::SeqCst);
+        self.inner.settle(key, limits, lease, settlement).await
+    }
+
+    async fn pause_until(&self, key: &str, retry_after: Duration) -> Result<(), StateError> {
+        self.inner.pause_until(key, retry_after).await
+    }
+
+    async fn observe(
+        &self,
+        key: &str,
+        limits: &Limits,
+        reading: &RateLimitReading,
+    ) -> Result<(), StateError> {
+        self.inner.observe(key, limits, reading).await
+    }
+}
+
+fn usage(tokens: u64) -> Usage {
+    Usage::new(tokens, 0)
+}
+
+/// Review item 1: a higher-priority call that became head while the head's remote acquire was in
+/// flight used to lose its queue slot to the head's grant (popped "whoever is head now"): it
+/// waited forever and the granted call's slot stayed queued.
+#[tokio::test(start_paused = true)]
+async fn a_grant_removes_its_own_slot_not_the_new_head() {
+    let state = Arc::new(SlowState::new(Duration::from_millis(10)));
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().requests(1))
+        .estimator(ExactEstimator)
+        .state(state.clone())
+        .build()
+        .unwrap();
+    let model = TimedModel::answering("m", usage(1));
+    let budget = Budget::unlimited();
+    let low = ModelCall::new(&model, request(1), CallKind::Reply, "a", "x", &budget);
+    let high =
+        ModelCall::new(&model, request(1), CallKind::Reply, "b", "x", &budget).with_priority(5);
+    let both = async {
+        tokio::join!(scheduler.call(low), async {
+            // Arrives while the first call's acquire is on the wire.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            scheduler.call(high).await
+        })
+    };
+    let (low, high) = tokio::time::timeout(Duration::from_secs(5 * 60), both)
+        .await
+        .expect("both calls finish: the second one after one refill of the request bucket");
+    low.unwrap();
+    high.unwrap();
+    assert_eq!(model.count(), 2);
+    assert_eq!(scheduler.snapshot().keys["m"].queued, 0, "no orphaned slot");
+    assert_eq!(state.held(), 0);
+}
