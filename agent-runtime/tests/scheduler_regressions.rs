@@ -124,3 +124,44 @@ async fn a_grant_removes_its_own_slot_not_the_new_head() {
     assert_eq!(scheduler.snapshot().keys["m"].queued, 0, "no orphaned slot");
     assert_eq!(state.held(), 0);
 }
+
+fn scripted(id: &str, errors: Vec<ModelError>, then: Usage) -> TimedModel {
+    let script = Arc::new(Mutex::new(errors));
+    TimedModel::new(ScriptedModel::new(id).with_responder(move |_| {
+        let mut script = script.lock().unwrap();
+        if script.is_empty() {
+            Ok(completion(then))
+        } else {
+            Err(script.remove(0))
+        }
+    }))
+}
+
+/// Review item 2: a provider's absurd retry hint (`retry-after: 1e19`) used to panic the call with
+/// "overflow when adding duration to instant" before it was compared with `max_admission_wait`.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_hint_fails_the_call_instead_of_panicking() {
+    for shared in [false, true] {
+        let mut builder = QuotaScheduler::builder().quota("m", Quota::per_minute().requests(10));
+        if shared {
+            builder = builder.state(Arc::new(InMemoryState::new()));
+        }
+        let scheduler = builder.build().unwrap();
+        let model = scripted("m", vec![rate_limited(Some(Duration::MAX))], usage(1));
+        let budget = Budget::unlimited();
+        let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+        let err = scheduler.call(call).await.unwrap_err();
+        assert!(
+            matches!(err, CallError::Model(ModelError::RateLimited { .. })),
+            "{err:?}"
+        );
+        // The key stays paused (far in the future) and refuses at once rather than hanging.
+        let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+        let err = scheduler.call(call).await.unwrap_err();
+        assert!(
+            matches!(err, CallError::Model(ModelError::RateLimited { .. })),
+            "{err:?}"
+        );
+        assert_eq!(model.count(), 1);
+    }
+}

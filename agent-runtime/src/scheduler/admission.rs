@@ -25,7 +25,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{Acquire, KeyBuckets, Lease, QuotaState};
+use super::state::{Acquire, KeyBuckets, Lease, QuotaState, instant_after};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
@@ -399,7 +399,7 @@ impl Key {
         max_wait: Duration,
     ) -> Result<Admitted, Refusal> {
         let cost = waiting.ticket.cost;
-        let give_up_at = start + max_wait;
+        let give_up_at = instant_after(start, max_wait);
         loop {
             let mut deadline = None;
             let mut ask_remote = None;
@@ -437,13 +437,16 @@ impl Key {
                         None if local => return Ok(self.grant(inner, waiting, start, now, None)),
                         None => ask_remote = Some(inner.limits),
                         Some(b) => {
-                            deadline = b.wait.map(|w| now + w);
-                            if let Some(d) = deadline.filter(|d| *d > give_up_at) {
+                            // Compared before adding: a provider's pause may be years long.
+                            if let Some(w) = b.wait
+                                && w > give_up_at.saturating_duration_since(now)
+                            {
                                 return Err(Refusal::TooLong {
                                     dimension: b.dimension,
-                                    wait: d - start,
+                                    wait: (now - start).saturating_add(w),
                                 });
                             }
+                            deadline = b.wait.map(|w| instant_after(now, w));
                         }
                     }
                 }
@@ -515,20 +518,14 @@ impl Key {
                 (*poll, Dimension::Paused)
             }
         };
-        let next = now + wait;
-        if next > give_up_at {
+        if wait > give_up_at.saturating_duration_since(now) {
+            let wait = (now - start).saturating_add(wait);
             if let Some(error) = backend_error {
-                return Err(Refusal::BackendUnavailable {
-                    error,
-                    wait: next - start,
-                });
+                return Err(Refusal::BackendUnavailable { error, wait });
             }
-            return Err(Refusal::TooLong {
-                dimension,
-                wait: next - start,
-            });
+            return Err(Refusal::TooLong { dimension, wait });
         }
-        Ok(Err(next))
+        Ok(Err(instant_after(now, wait)))
     }
 
     fn backend_recovered(&self, inner: &mut KeyInner) {

@@ -460,7 +460,7 @@ impl InFlight<'_> {
                     self.cost,
                     fallback,
                 );
-                inner.buckets.pause_until(now + pause);
+                inner.buckets.pause_until(state::instant_after(now, pause));
             }
             inner.queue.notify_head();
             (limits, reading)

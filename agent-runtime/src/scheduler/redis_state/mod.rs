@@ -671,7 +671,10 @@ impl Health {
         let from = {
             let mut state = self.lock();
             if to == RedisMode::LocalShare {
-                state.next_probe = Some(Instant::now() + config.probe_interval);
+                state.next_probe = Some(crate::scheduler::state::instant_after(
+                    Instant::now(),
+                    config.probe_interval,
+                ));
             }
             std::mem::replace(&mut state.mode, to)
         };
