@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::{
-    Budget, BudgetLimits, CallError, CallKind, ModelError, RateLimitReading, ScriptedModel, Usage,
+    Budget, CallError, CallKind, ModelError, RateLimitReading, ScriptedModel, Usage,
     async_trait,
 };
 use agent_runtime::scheduler::{
@@ -164,4 +164,106 @@ async fn an_absurd_retry_hint_fails_the_call_instead_of_panicking() {
         );
         assert_eq!(model.count(), 1);
     }
+}
+
+fn unavailable(retry_after: Option<Duration>) -> ModelError {
+    ModelError::Transient {
+        status: Some(503),
+        retry_after,
+        message: "overloaded".into(),
+    }
+}
+
+/// Review item 3: a 503 with `Retry-After: 86400` used to sleep a day, ignoring
+/// `max_admission_wait`.
+#[tokio::test(start_paused = true)]
+async fn a_transient_hint_beyond_the_admission_wait_returns_the_error() {
+    let scheduler = QuotaScheduler::builder()
+        .max_admission_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let model = scripted(
+        "m",
+        vec![unavailable(Some(Duration::from_secs(86_400)))],
+        usage(1),
+    );
+    let budget = Budget::unlimited();
+    let start = tokio::time::Instant::now();
+    let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+    let err = scheduler.call(call).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CallError::Model(ModelError::Transient {
+                status: Some(503),
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(model.count(), 1);
+    assert!(start.elapsed() < Duration::from_secs(60));
+    // A hint within the wait is honoured.
+    let model = scripted(
+        "m",
+        vec![unavailable(Some(Duration::from_secs(30)))],
+        usage(1),
+    );
+    let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+    scheduler.call(call).await.unwrap();
+    let seen = model.seen();
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_secs(30));
+}
+
+/// Review item 8: every hint-less 429 used to pause for `backoff(1)` (≤ 500 ms), so a key was
+/// retried at least twice a second however long the storm lasted.
+#[tokio::test(start_paused = true)]
+async fn hint_less_429_pauses_grow_with_the_attempt() {
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().requests(1_000))
+        .retry(agent_runtime::scheduler::RetryPolicy::default().seed(3))
+        .build()
+        .unwrap();
+    let model = scripted("m", vec![rate_limited(None); 5], usage(1));
+    let budget = Budget::unlimited();
+    let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+    scheduler.call(call).await.unwrap();
+    let seen = model.seen();
+    assert_eq!(seen.len(), 6);
+    let gaps: Vec<Duration> = seen.windows(2).map(|w| w[1].at - w[0].at).collect();
+    for (i, gap) in gaps.iter().enumerate() {
+        let ceiling = Duration::from_millis(500 << i);
+        assert!(*gap <= ceiling, "retry {}: {gap:?} > {ceiling:?}", i + 1);
+    }
+    assert!(
+        gaps.iter().any(|g| *g > Duration::from_millis(500)),
+        "later pauses may exceed the first backoff: {gaps:?}"
+    );
+}
+
+/// Review item 8 (breaker): a 429 is an answer from a reachable provider, so it resets the run of
+/// consecutive transient failures, as docs/quota.md says.
+#[tokio::test(start_paused = true)]
+async fn a_429_resets_the_breakers_failure_run() {
+    let scheduler = QuotaScheduler::builder()
+        .retry(
+            agent_runtime::scheduler::RetryPolicy::default()
+                .breaker(2, Duration::from_secs(60))
+                .seed(1),
+        )
+        .build()
+        .unwrap();
+    let model = scripted(
+        "m",
+        vec![
+            unavailable(None),
+            rate_limited(Some(Duration::from_secs(1))),
+            unavailable(None),
+        ],
+        usage(1),
+    );
+    let budget = Budget::unlimited();
+    let call = ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+    scheduler.call(call).await.unwrap();
+    assert_eq!(model.count(), 4);
 }

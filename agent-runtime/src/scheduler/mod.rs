@@ -354,6 +354,8 @@ enum Outcome<'r> {
         kind: RateLimitKind,
         retry_after: Option<Duration>,
         reading: Option<&'r RateLimitReading>,
+        /// The pause when neither the provider nor the buckets say one: this attempt's backoff.
+        fallback: Duration,
     },
     Transient,
     Rejected,
@@ -419,6 +421,9 @@ impl InFlight<'_> {
                 }
                 Outcome::RateLimited { kind, reading, .. } => {
                     inner.stats.rate_limited.add(*kind);
+                    // The provider answered: it is reachable, just busy. The pause, not the
+                    // breaker, handles a 429.
+                    inner.breaker.success();
                     *reading
                 }
                 Outcome::Transient => {
@@ -448,17 +453,19 @@ impl InFlight<'_> {
                 inner.buckets.observe(now, &limits, r);
             }
             if let Outcome::RateLimited {
-                kind, retry_after, ..
+                kind,
+                retry_after,
+                fallback,
+                ..
             } = &outcome
             {
-                let fallback = scheduler.backoff(1);
                 pause = feedback::pause_after_429(
                     *kind,
                     *retry_after,
                     reading,
                     &limits,
                     self.cost,
-                    fallback,
+                    *fallback,
                 );
                 inner.buckets.pause_until(state::instant_after(now, pause));
             }
@@ -871,6 +878,8 @@ impl QuotaScheduler {
                         kind,
                         retry_after,
                         reading: reading.as_deref(),
+                        // Grows with the attempt, so hint-less 429s back off exponentially.
+                        fallback: inner.backoff(attempt),
                     };
                     let (r, pause, remote) = in_flight.finish(outcome);
                     if let Some(remote) = remote {
@@ -931,7 +940,15 @@ impl QuotaScheduler {
                             last: error,
                         });
                     }
-                    Some(retry_after.unwrap_or_else(|| inner.backoff(attempt)))
+                    match retry_after {
+                        // Like a 429's pause: a hint beyond max_admission_wait returns the error
+                        // rather than sleeping a day ("no hangs").
+                        Some(hint) if *hint > inner.max_admission_wait => {
+                            return Err(CallError::Model(error));
+                        }
+                        Some(hint) => Some(*hint),
+                        None => Some(inner.backoff(attempt)),
+                    }
                 }
                 // A 429 paused the key; the retry waits for the pause in the queue.
                 _ => None,
