@@ -267,3 +267,30 @@ async fn a_429_resets_the_breakers_failure_run() {
     scheduler.call(call).await.unwrap();
     assert_eq!(model.count(), 4);
 }
+
+/// Review item 4: dropping the call while a shared backend settled it dropped the budget
+/// reservation unsettled, refunding a call the provider had answered.
+#[tokio::test(start_paused = true)]
+async fn dropping_the_call_during_the_remote_settle_keeps_it_charged_and_settles() {
+    let state = Arc::new(SlowState {
+        settle_latency: Duration::from_millis(10),
+        ..SlowState::default()
+    });
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().requests(10).tokens(1_000))
+        .estimator(ExactEstimator)
+        .state(state.clone())
+        .build()
+        .unwrap();
+    let model = TimedModel::answering("m", usage(7));
+    let budget = Budget::unlimited();
+    let call = ModelCall::new(&model, request(5), CallKind::Reply, "c", "x", &budget);
+    let dropped = tokio::time::timeout(Duration::from_millis(5), scheduler.call(call)).await;
+    assert!(dropped.is_err(), "dropped during the 10 ms settle");
+    assert_eq!(model.count(), 1);
+    assert_eq!(budget.used().calls, 1, "the answered call stays charged");
+    assert_eq!(budget.used().tokens, 7, "to its reported usage");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(state.held(), 0, "the settle finished in the background");
+    assert_eq!(state.settlements.lock().unwrap()[0].actual_tokens, 7);
+}

@@ -500,6 +500,14 @@ struct RemoteSettle {
 }
 
 impl RemoteSettle {
+    /// Runs [`apply`](Self::apply) as its own task and waits for it: a caller that drops its
+    /// future meanwhile does not abort the settle (the slot would stay held until its lease
+    /// expired, and the token adjustment would be lost).
+    async fn apply_detached(self) {
+        // A panic in the backend only loses this settle; the lease expiry covers the slot.
+        let _ = tokio::spawn(self.apply()).await;
+    }
+
     async fn apply(self) {
         let name = &*self.key.name;
         let mut errors = 0u64;
@@ -843,10 +851,8 @@ impl QuotaScheduler {
                         reading: completion.rate_limits.as_ref(),
                     };
                     let (r, _, remote) = in_flight.finish(outcome);
-                    if let Some(remote) = remote {
-                        // Boxed: keeps the remote calls' state out of the local path's future.
-                        Box::pin(remote.apply()).await;
-                    }
+                    // The budget is settled before anything is awaited: a caller dropping the
+                    // future during the remote settle must not refund a call that was made.
                     match (r, usage) {
                         (Some(r), Some(u)) => {
                             r.settle(Charge {
@@ -860,6 +866,10 @@ impl QuotaScheduler {
                         // Without reported usage the estimate stands as the charge.
                         (Some(r), None) => r.commit(),
                         (None, _) => {}
+                    }
+                    if let Some(remote) = remote {
+                        // Boxed: keeps the remote calls' state out of the local path's future.
+                        Box::pin(remote.apply_detached()).await;
                     }
                     tracing::debug!(
                         prompt_tokens = usage.map(|u| u.prompt_tokens),
@@ -882,11 +892,11 @@ impl QuotaScheduler {
                         fallback: inner.backoff(attempt),
                     };
                     let (r, pause, remote) = in_flight.finish(outcome);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     record.rate_limited += 1;
                     tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
@@ -903,11 +913,11 @@ impl QuotaScheduler {
                 }
                 Err(e @ ModelError::Transient { .. }) => {
                     let (r, _, remote) = in_flight.finish(Outcome::Transient);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     e
                 }
@@ -915,11 +925,11 @@ impl QuotaScheduler {
                     // Quota exhausted, request too large, invalid request, malformed response:
                     // the same request would fail again, so it is never retried.
                     let (r, _, remote) = in_flight.finish(Outcome::Rejected);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     return Err(CallError::Model(e));
                 }
