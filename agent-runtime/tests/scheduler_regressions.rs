@@ -52,11 +52,13 @@ impl QuotaState for SlowState {
         cost: Cost,
         lease_ttl: Duration,
     ) -> Result<Acquire, StateError> {
-        tokio::time::sleep(self.latency).await;
+        // Decided at once, answered after the latency: like a Redis script whose reply is still
+        // on the wire.
         let answer = self.inner.acquire(key, limits, cost, lease_ttl).await?;
         if matches!(answer, Acquire::Granted(_)) {
             self.granted.fetch_add(1, Ordering::SeqCst);
         }
+        tokio::time::sleep(self.latency).await;
         Ok(answer)
     }
 
@@ -293,4 +295,54 @@ async fn dropping_the_call_during_the_remote_settle_keeps_it_charged_and_settles
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(state.held(), 0, "the settle finished in the background");
     assert_eq!(state.settlements.lock().unwrap()[0].actual_tokens, 7);
+}
+
+/// Review item 5: a call cancelled (or dropped) while the backend's grant was on the wire left the
+/// lease held with nobody to settle it — slot and tokens taken until the lease expired.
+#[tokio::test(start_paused = true)]
+async fn a_grant_arriving_after_cancellation_is_given_back() {
+    for drop_future in [false, true] {
+        let state = Arc::new(SlowState::new(Duration::from_millis(10)));
+        let scheduler = QuotaScheduler::builder()
+            .quota("m", Quota::per_minute().tokens(100).max_in_flight(1))
+            .estimator(ExactEstimator)
+            .state(state.clone())
+            .build()
+            .unwrap();
+        let model = TimedModel::answering("m", usage(1));
+        let budget = Budget::unlimited();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let call = ModelCall::new(&model, request(60), CallKind::Reply, "c", "x", &budget)
+            .with_cancel(&cancel);
+        let result = tokio::time::timeout(Duration::from_millis(5), async {
+            if drop_future {
+                scheduler.call(call).await
+            } else {
+                let trigger = async {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    cancel.cancel();
+                    std::future::pending::<()>().await;
+                };
+                tokio::select! {
+                    r = scheduler.call(call) => r,
+                    () = trigger => unreachable!(),
+                }
+            }
+        })
+        .await;
+        match result {
+            Err(_) => assert!(drop_future),
+            Ok(r) => assert!(matches!(r, Err(CallError::Cancelled)), "{r:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(model.count(), 0);
+        assert_eq!(state.held(), 0, "the grant was released (drop: {drop_future})");
+        assert_eq!(state.settlements.lock().unwrap()[0].actual_tokens, 0);
+        // The slot and the 60 tokens are back: the next 60-token call fits at once.
+        let call = ModelCall::new(&model, request(60), CallKind::Reply, "c", "x", &budget);
+        let at = tokio::time::Instant::now();
+        scheduler.call(call).await.unwrap();
+        assert_eq!(at.elapsed(), Duration::from_millis(10), "one round trip");
+        assert_eq!(budget.used().calls, 1);
+    }
 }

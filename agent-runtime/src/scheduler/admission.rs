@@ -25,7 +25,9 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{Acquire, KeyBuckets, Lease, QuotaState, instant_after};
+use super::state::{
+    Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after,
+};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
@@ -272,6 +274,100 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
+/// A shared backend's `acquire`, run as its own task so that it is never abandoned half-way: a
+/// grant whose caller left meanwhile (cancelled, dropped, timed out) is given back at once
+/// instead of holding its slot and tokens until the lease expires.
+struct RemoteAcquire {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Acquire, StateError>>>,
+    release: Release,
+}
+
+/// What giving back an unwanted grant needs.
+#[derive(Clone)]
+struct Release {
+    state: Arc<dyn QuotaState>,
+    key: Arc<str>,
+    limits: Limits,
+}
+
+impl Release {
+    async fn run(self, lease: Lease) {
+        // The provider never saw the call: every reserved token goes back (the request does not,
+        // as with any settle).
+        let settlement = Settlement {
+            actual_tokens: 0,
+            refund_unused: true,
+        };
+        let _ = self
+            .state
+            .settle(&self.key, &self.limits, lease, settlement)
+            .await;
+    }
+}
+
+impl RemoteAcquire {
+    fn start(
+        state: &Arc<dyn QuotaState>,
+        key: &Arc<str>,
+        limits: Limits,
+        cost: Cost,
+        lease_ttl: Duration,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let release = Release {
+            state: state.clone(),
+            key: key.clone(),
+            limits,
+        };
+        let task = release.clone();
+        tokio::spawn(async move {
+            let answer = task
+                .state
+                .acquire(&task.key, &task.limits, cost, lease_ttl)
+                .await;
+            if let Err(Ok(Acquire::Granted(lease))) = tx.send(answer) {
+                task.run(lease).await;
+            }
+        });
+        Self {
+            rx: Some(rx),
+            release,
+        }
+    }
+
+    async fn answer(mut self) -> Result<Acquire, StateError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(Acquire::Wait {
+                retry_after: None,
+                dimension: Dimension::Paused,
+            });
+        };
+        let answer = rx.await;
+        self.rx = None;
+        answer.unwrap_or_else(|_| {
+            Err(StateError::Unavailable {
+                message: "the quota backend's acquire task stopped without an answer".into(),
+            })
+        })
+    }
+}
+
+impl Drop for RemoteAcquire {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        // After close(), either the task's send fails (and the task releases the grant) or the
+        // answer is already here (and released here): a grant is never lost in between.
+        rx.close();
+        if let Ok(Ok(Acquire::Granted(lease))) = rx.try_recv()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(self.release.clone().run(lease));
+        }
+    }
+}
+
 /// Removes a waiter that leaves without admission (cancelled, refused, or dropped), passing the
 /// turn on and releasing a half-open probe it held.
 struct Waiting<'a> {
@@ -487,10 +583,11 @@ impl Key {
             return Ok(Err(Instant::now()));
         };
         let cost = waiting.ticket.cost;
+        let pending = RemoteAcquire::start(state, &self.name, *limits, cost, *lease_ttl);
         let answer = tokio::select! {
             biased;
             () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
-            a = state.acquire(&self.name, limits, cost, *lease_ttl) => a,
+            a = pending.answer() => a,
         };
         let now = Instant::now();
         let mut inner = self.lock();
