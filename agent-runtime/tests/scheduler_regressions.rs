@@ -346,3 +346,40 @@ async fn a_grant_arriving_after_cancellation_is_given_back() {
         assert_eq!(budget.used().calls, 1);
     }
 }
+
+/// Review item 6: `max_admission_wait` bound only a head with a known wait; a head waiting for an
+/// in-flight slot and every call behind it waited for as long as the slot was held.
+#[tokio::test(start_paused = true)]
+async fn every_waiter_gives_up_after_max_admission_wait() {
+    for shared in [false, true] {
+        let mut builder = QuotaScheduler::builder()
+            .quota("m", Quota::per_minute().max_in_flight(1))
+            .max_admission_wait(Duration::from_secs(60));
+        if shared {
+            builder = builder.state(Arc::new(InMemoryState::new()));
+        }
+        let scheduler = builder.build().unwrap();
+        let model = TimedModel::answering("m", usage(1)).with_latency(Duration::from_secs(600));
+        let budget = Budget::unlimited();
+        let start = tokio::time::Instant::now();
+        let call = |conversation| {
+            ModelCall::new(&model, request(1), CallKind::Reply, conversation, "x", &budget)
+        };
+        let late = |c| async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let r = scheduler.call(c).await;
+            (r, start.elapsed())
+        };
+        let (holder, head, behind) =
+            tokio::join!(scheduler.call(call("a")), late(call("b")), late(call("b")));
+        holder.unwrap();
+        for (r, at) in [head, behind] {
+            assert!(
+                matches!(r, Err(CallError::Model(ModelError::RateLimited { .. }))),
+                "{r:?}"
+            );
+            assert!(at <= Duration::from_secs(61), "gave up at {at:?}");
+        }
+        assert_eq!(scheduler.snapshot().keys["m"].queued, 0);
+    }
+}

@@ -496,6 +496,8 @@ impl Key {
     ) -> Result<Admitted, Refusal> {
         let cost = waiting.ticket.cost;
         let give_up_at = instant_after(start, max_wait);
+        // What held the call last, for the error should it give up without a known wait.
+        let mut holding = Dimension::Paused;
         loop {
             let mut deadline = None;
             let mut ask_remote = None;
@@ -533,6 +535,7 @@ impl Key {
                         None if local => return Ok(self.grant(inner, waiting, start, now, None)),
                         None => ask_remote = Some(inner.limits),
                         Some(b) => {
+                            holding = b.dimension;
                             // Compared before adding: a provider's pause may be years long.
                             if let Some(w) = b.wait
                                 && w > give_up_at.saturating_duration_since(now)
@@ -561,6 +564,14 @@ impl Key {
                 () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
                 () = waiting.slot.notify.notified() => {}
                 () = sleep_until_opt(deadline) => {}
+                // Every waiter has a deadline: behind the head, or at the head waiting for an
+                // in-flight slot (no computable wait), it would otherwise wait forever.
+                () = sleep_until(give_up_at) => {
+                    return Err(Refusal::TooLong {
+                        dimension: holding,
+                        wait: max_wait,
+                    });
+                }
             }
         }
     }
