@@ -383,3 +383,69 @@ async fn every_waiter_gives_up_after_max_admission_wait() {
         assert_eq!(scheduler.snapshot().keys["m"].queued, 0);
     }
 }
+
+/// Review item 7: `max_admission_wait(Duration::MAX)` and a `Duration::MAX` breaker cool-down
+/// panicked at run time ("overflow when adding duration to instant").
+#[tokio::test(start_paused = true)]
+async fn maximal_durations_in_settings_do_not_panic() {
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().requests(1))
+        .max_admission_wait(Duration::MAX)
+        .retry(
+            agent_runtime::scheduler::RetryPolicy::default()
+                .max_attempts(1)
+                .breaker(1, Duration::MAX),
+        )
+        .build()
+        .unwrap();
+    let model = scripted("m", vec![unavailable(None)], usage(1));
+    let budget = Budget::unlimited();
+    let call = || ModelCall::new(&model, request(1), CallKind::Reply, "c", "x", &budget);
+    // The first call fails once and opens the circuit for "ever".
+    assert!(matches!(
+        scheduler.call(call()).await,
+        Err(CallError::RetriesExhausted { .. })
+    ));
+    assert!(matches!(
+        scheduler.call(call()).await,
+        Err(CallError::CircuitOpen { .. })
+    ));
+    // A waiting call with an unbounded admission wait waits for the refill.
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().requests(1))
+        .max_admission_wait(Duration::MAX)
+        .build()
+        .unwrap();
+    let model = TimedModel::answering("m", usage(1));
+    let (a, b) = tokio::join!(scheduler.call(call_on(&model, &budget)), async {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        scheduler.call(call_on(&model, &budget)).await
+    });
+    a.unwrap();
+    b.unwrap();
+    let seen = model.seen();
+    assert_eq!(seen[1].at - seen[0].at, Duration::from_secs(60));
+}
+
+fn call_on<'a>(model: &'a TimedModel, budget: &'a Budget) -> ModelCall<'a> {
+    ModelCall::new(model, request(1), CallKind::Reply, "c", "x", budget)
+}
+
+/// Review item 7: a zero poll interval or lease TTL was reported as "quota '': …".
+#[test]
+fn zero_shared_state_settings_name_the_setting() {
+    let state = || Arc::new(InMemoryState::new());
+    let err = QuotaScheduler::builder()
+        .state(state())
+        .poll_interval(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("poll_interval"), "{err}");
+    let err = QuotaScheduler::builder()
+        .state(state())
+        .lease_ttl(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("lease_ttl"), "{err}");
+    assert!(!err.to_string().contains("quota ''"), "{err}");
+}

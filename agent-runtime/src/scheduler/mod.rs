@@ -309,11 +309,13 @@ impl QuotaSchedulerBuilder {
             quota.validate_for(key)?;
         }
         self.retry.validate()?;
-        if self.state.is_some() && (self.poll.is_zero() || self.lease_ttl.is_zero()) {
-            return Err(QuotaConfigError::ZeroPeriod {
-                key: String::new(),
-                what: "shared-state poll interval and lease TTL",
-            });
+        if self.state.is_some() {
+            if self.poll.is_zero() {
+                return Err(QuotaConfigError::ZeroPollInterval);
+            }
+            if self.lease_ttl.is_zero() {
+                return Err(QuotaConfigError::ZeroLeaseTtl);
+            }
         }
         Ok(self.assemble())
     }

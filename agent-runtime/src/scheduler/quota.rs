@@ -362,6 +362,16 @@ pub enum QuotaConfigError {
         /// Which limit.
         dimension: &'static str,
     },
+    /// The shared-state poll interval is zero: a waiting call would ask the backend in a busy loop.
+    #[error(
+        "the scheduler's poll_interval must be longer than zero with a shared quota state (default 50 ms)"
+    )]
+    ZeroPollInterval,
+    /// The shared-state lease TTL is zero: every in-flight slot would expire as it is granted.
+    #[error(
+        "the scheduler's lease_ttl must be longer than zero with a shared quota state (default 10 min; renewals keep long calls alive)"
+    )]
+    ZeroLeaseTtl,
     /// The retry policy is inconsistent.
     #[error("invalid retry policy: {reason}")]
     InvalidRetryPolicy {
