@@ -481,7 +481,7 @@ impl QuotaState for RedisQuotaState {
             .guarded(
                 self.inner
                     .scripts
-                    .settle(&mut conn, &keys, lease.id, &deltas),
+                    .settle(&mut conn, &keys, lease.id, limits.start_empty, &deltas),
             )
             .await
         {
@@ -537,7 +537,12 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        self.guarded(self.inner.scripts.observe(&mut conn, &keys, &remaining))
+        self.guarded(self.inner.scripts.observe(
+            &mut conn,
+            &keys,
+            limits.start_empty,
+            &remaining,
+        ))
             .await
             .map_err(|error| self.unavailable(&error))
     }
