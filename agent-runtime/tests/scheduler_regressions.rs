@@ -449,3 +449,18 @@ fn zero_shared_state_settings_name_the_setting() {
     assert!(err.to_string().contains("lease_ttl"), "{err}");
     assert!(!err.to_string().contains("quota ''"), "{err}");
 }
+
+/// Review item 10: usage sums in the scheduler's counters overflowed (a debug-build panic) on a
+/// provider reporting absurd usage.
+#[tokio::test(start_paused = true)]
+async fn absurd_reported_usage_saturates_the_counters() {
+    let scheduler = QuotaScheduler::new();
+    let model = TimedModel::answering("m", Usage::new(u64::MAX, 0));
+    let budget = Budget::unlimited();
+    for _ in 0..2 {
+        scheduler.call(call_on(&model, &budget)).await.unwrap();
+    }
+    let snapshot = scheduler.snapshot();
+    assert_eq!(snapshot.keys["m"].prompt_tokens, u64::MAX);
+    assert_eq!(snapshot.conversations["c"].prompt_tokens, u64::MAX);
+}

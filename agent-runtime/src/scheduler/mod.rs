@@ -415,8 +415,12 @@ impl InFlight<'_> {
                 Outcome::Completed { reading, usage } => {
                     inner.stats.succeeded += 1;
                     if let Some(u) = usage {
-                        inner.stats.prompt_tokens += u.prompt_tokens;
-                        inner.stats.completion_tokens += u.completion_tokens;
+                        inner.stats.prompt_tokens =
+                            inner.stats.prompt_tokens.saturating_add(u.prompt_tokens);
+                        inner.stats.completion_tokens = inner
+                            .stats
+                            .completion_tokens
+                            .saturating_add(u.completion_tokens);
                     }
                     inner.breaker.success();
                     *reading
@@ -527,7 +531,8 @@ impl RemoteSettle {
             errors += u64::from(self.state.pause_until(name, self.pause).await.is_err());
         }
         if errors > 0 {
-            self.key.lock().stats.backend_errors += errors;
+            let mut key = self.key.lock();
+            key.stats.backend_errors = key.stats.backend_errors.saturating_add(errors);
         }
     }
 }
@@ -817,7 +822,7 @@ impl QuotaScheduler {
                 .await
                 .map_err(|r| inner.refusal(key, r))?;
             record.attempts += 1;
-            record.wait += admitted.wait;
+            record.wait = record.wait.saturating_add(admitted.wait);
             if let Some(o) = observer {
                 o.admitted(&key.name, admitted.wait);
             }
@@ -862,8 +867,9 @@ impl QuotaScheduler {
                                 tokens: u.total(),
                                 cost_nanos: budget.cost_nanos(model.id(), u),
                             });
-                            record.prompt_tokens += u.prompt_tokens;
-                            record.completion_tokens += u.completion_tokens;
+                            record.prompt_tokens = record.prompt_tokens.saturating_add(u.prompt_tokens);
+                            record.completion_tokens =
+                                record.completion_tokens.saturating_add(u.completion_tokens);
                         }
                         // Without reported usage the estimate stands as the charge.
                         (Some(r), None) => r.commit(),
