@@ -464,3 +464,50 @@ async fn absurd_reported_usage_saturates_the_counters() {
     assert_eq!(snapshot.keys["m"].prompt_tokens, u64::MAX);
     assert_eq!(snapshot.conversations["c"].prompt_tokens, u64::MAX);
 }
+
+#[derive(Debug, Default)]
+struct Recorder {
+    calls: Mutex<Vec<(String, String, u32, u64)>>,
+}
+
+impl agent_runtime::scheduler::CallObserver for Recorder {
+    fn call_finished(
+        &self,
+        info: &agent_runtime::scheduler::CallInfo<'_>,
+        _result: Result<&agent_core::Completion, &CallError>,
+    ) {
+        self.calls.lock().unwrap().push((
+            info.key.to_owned(),
+            info.model.to_owned(),
+            info.attempts,
+            info.cost_nanos,
+        ));
+    }
+}
+
+/// Review item 11: observers only got the quota key, so a chat priced cost by the key (any label)
+/// while the budget priced by the model's id. The scheduler now hands over the model and the cost
+/// it charged.
+#[tokio::test(start_paused = true)]
+async fn observers_get_the_model_and_the_cost_the_budget_was_charged() {
+    let scheduler = QuotaScheduler::new();
+    let model = TimedModel::answering("gpt", Usage::new(1_000_000, 0));
+    let prices = agent_core::PriceTable::new().with("gpt", 2.0, 8.0);
+    let budget = Budget::with_prices("run", agent_core::BudgetLimits::calls(10), prices);
+    let recorder = Recorder::default();
+    let call = call_on(&model, &budget)
+        .with_quota_key("tenant-7")
+        .with_observer(&recorder);
+    scheduler.call(call).await.unwrap();
+    let calls = recorder.calls.lock().unwrap();
+    assert_eq!(
+        *calls,
+        vec![(
+            "tenant-7".to_owned(),
+            "gpt".to_owned(),
+            1,
+            2_000_000_000 // $2 for a million input tokens
+        )]
+    );
+    assert!((budget.used().cost_usd - 2.0).abs() < 1e-9);
+}

@@ -289,6 +289,8 @@ pub(crate) struct CallRecord {
     pub(crate) rate_limited: u64,
     pub(crate) retries: u64,
     pub(crate) failed: bool,
+    /// What the budget was charged for the call (nanodollars), priced by the model's id.
+    pub(crate) cost_nanos: u64,
     /// Admission wait summed over the call's attempts.
     pub(crate) wait: Duration,
 }

@@ -56,7 +56,32 @@ pub trait CallObserver: Send + Sync {
     /// The call was admitted after waiting `wait`.
     fn admitted(&self, _key: &str, _wait: Duration) {}
     /// The call finished (successfully or not) after `attempts` provider attempts.
+    ///
+    /// Prefer [`call_finished`](Self::call_finished), which also says which model answered and
+    /// what the call cost; the scheduler calls that one, whose default forwards here.
     fn finished(&self, _key: &str, _result: Result<&Completion, &CallError>, _attempts: u32) {}
+
+    /// The call finished: `info` says where it was charged and what it cost (priced once, by the
+    /// scheduler, with the budget's prices for the model's id — not by the quota key, which may be
+    /// any label). The default calls [`finished`](Self::finished).
+    fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
+        self.finished(info.key, result, info.attempts);
+    }
+}
+
+/// What the scheduler knows about a finished call, for [`CallObserver::call_finished`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct CallInfo<'a> {
+    /// The quota key the call was admitted on.
+    pub key: &'a str,
+    /// The model's id ([`ChatModel::id`]): what the budget's price table is keyed by.
+    pub model: &'a str,
+    /// Provider attempts made.
+    pub attempts: u32,
+    /// What the budget was charged, in nanodollars: the reported usage priced for `model`, the
+    /// priced estimate when the provider reported none, 0 for attempts that failed.
+    pub cost_nanos: u64,
 }
 
 /// One model call, as submitted to [`QuotaScheduler::call`].
@@ -790,7 +815,13 @@ impl QuotaScheduler {
         record.failed = result.is_err();
         self.inner.conversations.record(conversation, &record);
         if let Some(o) = observer {
-            o.finished(&key.name, result.as_ref(), record.attempts as u32);
+            let info = CallInfo {
+                key: &key.name,
+                model: model.id(),
+                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
+                cost_nanos: record.cost_nanos,
+            };
+            o.call_finished(&info, result.as_ref());
         }
         result
     }
@@ -862,17 +893,22 @@ impl QuotaScheduler {
                     // future during the remote settle must not refund a call that was made.
                     match (r, usage) {
                         (Some(r), Some(u)) => {
+                            let cost_nanos = budget.cost_nanos(model.id(), u);
+                            record.cost_nanos = cost_nanos;
                             r.settle(Charge {
                                 calls: 1,
                                 tokens: u.total(),
-                                cost_nanos: budget.cost_nanos(model.id(), u),
+                                cost_nanos,
                             });
                             record.prompt_tokens = record.prompt_tokens.saturating_add(u.prompt_tokens);
                             record.completion_tokens =
                                 record.completion_tokens.saturating_add(u.completion_tokens);
                         }
                         // Without reported usage the estimate stands as the charge.
-                        (Some(r), None) => r.commit(),
+                        (Some(r), None) => {
+                            record.cost_nanos = r.reserved().cost_nanos;
+                            r.commit();
+                        }
                         (None, _) => {}
                     }
                     if let Some(remote) = remote {
