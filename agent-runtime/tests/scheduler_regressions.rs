@@ -511,3 +511,27 @@ async fn observers_get_the_model_and_the_cost_the_budget_was_charged() {
     );
     assert!((budget.used().cost_usd - 2.0).abs() < 1e-9);
 }
+
+/// Review item 12: `ExceedsQuota.dimension` was a string documented as "tokens"/"requests" that
+/// could also read "tokens per day"; it is a typed dimension now.
+#[tokio::test(start_paused = true)]
+async fn exceeding_a_daily_cap_names_the_daily_dimension() {
+    let scheduler = QuotaScheduler::builder()
+        .quota("m", Quota::per_minute().tokens(1_000).tokens_per_day(100))
+        .estimator(ExactEstimator)
+        .build()
+        .unwrap();
+    let model = TimedModel::answering("m", usage(1));
+    let budget = Budget::unlimited();
+    let call = ModelCall::new(&model, request(500), CallKind::Reply, "c", "x", &budget);
+    let err = scheduler.call(call).await.unwrap_err();
+    let CallError::ExceedsQuota { dimension, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*dimension, agent_core::QuotaDimension::TokensPerDay);
+    assert!(
+        err.to_string()
+            .contains("needs 500 tokens per day but that limit is 100"),
+        "{err}"
+    );
+}

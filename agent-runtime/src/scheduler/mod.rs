@@ -635,7 +635,10 @@ impl Inner {
                 capacity,
             } => CallError::ExceedsQuota {
                 key: key.name.to_string(),
-                dimension: dimension.as_str(),
+                // `Limits::exceeded_by` only names buckets, which all map.
+                dimension: dimension
+                    .quota_dimension()
+                    .unwrap_or(agent_core::QuotaDimension::Tokens),
                 needed,
                 capacity,
             },

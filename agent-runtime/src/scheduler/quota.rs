@@ -336,6 +336,21 @@ impl Dimension {
     }
 }
 
+impl Dimension {
+    /// The dimension as [`CallError::ExceedsQuota`](agent_core::CallError::ExceedsQuota) reports
+    /// it; `None` for the in-flight cap and the pause, which no single call can exceed.
+    pub const fn quota_dimension(self) -> Option<agent_core::QuotaDimension> {
+        use agent_core::QuotaDimension as Q;
+        Some(match self {
+            Dimension::Requests => Q::Requests,
+            Dimension::Tokens => Q::Tokens,
+            Dimension::RequestsPerDay => Q::RequestsPerDay,
+            Dimension::TokensPerDay => Q::TokensPerDay,
+            Dimension::InFlight | Dimension::Paused => return None,
+        })
+    }
+}
+
 impl std::fmt::Display for Dimension {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
