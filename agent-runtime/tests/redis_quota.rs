@@ -746,7 +746,10 @@ async fn settle_and_observe_read_a_missing_bucket_as_empty_with_start_empty() {
         &state.snapshot("o", &limits).await.unwrap(),
         Dimension::Tokens,
     );
-    assert!(level < 100.0, "observe must not fill an empty bucket: {level}");
+    assert!(
+        level < 100.0,
+        "observe must not fill an empty bucket: {level}"
+    );
 
     // An extra charge settled on a missing (expired) bucket leaves it in debt, not at cap − 50.
     let lease = Lease {
@@ -761,5 +764,8 @@ async fn settle_and_observe_read_a_missing_bucket_as_empty_with_start_empty() {
         &state.snapshot("s", &limits).await.unwrap(),
         Dimension::Tokens,
     );
-    assert!(level < 100.0, "settle must not fill an empty bucket: {level}");
+    assert!(
+        level < 100.0,
+        "settle must not fill an empty bucket: {level}"
+    );
 }

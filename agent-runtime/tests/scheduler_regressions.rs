@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, CallKind, ModelError, RateLimitReading, ScriptedModel, Usage,
-    async_trait,
+    Budget, CallError, CallKind, ModelError, RateLimitReading, ScriptedModel, Usage, async_trait,
 };
 use agent_runtime::scheduler::{
     Acquire, Cost, InMemoryState, Lease, Limits, ModelCall, Quota, QuotaScheduler, QuotaState,
@@ -336,7 +335,11 @@ async fn a_grant_arriving_after_cancellation_is_given_back() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(model.count(), 0);
-        assert_eq!(state.held(), 0, "the grant was released (drop: {drop_future})");
+        assert_eq!(
+            state.held(),
+            0,
+            "the grant was released (drop: {drop_future})"
+        );
         assert_eq!(state.settlements.lock().unwrap()[0].actual_tokens, 0);
         // The slot and the 60 tokens are back: the next 60-token call fits at once.
         let call = ModelCall::new(&model, request(60), CallKind::Reply, "c", "x", &budget);
@@ -363,7 +366,14 @@ async fn every_waiter_gives_up_after_max_admission_wait() {
         let budget = Budget::unlimited();
         let start = tokio::time::Instant::now();
         let call = |conversation| {
-            ModelCall::new(&model, request(1), CallKind::Reply, conversation, "x", &budget)
+            ModelCall::new(
+                &model,
+                request(1),
+                CallKind::Reply,
+                conversation,
+                "x",
+                &budget,
+            )
         };
         let late = |c| async {
             tokio::time::sleep(Duration::from_millis(1)).await;

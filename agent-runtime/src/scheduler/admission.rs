@@ -25,9 +25,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{
-    Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after,
-};
+use super::state::{Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]

@@ -903,7 +903,8 @@ impl QuotaScheduler {
                                 tokens: u.total(),
                                 cost_nanos,
                             });
-                            record.prompt_tokens = record.prompt_tokens.saturating_add(u.prompt_tokens);
+                            record.prompt_tokens =
+                                record.prompt_tokens.saturating_add(u.prompt_tokens);
                             record.completion_tokens =
                                 record.completion_tokens.saturating_add(u.completion_tokens);
                         }

@@ -478,11 +478,13 @@ impl QuotaState for RedisQuotaState {
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
         match self
-            .guarded(
-                self.inner
-                    .scripts
-                    .settle(&mut conn, &keys, lease.id, limits.start_empty, &deltas),
-            )
+            .guarded(self.inner.scripts.settle(
+                &mut conn,
+                &keys,
+                lease.id,
+                limits.start_empty,
+                &deltas,
+            ))
             .await
         {
             Ok(_) => Ok(()),
@@ -537,14 +539,13 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        self.guarded(self.inner.scripts.observe(
-            &mut conn,
-            &keys,
-            limits.start_empty,
-            &remaining,
-        ))
-            .await
-            .map_err(|error| self.unavailable(&error))
+        self.guarded(
+            self.inner
+                .scripts
+                .observe(&mut conn, &keys, limits.start_empty, &remaining),
+        )
+        .await
+        .map_err(|error| self.unavailable(&error))
     }
 }
 
