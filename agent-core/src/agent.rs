@@ -31,6 +31,38 @@ pub enum CallKind {
     Other,
 }
 
+/// A quota limit a call can exceed ([`CallError::ExceedsQuota`]). The runtime's scheduler maps
+/// its own dimensions onto this.
+///
+/// ```
+/// use agent_core::QuotaDimension;
+/// assert_eq!(QuotaDimension::TokensPerDay.to_string(), "tokens per day");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QuotaDimension {
+    /// Requests per period.
+    Requests,
+    /// Tokens per period.
+    Tokens,
+    /// Requests per day.
+    RequestsPerDay,
+    /// Tokens per day.
+    TokensPerDay,
+}
+
+impl std::fmt::Display for QuotaDimension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuotaDimension::Requests => "requests",
+            QuotaDimension::Tokens => "tokens",
+            QuotaDimension::RequestsPerDay => "requests per day",
+            QuotaDimension::TokensPerDay => "tokens per day",
+        })
+    }
+}
+
 /// What a [`TurnContext::complete`] call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -45,13 +77,13 @@ pub enum CallError {
     /// The call's cost exceeds what the quota can ever admit (for example more tokens than the
     /// per-period limit). Shorten the prompt or lower `max_completion_tokens`.
     #[error(
-        "request can never be admitted on quota '{key}': it needs {needed} {dimension} but the limit is {capacity} per period; shorten the prompt or lower max_completion_tokens"
+        "request can never be admitted on quota '{key}': it needs {needed} {dimension} but that limit is {capacity}; shorten the prompt or lower max_completion_tokens"
     )]
     ExceedsQuota {
         /// The quota key.
         key: String,
-        /// `"tokens"` or `"requests"`.
-        dimension: &'static str,
+        /// The limit the call exceeds.
+        dimension: QuotaDimension,
         /// What the call needs.
         needed: u64,
         /// The bucket's capacity.

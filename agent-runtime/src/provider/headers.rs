@@ -169,7 +169,8 @@ fn fixed_point(value: u128, digits: u32) -> String {
 
 /// Reads the retry hint of a response: `retry-after-ms` (float milliseconds) first, then
 /// `retry-after` as seconds (integer or float) or an HTTP date relative to `now` — the order the
-/// official OpenAI SDK uses. Negative, unparsable or past values are ignored.
+/// official OpenAI SDK uses. Negative, unparsable or past values are ignored; hints above one day
+/// are capped at one day.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -181,6 +182,18 @@ fn fixed_point(value: u128, digits: u32) -> String {
 /// assert_eq!(parse_retry_after(Some("-1"), Some("garbage"), now), None);
 /// ```
 pub fn parse_retry_after(
+    retry_after_ms: Option<&str>,
+    retry_after: Option<&str>,
+    now: SystemTime,
+) -> Option<Duration> {
+    parse_retry_after_unclamped(retry_after_ms, retry_after, now).map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+/// The longest retry hint taken from a provider. A hint is a hint: no provider means "come back
+/// in 300 billion years", and an unbounded value would overflow the scheduler's clock arithmetic.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn parse_retry_after_unclamped(
     retry_after_ms: Option<&str>,
     retry_after: Option<&str>,
     now: SystemTime,
@@ -536,6 +549,23 @@ mod tests {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+
+    #[test]
+    fn absurd_retry_hints_are_clamped_to_a_day() {
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            parse_retry_after(None, Some("1e19"), now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after(Some("1e22"), None, now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after(None, Some("86400"), now),
+            Some(Duration::from_secs(86_400))
+        );
     }
 
     #[test]
