@@ -551,7 +551,6 @@ impl GroupChat {
                 let observer = Arc::new(AgentObserver {
                     agent: agent.clone(),
                     shared: self.shared.clone(),
-                    budget: self.budget.clone(),
                     forward: self.observers.clone(),
                 });
                 SchedulerContext::new(
