@@ -123,18 +123,48 @@ pub enum FinishReason {
 ///
 /// Every field is optional: providers send different subsets, and some send none. These are hints
 /// for the scheduler, never the source of truth.
+///
+/// Fields may be added in minor releases (the struct is not `#[non_exhaustive]` so that it can be
+/// built with a literal): build one with `..RateLimitReading::default()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_core::RateLimitReading;
+///
+/// // Azure OpenAI on a 120 RPM deployment: 20 requests per 10-second window.
+/// let azure = RateLimitReading {
+///     limit_requests: Some(20),
+///     requests_window: Some(Duration::from_secs(10)),
+///     ..RateLimitReading::default()
+/// };
+/// assert_eq!(azure.requests_per(Duration::from_secs(60)), Some(120));
+/// // OpenAI counts per minute: no window given.
+/// let openai = RateLimitReading { limit_requests: Some(5000), ..RateLimitReading::default() };
+/// assert_eq!(openai.requests_per(Duration::from_secs(60)), Some(5000));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateLimitReading {
-    /// `x-ratelimit-limit-requests`.
+    /// `x-ratelimit-limit-requests`: requests allowed per [`requests_window`](Self::requests_window).
     pub limit_requests: Option<u64>,
-    /// `x-ratelimit-remaining-requests`.
+    /// `x-ratelimit-remaining-requests`, in the same window as `limit_requests`.
     pub remaining_requests: Option<u64>,
+    /// The window `limit_requests` and `remaining_requests` are counted over, when it is not the
+    /// provider's standard minute (`None`). Azure OpenAI reports a **10-second** request
+    /// allowance (20 on a 120 RPM deployment), so its provider sets `Some(10 s)`; a consumer
+    /// that wants a per-minute figure scales by `minute / window`
+    /// ([`requests_per`](Self::requests_per)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_window: Option<Duration>,
     /// `x-ratelimit-reset-requests`: time until the request bucket is full again.
     pub reset_requests: Option<Duration>,
-    /// `x-ratelimit-limit-tokens`.
+    /// `x-ratelimit-limit-tokens`: tokens allowed per [`tokens_window`](Self::tokens_window).
     pub limit_tokens: Option<u64>,
-    /// `x-ratelimit-remaining-tokens`.
+    /// `x-ratelimit-remaining-tokens`, in the same window as `limit_tokens`.
     pub remaining_tokens: Option<u64>,
+    /// The window `limit_tokens` and `remaining_tokens` are counted over, when it is not the
+    /// provider's standard minute (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_window: Option<Duration>,
     /// `x-ratelimit-reset-tokens`: time until the token bucket is full again.
     pub reset_tokens: Option<Duration>,
     /// `retry-after-ms`, else `retry-after`, else the "try again in" time of a 429 body.
@@ -142,10 +172,35 @@ pub struct RateLimitReading {
 }
 
 impl RateLimitReading {
+    /// The window limits are counted over when a reading names none.
+    pub const STANDARD_WINDOW: Duration = Duration::from_secs(60);
+
     /// True when the provider sent no reading at all.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// `limit_requests` rescaled to `period`: `limit × period / window` (window =
+    /// [`requests_window`](Self::requests_window), else a minute), rounded down, saturating.
+    pub fn requests_per(&self, period: Duration) -> Option<u64> {
+        rescale(self.limit_requests?, self.requests_window, period)
+    }
+
+    /// `limit_tokens` rescaled to `period`, as [`requests_per`](Self::requests_per) does.
+    pub fn tokens_per(&self, period: Duration) -> Option<u64> {
+        rescale(self.limit_tokens?, self.tokens_window, period)
+    }
+}
+
+fn rescale(limit: u64, window: Option<Duration>, period: Duration) -> Option<u64> {
+    let window = window
+        .unwrap_or(RateLimitReading::STANDARD_WINDOW)
+        .as_nanos();
+    if window == 0 {
+        return None;
+    }
+    let scaled = u128::from(limit).saturating_mul(period.as_nanos()) / window;
+    Some(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
 /// One completed model call.
@@ -392,6 +447,35 @@ impl<M: ChatModel + ?Sized> ChatModel for Box<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readings_rescale_limits_from_their_window() {
+        let azure = RateLimitReading {
+            limit_requests: Some(20),
+            requests_window: Some(Duration::from_secs(10)),
+            limit_tokens: Some(20_000),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(azure.requests_per(Duration::from_secs(60)), Some(120));
+        assert_eq!(azure.requests_per(Duration::from_secs(6)), Some(12));
+        // Tokens have no window of their own: a minute.
+        assert_eq!(azure.tokens_per(Duration::from_secs(60)), Some(20_000));
+        let absurd = RateLimitReading {
+            limit_tokens: Some(u64::MAX),
+            tokens_window: Some(Duration::ZERO),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(absurd.tokens_per(Duration::MAX), None);
+        let huge = RateLimitReading {
+            limit_tokens: Some(u64::MAX),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(huge.tokens_per(Duration::MAX), Some(u64::MAX));
+        assert_eq!(
+            RateLimitReading::default().requests_per(Duration::MAX),
+            None
+        );
+    }
 
     #[test]
     fn retryability_follows_the_error_kind() {

@@ -589,7 +589,44 @@ async fn azure_requests_reach_the_mock_deployment_route() {
         .unwrap();
     assert_eq!(azure.id(), "azure/gpt-4o-mini");
     let done = azure.complete(hi()).await.unwrap();
-    assert_eq!(done.rate_limits.unwrap().remaining_requests, Some(9));
+    let reading = done.rate_limits.unwrap();
+    assert_eq!(reading.remaining_requests, Some(9));
+    // Azure counts `x-ratelimit-limit-requests` per 10 s, not per minute.
+    assert_eq!(reading.requests_window, Some(Duration::from_secs(10)));
+    assert_eq!(reading.tokens_window, None);
+    assert_eq!(reading.requests_per(Duration::from_secs(60)), Some(60));
+
+    // The same headers from an OpenAI-style endpoint are per minute.
+    let openai = OpenAiProvider::builder()
+        .base_url(server.base_url())
+        .model("gpt-4o-mini")
+        .build()
+        .unwrap();
+    let reading = openai.complete(hi()).await.unwrap().rate_limits.unwrap();
+    assert_eq!(reading.limit_requests, Some(10));
+    assert_eq!(reading.requests_window, None);
+    assert_eq!(reading.requests_per(Duration::from_secs(60)), Some(10));
+}
+
+#[tokio::test]
+async fn an_azure_429_carries_the_ten_second_window() {
+    let (_, server) = MockServer::start(SimConfig::default().with_rpm(1))
+        .await
+        .unwrap();
+    let azure = OpenAiProvider::builder()
+        .base_url(format!("http://{}", server.addr()))
+        .azure("gpt-4o-mini", "2024-10-21")
+        .api_key(KEY)
+        .build()
+        .unwrap();
+    azure.complete(hi()).await.unwrap();
+    match azure.complete(hi()).await.unwrap_err() {
+        ModelError::RateLimited {
+            reading: Some(reading),
+            ..
+        } => assert_eq!(reading.requests_window, Some(Duration::from_secs(10))),
+        other => panic!("{other:?}"),
+    }
 }
 
 /// Credentials a proxy URL may carry: userinfo and query-string keys.

@@ -234,6 +234,9 @@ pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Rat
         limit_tokens: limit(LIMIT_TOKENS),
         remaining_tokens: count(REMAINING_TOKENS),
         reset_tokens: reset(RESET_TOKENS),
+        // The headers do not say; the provider that knows its endpoint sets them.
+        requests_window: None,
+        tokens_window: None,
         retry_after: parse_retry_after(
             header(RETRY_AFTER_MS),
             header(RETRY_AFTER),
@@ -642,6 +645,7 @@ mod tests {
                 remaining_tokens: remaining,
                 reset_tokens: reset_ms.map(|m| Duration::from_millis(m / 3)),
                 retry_after: retry_ms.map(Duration::from_millis),
+                ..RateLimitReading::default()
             };
             let headers = reading_to_headers(&reading);
             let back = reading_from_headers(|name| {
@@ -699,6 +703,7 @@ mod tests {
                 remaining_tokens: Some(159_976),
                 reset_tokens: Some(ms(9)),
                 retry_after: None,
+                ..RateLimitReading::default()
             }
         );
         let guide = [

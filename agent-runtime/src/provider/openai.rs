@@ -49,6 +49,9 @@ use super::{DEFAULT_TIMEOUT, STREAM_CUT, Secret, timeout_error};
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_ENV_MODEL: &str = "gpt-4o-mini";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Azure reports `x-ratelimit-limit-requests` per 10 seconds: 20 on a 120 RPM deployment
+/// (rate-limits.md §1.2; aoai-simulated-api's `requests_per_10s`).
+const AZURE_REQUESTS_WINDOW: Duration = Duration::from_secs(10);
 
 /// Which kind of endpoint an [`OpenAiProvider`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -342,6 +345,7 @@ impl OpenAiProviderBuilder {
         let client = Client::build(http.clone(), config).with_http_service(SingleAttempt {
             http,
             timeout: self.timeout,
+            requests_window: (flavor == Flavor::Azure).then_some(AZURE_REQUESTS_WINDOW),
         });
         Ok(OpenAiProvider {
             id: id.into(),
@@ -1024,6 +1028,8 @@ impl std::error::Error for HttpFailure {}
 struct SingleAttempt {
     http: reqwest::Client,
     timeout: Duration,
+    /// The endpoint's request-limit window when it is not a minute (Azure).
+    requests_window: Option<Duration>,
 }
 
 impl tower::Service<HttpRequestFactory> for SingleAttempt {
@@ -1043,13 +1049,17 @@ impl tower::Service<HttpRequestFactory> for SingleAttempt {
         let slot = RESPONSE_READING.try_with(Arc::clone).ok();
         let http = self.http.clone();
         let timeout = self.timeout;
+        let requests_window = self.requests_window;
         Box::pin(async move {
             let request = factory.build().await?;
             let response = match tokio::time::timeout(timeout, http.execute(request)).await {
                 Err(_) => return Err(OpenAIError::Boxed(Box::new(HttpFailure::TimedOut))),
                 Ok(result) => result.map_err(OpenAIError::Reqwest)?,
             };
-            let reading = headers::reading_from_header_map(response.headers());
+            let mut reading = headers::reading_from_header_map(response.headers());
+            if reading.limit_requests.is_some() || reading.remaining_requests.is_some() {
+                reading.requests_window = requests_window;
+            }
             let status = response.status();
             if status.is_success() {
                 if let Some(slot) = slot {
