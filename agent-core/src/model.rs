@@ -103,9 +103,10 @@ impl ChatRequest {
     }
 }
 
-/// Why the model stopped generating.
+/// Why the model stopped generating. More reasons may be added: match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// Natural end or a stop sequence.
     Stop,
@@ -204,6 +205,10 @@ fn rescale(limit: u64, window: Option<Duration>, period: Duration) -> Option<u64
 }
 
 /// One completed model call.
+///
+/// Fields may be added in minor releases (the struct is not `#[non_exhaustive]` so that models
+/// and tests can build one with a literal): prefer [`Completion::text`], or name every field you
+/// rely on and expect to add the new ones when upgrading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     /// The model's message (text or tool calls). Its `usage` is set when the provider reported it.
@@ -229,9 +234,11 @@ impl Completion {
     }
 }
 
-/// Which limit a 429 was about.
+/// Which limit a 429 was about. More kinds may be added (e.g. a daily limit): match with a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RateLimitKind {
     /// Requests per period.
     Requests,
@@ -356,6 +363,52 @@ impl ModelError {
         }
     }
 }
+
+/// The vocabulary's enums that will grow are `#[non_exhaustive]`, so adding a variant is not a
+/// breaking change: a `match` outside `agent-core` needs a wildcard arm. Each block below is an
+/// exhaustive match without one and must fail to compile (E0004).
+///
+/// ```compile_fail,E0004
+/// fn f(r: agent_core::FinishReason) -> u8 {
+///     use agent_core::FinishReason::*;
+///     match r { Stop | Length | ToolCalls | ContentFilter | Other => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(k: agent_core::RateLimitKind) -> u8 {
+///     use agent_core::RateLimitKind::*;
+///     match k { Requests | Tokens | Unknown => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(d: agent_core::BudgetDimension) -> u8 {
+///     use agent_core::BudgetDimension::*;
+///     match d { Calls | Tokens | Cost => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(r: agent_core::Role) -> u8 {
+///     use agent_core::Role::*;
+///     match r { System | User | Assistant | Tool => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(c: &agent_core::Content) -> u8 {
+///     use agent_core::Content::*;
+///     match c {
+///         Text { .. } | ToolCalls { .. } | ToolResults { .. } | Handoff { .. } | Stop { .. } => 0,
+///     }
+/// }
+/// ```
+/// With the wildcard arm it compiles:
+/// ```
+/// fn f(r: agent_core::FinishReason) -> &'static str {
+///     match r { agent_core::FinishReason::Length => "cut", _ => "whole" }
+/// }
+/// assert_eq!(f(agent_core::FinishReason::Stop), "whole");
+/// ```
+#[cfg(doctest)]
+pub struct GrowingEnums;
 
 /// One piece of a streamed completion.
 // `Completed` is large but arrives once per stream; boxing it would only add an allocation.

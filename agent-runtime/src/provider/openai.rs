@@ -624,8 +624,12 @@ fn wire_messages(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
                     })
                 }));
             }
-            Content::Text { .. } | Content::Handoff { .. } | Content::Stop { .. } => {
-                let text = message.text().unwrap_or_default().to_owned();
+            // Text, handoffs, stops, and content kinds added later: their text, if they have
+            // one (content with no text has nothing a chat-completion API could carry).
+            _ => {
+                let Some(text) = message.text().map(str::to_owned) else {
+                    continue;
+                };
                 out.push(match message.role {
                     Role::System => {
                         ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
@@ -640,13 +644,12 @@ fn wire_messages(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
                             ..Default::default()
                         },
                     ),
-                    // A text from the tool role has no call to answer; the model reads it as input.
-                    Role::User | Role::Tool => {
-                        ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-                            content: ChatCompletionRequestUserMessageContent::Text(text),
-                            name: name.filter(|n| n != "user"),
-                        })
-                    }
+                    // User; a text from the tool role (which has no call to answer) and roles
+                    // added later: the model reads them as input.
+                    _ => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                        content: ChatCompletionRequestUserMessageContent::Text(text),
+                        name: name.filter(|n| n != "user"),
+                    }),
                 });
             }
         }
