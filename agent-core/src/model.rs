@@ -25,6 +25,12 @@ pub struct ToolSpec {
     pub parameters: Arc<serde_json::Value>,
 }
 
+/// Completion tokens reserved (in quota and budget) for a request that sets no
+/// [`ChatRequest::max_completion_tokens`]: the runtime scheduler's default
+/// (`Quota::default_max_completion_tokens`) and what [`TestContext`](crate::testing::TestContext)
+/// reserves, so both charge a budget alike.
+pub const DEFAULT_MAX_COMPLETION_TOKENS: u32 = 256;
+
 /// One request to a chat model.
 ///
 /// ```
