@@ -154,6 +154,7 @@ impl PriceTable {
 /// The dimension a budget ran out in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BudgetDimension {
     /// Model calls.
     Calls,

@@ -66,7 +66,8 @@ pub(crate) fn pause_after_429(
     let computed = match kind {
         RateLimitKind::Requests => refill(limits.requests, cost.requests),
         RateLimitKind::Tokens => refill(limits.tokens, cost.tokens),
-        RateLimitKind::Unknown => None,
+        // Unknown, and kinds added later: no bucket to compute from.
+        _ => None,
     };
     computed.unwrap_or(fallback)
 }

@@ -127,7 +127,8 @@ impl RateLimitCounts {
         match kind {
             RateLimitKind::Requests => self.requests += 1,
             RateLimitKind::Tokens => self.tokens += 1,
-            RateLimitKind::Unknown => self.unknown += 1,
+            // Unknown, and kinds added later.
+            _ => self.unknown += 1,
         }
     }
 
