@@ -472,7 +472,7 @@ impl InFlight<'_> {
             }
             if let Some(r) = reading
                 && self.key.quota.learn_from_headers
-                && feedback::learn(&mut inner.learned, r)
+                && feedback::learn(&mut inner.learned, r, self.key.quota.period)
             {
                 inner.limits = feedback::effective_limits(&self.key.quota, inner.learned);
             }
