@@ -2,7 +2,7 @@
 //!
 //! Turnstile's runtime: the [quota scheduler](scheduler) that every model call passes through,
 //! the [chats](chat) that run agents on it, the [providers](provider), and (feature `mock-server`)
-//! an OpenAI-shaped rate-limited [mock server](mock).
+//! an OpenAI-shaped rate-limited mock server (`mock`).
 //!
 //! The turn pipeline, stage by stage as the modules name it:
 //! `budget → quota admission → provider → reconcile`, with one retry loop around the provider.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::{ChatConfigError, ChatErrorKind};
 use crate::context::SchedulerContext;
 
-/// How the next speaker is chosen. See the [module docs](self) for the exact rules.
+/// How the next speaker is chosen. The exact rules of each method are in `docs/chats.md`.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum SpeakerSelection {

@@ -1,6 +1,6 @@
 //! Providers: the OpenAI-compatible HTTP provider and the in-process simulator.
 //!
-//! - [`OpenAiProvider`] (feature `openai`) talks to OpenAI, Azure OpenAI, or any OpenAI-compatible
+//! - `OpenAiProvider` (feature `openai`) talks to OpenAI, Azure OpenAI, or any OpenAI-compatible
 //!   server (Ollama, vLLM, llama.cpp, LiteLLM) through `async-openai`, with its retry layer
 //!   removed: one call is one HTTP attempt, because the scheduler is the only retry loop.
 //! - [`SimulatedProvider`] answers in process with OpenAI's rate-limit semantics: the default for

@@ -27,28 +27,20 @@ use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
 use super::state::{Acquire, KeyBuckets, Lease, QuotaState};
 
-/// What a shared backend's failure does to admission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Calls keep waiting (polling the backend) until it answers or `max_admission_wait` passes:
-    /// quota is never exceeded, but an outage stalls calls.
-    #[default]
-    Closed,
-    /// Calls are admitted by this process's local buckets alone (the configured limits per
-    /// process): traffic continues, and the errors show in `KeyStats::backend_errors`.
-    Open,
-}
-
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
 pub(crate) enum Backend {
     /// The key's own in-memory buckets, updated under its lock (the synchronous fast path).
     Local,
     /// A shared [`QuotaState`]; the local queue only orders the waiters.
+    ///
+    /// A backend error always fails closed here: the call keeps polling until the backend
+    /// answers or `max_admission_wait` passes. Falling back to this process's own buckets would be
+    /// the silent per-pod limit multiplication LiteLLM suffers from (its issue #35533); a backend
+    /// that wants to fail open does so itself, to a conservative share it chooses (the Redis
+    /// backend's `RedisFailurePolicy::FailOpen { expected_processes }`).
     Shared {
         state: Arc<dyn QuotaState>,
-        on_error: FailurePolicy,
         lease_ttl: Duration,
         poll: Duration,
     },
@@ -198,6 +190,9 @@ pub(crate) struct KeyInner {
     pub(crate) retry_budget: RetryBudget,
     pub(crate) breaker: Breaker,
     pub(crate) stats: KeyCounters,
+    /// True while the shared backend is failing: one `warn` when an outage starts and one `info`
+    /// when it ends, not one per poll.
+    pub(crate) backend_failing: bool,
 }
 
 /// One quota key.
@@ -243,6 +238,11 @@ pub(crate) enum Refusal {
     CircuitOpen(Duration),
     TooLong {
         dimension: Dimension,
+        wait: Duration,
+    },
+    /// A fail-closed shared backend kept failing until the call's admission wait ran out.
+    BackendUnavailable {
+        error: String,
         wait: Duration,
     },
     Cancelled,
@@ -305,6 +305,7 @@ impl Key {
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
                 stats: KeyCounters::default(),
+                backend_failing: false,
             }),
             quota,
         }
@@ -466,7 +467,6 @@ impl Key {
     ) -> Result<Result<Admitted, Instant>, Refusal> {
         let Backend::Shared {
             state,
-            on_error,
             lease_ttl,
             poll,
         } = backend
@@ -482,36 +482,49 @@ impl Key {
         let now = Instant::now();
         let mut inner = self.lock();
         let inner = &mut *inner;
+        let mut backend_error = None;
         let (wait, dimension) = match answer {
             Ok(Acquire::Granted(lease)) => {
+                self.backend_recovered(inner);
                 return Ok(Ok(self.grant(inner, waiting, start, now, Some(lease))));
             }
             Ok(Acquire::Wait {
                 retry_after,
                 dimension,
-            }) => (retry_after.unwrap_or(*poll), dimension),
+            }) => {
+                self.backend_recovered(inner);
+                (retry_after.unwrap_or(*poll), dimension)
+            }
             Err(e) => {
                 inner.stats.backend_errors += 1;
-                tracing::warn!(key = &*self.name, error = %e, policy = ?on_error, "quota backend failed");
-                match on_error {
-                    FailurePolicy::Open => {
-                        match inner.buckets.try_acquire(now, &inner.limits, cost) {
-                            Ok(()) => return Ok(Ok(self.grant(inner, waiting, start, now, None))),
-                            Err(b) => (b.wait.unwrap_or(*poll), b.dimension),
-                        }
-                    }
-                    FailurePolicy::Closed => (*poll, Dimension::Paused),
+                if !inner.backend_failing {
+                    inner.backend_failing = true;
+                    tracing::warn!(key = &*self.name, error = %e, "quota backend failed; admission waits for it (fails closed)");
                 }
+                backend_error = Some(e.to_string());
+                (*poll, Dimension::Paused)
             }
         };
         let next = now + wait;
         if next > give_up_at {
+            if let Some(error) = backend_error {
+                return Err(Refusal::BackendUnavailable {
+                    error,
+                    wait: next - start,
+                });
+            }
             return Err(Refusal::TooLong {
                 dimension,
                 wait: next - start,
             });
         }
         Ok(Err(next))
+    }
+
+    fn backend_recovered(&self, inner: &mut KeyInner) {
+        if std::mem::take(&mut inner.backend_failing) {
+            tracing::info!(key = &*self.name, "quota backend answers again");
+        }
     }
 
     fn grant(

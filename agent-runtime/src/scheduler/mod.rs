@@ -21,7 +21,9 @@ pub mod quota;
 pub mod retry;
 pub mod state;
 
-pub use admission::FailurePolicy;
+#[cfg(feature = "redis")]
+pub mod redis_state;
+
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
@@ -213,7 +215,6 @@ pub struct QuotaSchedulerBuilder {
     estimator: Arc<dyn TokenEstimator>,
     retry: RetryPolicy,
     state: Option<Arc<dyn QuotaState>>,
-    on_state_error: FailurePolicy,
     lease_ttl: Duration,
     poll: Duration,
     max_tracked_conversations: usize,
@@ -234,7 +235,6 @@ impl Default for QuotaSchedulerBuilder {
             estimator: Arc::new(CharsPerToken::default()),
             retry: RetryPolicy::default(),
             state: None,
-            on_state_error: FailurePolicy::default(),
             lease_ttl: Duration::from_secs(600),
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
@@ -272,12 +272,6 @@ impl QuotaSchedulerBuilder {
     /// Keeps bucket state in a shared backend (e.g. Redis) instead of this process's memory.
     pub fn state(mut self, state: Arc<dyn QuotaState>) -> Self {
         self.state = Some(state);
-        self
-    }
-
-    /// What a shared backend's failure does (default [`FailurePolicy::Closed`]).
-    pub fn on_state_error(mut self, policy: FailurePolicy) -> Self {
-        self.on_state_error = policy;
         self
     }
 
@@ -330,7 +324,6 @@ impl QuotaSchedulerBuilder {
             None => Backend::Local,
             Some(state) => Backend::Shared {
                 state,
-                on_error: self.on_state_error,
                 lease_ttl: self.lease_ttl,
                 poll: self.poll,
             },
@@ -616,6 +609,16 @@ impl Inner {
                     key.name, self.max_admission_wait
                 ),
             }),
+            Refusal::BackendUnavailable { error, wait } => {
+                CallError::Model(ModelError::Transient {
+                    status: None,
+                    retry_after: None,
+                    message: format!(
+                        "quota '{}' not admitted: its shared state backend kept failing for {wait:?} ({error}); admission fails closed",
+                        key.name
+                    ),
+                })
+            }
             Refusal::Cancelled => CallError::Cancelled,
         }
     }

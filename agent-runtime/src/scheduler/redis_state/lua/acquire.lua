@@ -1,0 +1,65 @@
+-- Checks and reserves every dimension of one call atomically: the pause, each bucket (requests,
+-- tokens, daily caps) and the in-flight leases. Either everything is reserved or nothing is.
+--
+-- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start_empty (0/1), n,
+--       then n x (name, cap, period_ms, cost)
+-- Returns {1, now_us, lease_id}            granted; the lease is recorded under lease_id, which is
+--                                          the grant's server time in µs (made unique)
+--         {0, now_us, dimension, wait_us}  not now; nothing changed except pruned leases
+--         {-1, now_us, dimension, cap}     the cost exceeds the capacity: never admissible
+local lease_ttl = tonumber(ARGV[1])
+local max_in_flight = tonumber(ARGV[2])
+local empty = ARGV[3] == '1'
+local specs = read_specs(5, tonumber(ARGV[4]), 4)
+local now_us, now_ms = server_now()
+
+for _, s in ipairs(specs) do
+  if s.amount > s.cap then
+    return {-1, now_us, s.name, s.cap}
+  end
+end
+
+-- The longest exact wait wins: it is a lower bound on when every dimension can be satisfied.
+local wait, dimension = 0, ''
+local paused = redis.call('GET', KEYS[3])
+if paused and tonumber(paused) > now_ms then
+  wait, dimension = tonumber(paused) - now_ms, 'paused'
+end
+for _, s in ipairs(specs) do
+  s.level, s.rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, empty)
+  if s.level < s.amount then
+    local w = (s.amount - s.level) / s.rate
+    if w > wait then
+      wait, dimension = w, s.name
+    end
+  end
+end
+
+prune_leases(KEYS[2], now_ms)
+if wait <= 0 and max_in_flight > 0 and redis.call('ZCARD', KEYS[2]) >= max_in_flight then
+  -- The oldest lease's expiry bounds the wait; a holder that settles frees the slot sooner.
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  wait, dimension = math.max(0.001, tonumber(first[2]) - now_ms), 'in_flight'
+end
+if wait > 0 then
+  return {0, now_us, dimension, math.ceil(wait * 1000)}
+end
+
+local ttl = 0
+for _, s in ipairs(specs) do
+  local left = s.level - s.amount
+  store_bucket(KEYS[1], s.name, left, now_ms)
+  ttl = math.max(ttl, time_to_full(s.cap, s.rate, left))
+end
+if #specs > 0 then
+  keep_for(KEYS[1], ttl)
+end
+-- The grant's own server time names the lease: unique because scripts run one at a time, and
+-- bumped past any id still held should the server clock ever step back.
+local lease_id = now_us
+while redis.call('ZSCORE', KEYS[2], string.format('%.0f', lease_id)) do
+  lease_id = lease_id + 1
+end
+redis.call('ZADD', KEYS[2], string.format('%.3f', now_ms + lease_ttl), string.format('%.0f', lease_id))
+keep_for(KEYS[2], lease_ttl)
+return {1, now_us, lease_id}

@@ -1,0 +1,351 @@
+//! The failure policies with Redis unreachable (a closed port, so the shared Redis keeps running
+//! for the other tests). Needs no `REDIS_URL`.
+#![cfg(feature = "redis")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::result_large_err
+)]
+
+mod scheduler_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Budget, CallError, CallKind, ModelError, Usage};
+use agent_runtime::scheduler::redis_state::{
+    RedisFailurePolicy, RedisMode, RedisQuotaConfig, RedisQuotaError, RedisQuotaState,
+};
+use agent_runtime::scheduler::{
+    Acquire, Cost, ModelCall, Quota, QuotaScheduler, QuotaState, StateError,
+};
+use scheduler_support::{ExactEstimator, TimedModel, request};
+
+/// Nothing listens on port 1, so connecting is refused at once.
+const UNREACHABLE: &str = "redis://127.0.0.1:1";
+
+async fn unreachable(policy: RedisFailurePolicy) -> RedisQuotaState {
+    RedisQuotaState::connect(
+        UNREACHABLE,
+        RedisQuotaConfig::default().with_failure_policy(policy),
+    )
+    .await
+    .unwrap()
+}
+
+fn scheduler(state: &RedisQuotaState, quota: Quota, max_wait: Duration) -> QuotaScheduler {
+    QuotaScheduler::builder()
+        .quota("model", quota)
+        .estimator(ExactEstimator)
+        .state(Arc::new(state.clone()))
+        .poll_interval(Duration::from_millis(20))
+        .max_admission_wait(max_wait)
+        .build()
+        .unwrap()
+}
+
+async fn call(s: &QuotaScheduler, model: &TimedModel) -> Result<agent_core::Completion, CallError> {
+    let budget = Budget::unlimited();
+    s.call(ModelCall::new(
+        model,
+        request(10),
+        CallKind::Reply,
+        "conversation",
+        "agent",
+        &budget,
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_admission_and_says_why() {
+    let state = unreachable(RedisFailurePolicy::FailClosed).await;
+    assert_eq!(state.mode(), RedisMode::Shared);
+    let limits = Quota::per_minute().requests(10).limits();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let err = state
+        .acquire("model", &limits, cost, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    let StateError::Unavailable { message } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(message.contains("fails closed"), "{message}");
+
+    let metrics = state.metrics();
+    assert_eq!(metrics.mode, RedisMode::Unavailable);
+    assert_eq!(metrics.refused_admissions, 1);
+    assert_eq!(metrics.mode_switches, 1);
+    assert_eq!(metrics.local_admissions, 0);
+}
+
+#[tokio::test]
+async fn fail_closed_through_the_scheduler_waits_then_fails_the_call_and_sends_nothing() {
+    let state = unreachable(RedisFailurePolicy::FailClosed).await;
+    let s = scheduler(
+        &state,
+        Quota::per_minute().requests(10),
+        Duration::from_millis(300),
+    );
+    let model = TimedModel::answering("model", Usage::new(10, 0));
+    let err = call(&s, &model).await.unwrap_err();
+    let CallError::Model(ModelError::Transient { message, .. }) = &err else {
+        panic!("{err:?}")
+    };
+    assert!(message.contains("fails closed"), "{message}");
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert_eq!(
+        model.count(),
+        0,
+        "a call reached the provider without the shared quota"
+    );
+    // It kept asking while it waited, and every failure is counted on both sides.
+    let metrics = state.metrics();
+    assert!(metrics.refused_admissions >= 2, "{metrics:?}");
+    assert_eq!(metrics.mode_switches, 1, "one switch, however many errors");
+    assert_eq!(
+        s.snapshot().keys["model"].backend_errors,
+        metrics.refused_admissions
+    );
+}
+
+#[tokio::test]
+async fn fail_open_admits_only_this_processs_share_of_each_limit() {
+    // Four processes expected: this one may use 10 / 4 = 2 requests and 2 / 4 → 1 slot.
+    let state = unreachable(RedisFailurePolicy::fail_open(4)).await;
+    let s = scheduler(
+        &state,
+        Quota::per_minute().requests(10).max_in_flight(2),
+        Duration::from_millis(300),
+    );
+    let model = TimedModel::answering("model", Usage::new(10, 0));
+    assert!(call(&s, &model).await.is_ok());
+    assert!(call(&s, &model).await.is_ok());
+    // The third request would need 6 s of refill at 2 per minute: refused as rate limited.
+    let err = call(&s, &model).await.unwrap_err();
+    assert!(
+        matches!(err, CallError::Model(ModelError::RateLimited { .. })),
+        "{err:?}"
+    );
+    assert_eq!(model.count(), 2);
+
+    let metrics = state.metrics();
+    assert_eq!(metrics.mode, RedisMode::LocalShare);
+    assert_eq!(metrics.local_admissions, 2);
+    assert_eq!(metrics.mode_switches, 1);
+    assert!(metrics.redis_errors >= 1);
+    // The backend answered every admission itself: the scheduler saw no error to fall back on.
+    assert_eq!(s.snapshot().keys["model"].backend_errors, 0);
+}
+
+#[tokio::test]
+async fn fail_open_shares_the_in_flight_cap_too() {
+    let state = unreachable(RedisFailurePolicy::fail_open(2)).await;
+    let limits = Quota::per_minute().max_in_flight(4).limits();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let ttl = Duration::from_secs(60);
+    let mut leases = Vec::new();
+    for _ in 0..2 {
+        match state.acquire("model", &limits, cost, ttl).await.unwrap() {
+            Acquire::Granted(lease) => leases.push(lease),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        state.acquire("model", &limits, cost, ttl).await.unwrap(),
+        Acquire::Wait { .. }
+    ));
+    let settlement = agent_runtime::scheduler::Settlement {
+        actual_tokens: 0,
+        refund_unused: false,
+    };
+    state
+        .settle("model", &limits, leases.pop().unwrap(), settlement)
+        .await
+        .unwrap();
+    assert!(matches!(
+        state.acquire("model", &limits, cost, ttl).await.unwrap(),
+        Acquire::Granted(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_bad_url_or_setting_fails_at_connect_without_echoing_the_password() {
+    let err = RedisQuotaState::connect("http://:hunter2@host", RedisQuotaConfig::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RedisQuotaError::InvalidUrl { .. }));
+    assert!(!err.to_string().contains("hunter2"));
+
+    let err = RedisQuotaState::connect(
+        UNREACHABLE,
+        RedisQuotaConfig::default().with_failure_policy(RedisFailurePolicy::fail_open(0)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, RedisQuotaError::InvalidConfig { .. }));
+}
+
+#[tokio::test]
+async fn the_password_never_shows_in_debug_output_or_errors() {
+    let state = RedisQuotaState::connect(
+        "redis://user:hunter2@127.0.0.1:1/0",
+        RedisQuotaConfig::default(),
+    )
+    .await
+    .unwrap();
+    let debug = format!("{state:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("127.0.0.1:1"));
+    let limits = Quota::per_minute().requests(1).limits();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let err = state
+        .acquire("model", &limits, cost, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"));
+}
+
+/// A private `redis-server` on a free port, stopped on drop (the shared Redis is never stopped).
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None` when no `redis-server` binary is installed.
+    fn start(port: Option<u16>) -> Option<Self> {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        });
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self {
+            port,
+            child: Some(child),
+        })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Asks until the state answers `Granted` from Redis (not from the local share).
+async fn wait_for_shared(state: &RedisQuotaState, limits: &agent_runtime::scheduler::Limits) {
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = state
+                .acquire("model", limits, cost, Duration::from_secs(60))
+                .await;
+            if state.mode() == RedisMode::Shared && matches!(answer, Ok(Acquire::Granted(_))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("never back on the shared quota");
+}
+
+#[tokio::test]
+async fn fail_open_returns_to_the_shared_quota_when_redis_comes_back() {
+    let Some(mut redis) = PrivateRedis::start(None) else {
+        eprintln!("skipping: no redis-server binary");
+        return;
+    };
+    let state = RedisQuotaState::connect(
+        &redis.url(),
+        RedisQuotaConfig::default()
+            .with_failure_policy(RedisFailurePolicy::fail_open(2))
+            .with_probe_interval(Duration::from_millis(50)),
+    )
+    .await
+    .unwrap();
+    let limits = Quota::per_minute().requests(1_000).limits();
+    wait_for_shared(&state, &limits).await;
+    let switches = state.metrics().mode_switches;
+
+    redis.stop();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let answer = state
+        .acquire("model", &limits, cost, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Acquire::Granted(_)));
+    assert_eq!(state.mode(), RedisMode::LocalShare);
+    assert_eq!(state.metrics().local_admissions, 1);
+
+    let _restarted = PrivateRedis::start(Some(redis.port)).unwrap();
+    wait_for_shared(&state, &limits).await;
+    // Out to the local share and back: two more switches, each logged.
+    assert_eq!(state.metrics().mode_switches, switches + 2);
+}
+
+#[tokio::test]
+async fn fail_closed_admits_again_once_redis_comes_back() {
+    let Some(mut redis) = PrivateRedis::start(None) else {
+        eprintln!("skipping: no redis-server binary");
+        return;
+    };
+    let state = RedisQuotaState::connect(&redis.url(), RedisQuotaConfig::default())
+        .await
+        .unwrap();
+    let limits = Quota::per_minute().requests(1_000).limits();
+    wait_for_shared(&state, &limits).await;
+    redis.stop();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    assert!(
+        state
+            .acquire("model", &limits, cost, Duration::from_secs(60))
+            .await
+            .is_err()
+    );
+    assert_eq!(state.mode(), RedisMode::Unavailable);
+    let _restarted = PrivateRedis::start(Some(redis.port)).unwrap();
+    wait_for_shared(&state, &limits).await;
+    assert_eq!(state.metrics().local_admissions, 0);
+}
