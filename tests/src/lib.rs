@@ -1,1 +1,121 @@
-//! Shared harness for Turnstile's integration tests (one test file per area under `tests/`).
+//! Shared harness for Turnstile's integration tests (one test file per area under `tests/`):
+//! a mock OpenAI server on a free port, an HTTP provider pointed at it, schedulers with fast
+//! retries, and small group chats of LLM agents.
+//!
+//! Everything here runs over a real socket in real time, so tests keep their limits compressed
+//! (a six-second "minute") and assert counts, never timings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Budget, BudgetLimits, CallKind, ChatModel, ChatRequest, LlmAgent, Message};
+use agent_runtime::QuotaScheduler;
+use agent_runtime::chat::GroupChat;
+use agent_runtime::mock::MockServer;
+use agent_runtime::provider::{OpenAiProvider, SimConfig};
+use agent_runtime::scheduler::{ModelCall, Quota, RetryPolicy};
+
+/// What a harness step can fail with (any setup error fails the test).
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// The model name the mock serves.
+pub const MODEL: &str = "gpt-4o-mini";
+
+/// The compressed rate-limit period of the HTTP tests.
+pub const PERIOD: Duration = Duration::from_secs(6);
+
+/// Starts a mock OpenAI server for `config` on `127.0.0.1` and a free port.
+pub async fn start_mock(config: SimConfig) -> Result<MockServer, Error> {
+    let (_addr, server) = MockServer::start(config.with_model(MODEL)).await?;
+    Ok(server)
+}
+
+/// An OpenAI-compatible provider for `server`, exactly as a user would point one at a local
+/// endpoint (no key; one HTTP attempt per call).
+pub fn provider(server: &MockServer) -> Result<Arc<dyn ChatModel>, Error> {
+    let provider = OpenAiProvider::builder()
+        .base_url(server.base_url())
+        .model(MODEL)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    Ok(Arc::new(provider))
+}
+
+/// The mock's counters as `GET /stats` serves them (what any client of the mock would see).
+pub async fn stats_over_http(server: &MockServer) -> Result<serde_json::Value, Error> {
+    let url = format!("http://{}/stats", server.addr());
+    Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
+}
+
+/// The default retry policy with millisecond backoff, so retried tests stay short, and a fixed
+/// jitter seed.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy::default()
+        .backoff(Duration::from_millis(10), Duration::from_millis(200))
+        .seed(7)
+}
+
+/// A scheduler with `quota` on `key` (or nothing configured when `None`), every other key
+/// learning its limits from headers with the tests' period, and `retry`.
+pub fn scheduler(
+    key: &str,
+    quota: Option<Quota>,
+    retry: RetryPolicy,
+) -> Result<QuotaScheduler, Error> {
+    let mut builder = QuotaScheduler::builder()
+        .default_quota(Quota::per_period(PERIOD))
+        .retry(retry);
+    if let Some(quota) = quota {
+        builder = builder.quota(key, quota);
+    }
+    Ok(builder.build()?)
+}
+
+/// A round-robin group chat of `agents` LLM agents (`agent_1`, …) on `model`, stopping after
+/// `max_messages` messages (the task message included), every call through `scheduler`.
+/// Agents ask for at most `max_completion_tokens` tokens per reply.
+pub fn group_chat(
+    model: &Arc<dyn ChatModel>,
+    scheduler: &QuotaScheduler,
+    agents: usize,
+    max_messages: u64,
+    max_completion_tokens: u32,
+) -> Result<GroupChat, Error> {
+    let mut chat = GroupChat::builder()
+        .scheduler(scheduler.clone())
+        .budget(Budget::new("test", BudgetLimits::calls(100)))
+        .max_messages(max_messages);
+    for k in 1..=agents {
+        let name = format!("agent_{k}");
+        let agent = LlmAgent::builder(name.clone(), model.clone())
+            .system_message(format!("You are {name}."))
+            .max_completion_tokens(max_completion_tokens)
+            .build()?;
+        chat = chat.participant(agent);
+    }
+    Ok(chat.build()?)
+}
+
+/// Makes one small call through `scheduler` before a run, so the client's buckets and the
+/// provider's start draining at (nearly) the same moment and the connection pool is warm.
+///
+/// Why: a full client bucket starts refilling at its first admission, the provider's at the
+/// first request's arrival. When that first request is slow (twenty connections opening at once
+/// on a loaded two-core machine took ~30 ms), the client runs that much refill ahead of the
+/// provider for the rest of the run, and a later request that travels faster than the first one
+/// can arrive a fraction of a request early: an occasional 429 even with the exact limit
+/// configured. One uncontended call first keeps the offset to a cold localhost round trip.
+pub async fn warm_up(model: &Arc<dyn ChatModel>, scheduler: &QuotaScheduler) -> Result<(), Error> {
+    let budget = Budget::unlimited();
+    let request = ChatRequest::new(vec![Message::user("warm up")]).with_max_completion_tokens(4);
+    let call = ModelCall::new(
+        &**model,
+        request,
+        CallKind::Reply,
+        "warm-up",
+        "harness",
+        &budget,
+    );
+    scheduler.call(call).await?;
+    Ok(())
+}

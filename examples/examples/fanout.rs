@@ -1,0 +1,227 @@
+//! Fanout: N group chats sharing one quota against one endpoint. Every call of every chat goes
+//! through one `QuotaScheduler`, which keeps the whole run under the endpoint's limits. Progress
+//! goes to stderr; the last line on stdout is one JSON object (`wall_s`, `completed`, `failed`,
+//! `calls`, `http_429`, `retries`, `prompt_tokens`, `completion_tokens`, `wait_p50_ms`,
+//! `wait_p99_ms`, …). The exit code is non-zero if any conversation failed.
+//!
+//! ```sh
+//! # In-process simulator enforcing 600 requests and 200k tokens per 6-second "minute":
+//! cargo run --release --example fanout -- --conversations 200 --rpm 600 --tpm 200000 --period-seconds 6
+//!
+//! # Against the mock server, limits not configured here (learned from its headers):
+//! cargo run --release -p agent-runtime --bin turnstile-mock -- --rpm 600 --tpm 200000 --period-seconds 6 &
+//! cargo run --release --example fanout -- --base-url http://127.0.0.1:8089/v1 --period-seconds 6
+//!
+//! # A real endpoint (key from OPENAI_API_KEY; optional for local servers):
+//! OPENAI_API_KEY=sk-... cargo run --example fanout -- --conversations 10 --rpm 500 --tpm 200000
+//! cargo run --example fanout -- --base-url http://localhost:11434/v1 --model llama3.2 --concurrency 4
+//! ```
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::ChatModel;
+use agent_runtime::QuotaScheduler;
+use agent_runtime::fanout::{FanoutConfig, run_fanout};
+use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
+use agent_runtime::scheduler::Quota;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// N group chats sharing one quota against an endpoint; prints a JSON report.
+#[derive(Debug, Parser)]
+#[command(name = "fanout")]
+struct Args {
+    /// OpenAI-compatible base URL, e.g. http://127.0.0.1:8089/v1. Absent (and no OPENAI_API_KEY):
+    /// the in-process simulator, enforcing --rpm/--tpm itself.
+    #[arg(long, env = "OPENAI_BASE_URL")]
+    base_url: Option<String>,
+    /// Model name.
+    #[arg(long, env = "OPENAI_MODEL", default_value = "gpt-4o-mini")]
+    model: String,
+    /// Conversations to run.
+    #[arg(long, default_value_t = 20)]
+    conversations: usize,
+    /// Agents per conversation (round robin).
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+    /// Messages per conversation, the task message included (as AutoGen's
+    /// MaxMessageTermination counts): at most M−1 model calls per conversation.
+    #[arg(long, default_value_t = 6)]
+    max_messages: u64,
+    /// Requests per period (0 or absent: not configured, learned from response headers).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per period (0 or absent: not configured, learned from response headers).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Length of the rate period in seconds (providers use 60; compress it for demos).
+    #[arg(long, default_value_t = 60.0)]
+    period_seconds: f64,
+    /// Conversations running at once (default: all).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Completion-token limit of each call (reserved at admission).
+    #[arg(long, default_value_t = 64)]
+    max_completion_tokens: u32,
+    /// Include every conversation (start/finish times, calls, waits) in the JSON.
+    #[arg(long)]
+    per_conversation: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let period = Duration::try_from_secs_f64(args.period_seconds)
+        .ok()
+        .filter(|p| !p.is_zero())
+        .ok_or("--period-seconds must be a positive number of seconds")?;
+    let rpm = args.rpm.filter(|&n| n > 0);
+    let tpm = args.tpm.filter(|&n| n > 0);
+
+    let api_key = std::env::var("OPENAI_API_KEY")
+        .ok()
+        .filter(|k| !k.trim().is_empty());
+    let model: Arc<dyn ChatModel> = if args.base_url.is_some() || api_key.is_some() {
+        let mut builder = OpenAiProvider::builder().model(&args.model);
+        if let Some(url) = &args.base_url {
+            builder = builder.base_url(url);
+        }
+        if let Some(key) = api_key {
+            builder = builder.api_key(key);
+        }
+        Arc::new(builder.build()?)
+    } else {
+        // The simulator plays the provider: it enforces the same limits and period.
+        let mut sim = SimConfig::default()
+            .with_model(&args.model)
+            .with_period(period);
+        if let Some(n) = rpm {
+            sim = sim.with_rpm(n);
+        }
+        if let Some(n) = tpm {
+            sim = sim.with_tpm(n);
+        }
+        Arc::new(SimulatedProvider::new(sim)?)
+    };
+    let key = model.id().to_owned();
+
+    // The client side of the quota: the configured limits, or none (learned from headers).
+    let mut quota = Quota::per_period(period);
+    if let Some(n) = rpm {
+        quota = quota.requests(n);
+    }
+    if let Some(n) = tpm {
+        quota = quota.tokens(n);
+    }
+    let scheduler = QuotaScheduler::builder().quota(&key, quota).build()?;
+
+    let mut config = FanoutConfig::default()
+        .with_conversations(args.conversations)
+        .with_agents(args.agents)
+        .with_max_messages(args.max_messages)
+        .with_max_completion_tokens(Some(args.max_completion_tokens));
+    if let Some(n) = args.concurrency {
+        config = config.with_concurrency(n);
+    }
+    config.validate()?;
+    eprintln!(
+        "fanout: {} conversations × {} agents × {} messages on {key}; limits per {:?}: rpm {}, tpm {}",
+        config.conversations,
+        config.agents,
+        config.max_messages,
+        period,
+        rpm.map_or("from headers".to_owned(), |n| n.to_string()),
+        tpm.map_or("from headers".to_owned(), |n| n.to_string()),
+    );
+
+    let ticker = show_progress(&scheduler, &key, config.conversations as u64);
+    let bar = ticker.bar.clone();
+    let report = run_fanout(model, scheduler, &config, |p| {
+        bar.set_position((p.completed + p.failed) as u64);
+    })
+    .await;
+    ticker.task.abort();
+    bar.finish_and_clear();
+    let mut report = report?;
+
+    if !args.per_conversation {
+        report.per_conversation.clear();
+    }
+    if let Some(e) = &report.first_error {
+        eprintln!(
+            "fanout: {} conversation(s) failed; first: {e}",
+            report.failed
+        );
+    }
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(if report.failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+struct Progress {
+    bar: ProgressBar,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A progress bar on stderr (plain lines every few seconds when stderr is not a terminal), with
+/// the scheduler's live counters for `key`.
+fn show_progress(scheduler: &QuotaScheduler, key: &str, total: u64) -> Progress {
+    let tty = std::io::stderr().is_terminal();
+    let target = if tty {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} chats  {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    let (scheduler, key, shown) = (scheduler.clone(), key.to_owned(), bar.clone());
+    let task = tokio::spawn(async move {
+        let every = if tty { 250 } else { 2_000 };
+        let mut tick = tokio::time::interval(Duration::from_millis(every));
+        loop {
+            tick.tick().await;
+            let snapshot = scheduler.snapshot();
+            let Some(k) = snapshot.keys.get(&key) else {
+                continue;
+            };
+            let line = format!(
+                "calls {}  in flight {}  queued {}  429s {}  retries {}  wait p99 {:.0?}",
+                k.calls,
+                k.in_flight,
+                k.queued,
+                k.rate_limited.total(),
+                k.retries,
+                k.wait.p99
+            );
+            if tty {
+                shown.set_message(line);
+            } else {
+                eprintln!("{}/{} chats  {line}", shown.position(), total);
+            }
+        }
+    });
+    Progress { bar, task }
+}
