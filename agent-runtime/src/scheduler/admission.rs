@@ -25,7 +25,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{Acquire, KeyBuckets, Lease, QuotaState};
+use super::state::{Acquire, Balances, KeyBuckets, Lease, QuotaState};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
@@ -186,6 +186,9 @@ pub(crate) struct KeyInner {
     /// Effective limits (configured, tightened or learned).
     pub(crate) limits: Limits,
     pub(crate) learned: LearnedLimits,
+    /// The key knows no limit yet and admits one call at a time until the provider answers
+    /// ([`feedback::starts_probing`]).
+    pub(crate) probing: bool,
     pub(crate) queue: FairQueue,
     pub(crate) retry_budget: RetryBudget,
     pub(crate) breaker: Breaker,
@@ -225,6 +228,9 @@ pub(crate) struct Admitted {
     pub(crate) probe: bool,
     /// The shared backend's lease.
     pub(crate) lease: Option<Lease>,
+    /// The local balances right after this call's cost was taken (empty with a shared backend),
+    /// to compare with what the provider reports it had left.
+    pub(crate) sent: Balances,
 }
 
 /// Why a call was not admitted.
@@ -295,12 +301,14 @@ impl Key {
     pub(crate) fn new(name: &str, quota: Quota, policy: &RetryPolicy) -> Self {
         let now = Instant::now();
         let learned = LearnedLimits::default();
+        let probing = feedback::starts_probing(&quota);
         Self {
             name: Arc::from(name),
             inner: Mutex::new(KeyInner {
                 buckets: KeyBuckets::default(),
-                limits: feedback::effective_limits(&quota, learned),
+                limits: feedback::effective_limits(&quota, learned, probing),
                 learned,
+                probing,
                 queue: FairQueue::default(),
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
@@ -353,7 +361,7 @@ impl Key {
                 && inner.queue.len() == 0
                 && inner
                     .buckets
-                    .try_acquire(start, &inner.limits, ticket.cost)
+                    .try_acquire(start, &inner.limits, ticket.cost, self.quota.guard)
                     .is_ok()
             {
                 inner.stats.admitted(ticket.cost, Duration::ZERO);
@@ -362,6 +370,7 @@ impl Key {
                     wait: Duration::ZERO,
                     probe,
                     lease: None,
+                    sent: inner.buckets.balances(),
                 });
             }
             let slot = inner
@@ -412,7 +421,10 @@ impl Key {
                         Backend::Shared { .. } => false,
                     };
                     let blocked = if local {
-                        inner.buckets.try_acquire(now, &inner.limits, cost).err()
+                        inner
+                            .buckets
+                            .try_acquire(now, &inner.limits, cost, self.quota.guard)
+                            .err()
                     } else {
                         // A pause this process knows of holds the head without a round trip.
                         inner
@@ -540,11 +552,16 @@ impl Key {
         waiting.done = true;
         let wait = now - start;
         inner.stats.admitted(waiting.ticket.cost, wait);
+        let sent = match lease {
+            None => inner.buckets.balances(),
+            Some(_) => Balances::default(),
+        };
         Admitted {
             at: now,
             wait,
             probe: waiting.probe,
             lease,
+            sent,
         }
     }
 }

@@ -87,6 +87,36 @@ impl Bucket {
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
+    /// Like [`wait`](Self::wait), but for the balance to cover `amount` plus `guard`'s worth of
+    /// refill (capped at the capacity, so a call that fits an empty-to-full bucket still fits).
+    pub(crate) fn wait_guarded(&self, amount: u64, guard: Duration) -> Duration {
+        if guard.is_zero() {
+            return self.wait(amount);
+        }
+        let scaled = self.scaled(amount);
+        let margin = i128::from(self.rate.limit).saturating_mul(nanos(guard));
+        let target = scaled.saturating_add(margin).min(self.capacity().max(scaled));
+        let need = target.saturating_sub(self.level);
+        if need <= 0 {
+            return Duration::ZERO;
+        }
+        let limit = i128::from(self.rate.limit.max(1));
+        let ns = need.saturating_add(limit - 1) / limit;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
+    /// The balance in units (whole and fractional), for comparing with a provider's report.
+    pub(crate) fn balance(&self) -> f64 {
+        self.level as f64 / self.period_ns as f64
+    }
+
+    /// Lowers the balance by `amount` units, fractions included.
+    pub(crate) fn lower_by(&mut self, amount: f64) {
+        // Truncation toward zero lowers by at most `amount`: never more than was measured.
+        let units = (amount * self.period_ns as f64) as i128;
+        self.level = self.level.saturating_sub(units.max(0));
+    }
+
     /// Takes `amount` (the caller checked [`wait`](Self::wait) is zero, or is charging debt).
     pub(crate) fn take(&mut self, amount: u64) {
         self.level = self.level.saturating_sub(self.scaled(amount));
@@ -166,6 +196,29 @@ mod tests {
         assert_eq!(b.available(), 7);
         b.give(1_000);
         assert_eq!(b.available(), 50);
+    }
+
+    #[test]
+    fn a_guard_asks_for_its_refill_on_top_but_never_beyond_a_full_bucket() {
+        let t0 = Instant::now();
+        // 10 per second: 100 ms of guard is one more unit.
+        let mut b = Bucket::new(rate(10, 1_000), t0, true);
+        b.take(9);
+        assert_eq!(b.wait_guarded(1, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            b.wait_guarded(1, Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        // A call as large as the bucket waits for a full bucket, not for more than it can hold.
+        assert_eq!(b.wait_guarded(10, Duration::from_millis(100)), b.wait(10));
+        b.take(1);
+        assert_eq!(
+            b.wait_guarded(1, Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
+        b.give(3);
+        b.lower_by(0.5);
+        assert!((b.balance() - 2.5).abs() < 1e-9);
     }
 
     proptest! {

@@ -434,18 +434,35 @@ impl InFlight<'_> {
             if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
                 inner.breaker.success();
             }
-            if let Some(r) = reading
-                && self.key.quota.learn_from_headers
-                && feedback::learn(&mut inner.learned, r)
-            {
-                inner.limits = feedback::effective_limits(&self.key.quota, inner.learned);
+            let learned = reading.is_some_and(|r| {
+                self.key.quota.learn_from_headers && feedback::learn(&mut inner.learned, r)
+            });
+            // The provider answered (with or without headers): the probe has taught what it can.
+            let probed = inner.probing
+                && matches!(
+                    outcome,
+                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
+                );
+            if probed {
+                inner.probing = false;
+            }
+            if learned || probed {
+                inner.limits =
+                    feedback::effective_limits(&self.key.quota, inner.learned, inner.probing);
             }
             let limits = inner.limits;
             if let Backend::Local = scheduler.backend {
                 inner.buckets.settle(now, &limits, self.cost, settlement);
             }
             if let Some(r) = reading {
-                inner.buckets.observe(now, &limits, r);
+                match scheduler.backend {
+                    Backend::Local => {
+                        inner
+                            .buckets
+                            .observe_since(now, &limits, r, self.admitted.sent);
+                    }
+                    Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
+                }
             }
             if let Outcome::RateLimited {
                 kind, retry_after, ..

@@ -195,6 +195,14 @@ pub(crate) struct Blocked {
     pub(crate) dimension: Dimension,
 }
 
+/// Request and token balances (fractions included) of a key's buckets at one moment; `None`
+/// where the key has no such bucket.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Balances {
+    pub(crate) requests: Option<f64>,
+    pub(crate) tokens: Option<f64>,
+}
+
 /// The in-memory state of one key: its buckets, in-flight count and pause. Synchronous so the
 /// scheduler can update it under its per-key lock with no allocation and no `await`.
 #[derive(Debug, Default)]
@@ -262,6 +270,7 @@ impl KeyBuckets {
         now: Instant,
         limits: &Limits,
         cost: Cost,
+        guard: Duration,
     ) -> Result<(), Blocked> {
         if let Some(wait) = self.paused_for(now) {
             return Err(Blocked {
@@ -287,7 +296,7 @@ impl KeyBuckets {
         let mut longest: Option<(Duration, Dimension)> = None;
         for ((slot, amount), dimension) in self.buckets.iter().zip(amounts).zip(DIMENSIONS) {
             if let Some(b) = slot {
-                let wait = b.wait(amount);
+                let wait = b.wait_guarded(amount, guard);
                 if !wait.is_zero() && longest.is_none_or(|(w, _)| wait > w) {
                     longest = Some((wait, dimension));
                 }
@@ -353,6 +362,53 @@ impl KeyBuckets {
         }
     }
 
+    /// The request and token balances now (right after an admission took its cost: what this
+    /// process believed the provider had left when it sent the call).
+    pub(crate) fn balances(&self) -> Balances {
+        Balances {
+            requests: self.buckets[0].as_ref().map(Bucket::balance),
+            tokens: self.buckets[1].as_ref().map(Bucket::balance),
+        }
+    }
+
+    /// Corrects the balances by a provider's report of what it had left right after admitting a
+    /// call that left `sent` here.
+    ///
+    /// The report is as old as the call (its headers were written when the provider admitted
+    /// it), so lowering today's balance *to* it would throw away everything refilled since.
+    /// Instead both sides are compared at the same moment: the provider reports whole units, so
+    /// a provider that agrees with this process reports more than `sent − 1`; anything below is
+    /// quota someone else used (or drift), and today's balance is lowered by exactly that. A
+    /// bucket that did not exist when the call was sent (limits learned since) takes the report
+    /// as it is.
+    pub(crate) fn observe_since(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        reading: &RateLimitReading,
+        sent: Balances,
+    ) {
+        self.sync(limits, now);
+        let reports = [
+            (reading.remaining_requests, sent.requests),
+            (reading.remaining_tokens, sent.tokens),
+        ];
+        for (slot, (remaining, sent)) in self.buckets.iter_mut().zip(reports) {
+            let (Some(b), Some(remaining)) = (slot, remaining) else {
+                continue;
+            };
+            match sent {
+                Some(sent) => {
+                    let missing = sent - (remaining as f64 + 1.0);
+                    if missing > 0.0 {
+                        b.lower_by(missing);
+                    }
+                }
+                None => b.tighten_to(remaining),
+            }
+        }
+    }
+
     /// Whole units available per dimension now: `[requests, tokens]` (for snapshots).
     pub(crate) fn available(&mut self, now: Instant, limits: &Limits) -> [Option<u64>; 2] {
         self.sync(limits, now);
@@ -400,7 +456,7 @@ impl QuotaState for InMemoryState {
     ) -> Result<Acquire, StateError> {
         let now = Instant::now();
         Ok(
-            match self.with_key(key, |k| k.try_acquire(now, limits, cost)) {
+            match self.with_key(key, |k| k.try_acquire(now, limits, cost, Duration::ZERO)) {
                 Ok(()) => Acquire::Granted(Lease {
                     id: self.next_lease.fetch_add(1, Ordering::Relaxed),
                     cost,
@@ -497,6 +553,45 @@ mod tests {
             state.acquire("k", &limits, cost(70), ttl).await.unwrap(),
             Acquire::Granted(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_as_old_as_its_call_lowers_by_what_is_missing_not_to_a_stale_value() {
+        // 10 requests per 10 s: one a second.
+        let limits = Quota::per_period(Duration::from_secs(10))
+            .requests(10)
+            .limits();
+        let reading = |remaining| RateLimitReading {
+            remaining_requests: Some(remaining),
+            ..RateLimitReading::default()
+        };
+        let mut k = KeyBuckets::default();
+        let t0 = Instant::now();
+        for _ in 0..7 {
+            k.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
+        }
+        let sent = k.balances();
+        assert_eq!(sent.requests, Some(3.0));
+        // The answer arrives 2.5 s later: 2.5 requests refilled since.
+        let t1 = t0 + Duration::from_millis(2_500);
+        // The provider agrees (it had 3 left, or 2 and a fraction): the refill stays.
+        k.observe_since(t1, &limits, &reading(3), sent);
+        k.observe_since(t1, &limits, &reading(2), sent);
+        assert_eq!(k.available(t1, &limits)[0], Some(5));
+        // It had 1 left: someone else took at least one more than this process knew.
+        k.observe_since(t1, &limits, &reading(1), sent);
+        assert_eq!(k.available(t1, &limits)[0], Some(4));
+        // The old way would have dropped all 5.5 to 1, throwing the refill away.
+        let mut old = KeyBuckets::default();
+        for _ in 0..7 {
+            old.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
+        }
+        old.observe(t1, &limits, &reading(1));
+        assert_eq!(old.available(t1, &limits)[0], Some(1));
+        // A bucket that did not exist when the call was sent takes the report as it is.
+        let mut fresh = KeyBuckets::default();
+        fresh.observe_since(t1, &limits, &reading(2), Balances::default());
+        assert_eq!(fresh.available(t1, &limits)[0], Some(2));
     }
 
     #[tokio::test(start_paused = true)]
