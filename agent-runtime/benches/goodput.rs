@@ -65,6 +65,8 @@ enum Workload {
 #[derive(Debug, Clone, Copy)]
 struct Group {
     label: &'static str,
+    /// When the group's conversations start, from the start of the run.
+    start_after: Duration,
     conversations: usize,
     agents: usize,
     max_messages: u64,
@@ -166,8 +168,11 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             sim: sim(six, 96).with_rpm(10_000).with_tpm(60_000),
             quota: Quota::per_period(six).requests(10_000).tokens(60_000),
             workload: Workload::Mixed(vec![
+                // The short conversations arrive once the long ones have spent the first
+                // period's burst, so they compete for a saturated quota.
                 Group {
                     label: "short",
+                    start_after: Duration::from_secs(if quick { 1 } else { 4 }),
                     conversations: n(20),
                     agents: 2,
                     max_messages: 5,
@@ -175,6 +180,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
                 },
                 Group {
                     label: "long",
+                    start_after: Duration::ZERO,
                     conversations: n(20),
                     agents: 3,
                     max_messages: 13,
@@ -284,7 +290,7 @@ fn bound(scenario: &Scenario, run: &Run) -> Bound {
     let chain = run
         .conversations
         .iter()
-        .map(|c| c.ideal(sim))
+        .map(|c| c.started + c.ideal(sim))
         .fold(0.0, f64::max);
     terms.push(("longest chain", chain));
     let (term, seconds) = terms
@@ -349,7 +355,9 @@ async fn run_mixed(
             let mut chat = chat.build().expect("chat");
             let index = ids.len();
             ids.push(id);
+            let delay = group.start_after;
             tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
                 let started = start.elapsed().as_secs_f64();
                 let ok = chat.run(DEFAULT_TASK).await.is_ok();
                 (index, started, start.elapsed().as_secs_f64(), ok)
@@ -442,7 +450,12 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Ru
             change.abort();
         }
         let stats = since(&server.stats(), &before);
-        let key_stats = scheduler.snapshot().keys.get(&key).cloned().unwrap_or_default();
+        let key_stats = scheduler
+            .snapshot()
+            .keys
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
         server.shutdown().await.expect("mock shutdown");
         Run {
             makespan,
@@ -523,9 +536,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let only: Option<String> = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1);
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     println!("goodput: {}", support::machine());
     let mut table = Table::new(&[
         "<scenario",
@@ -572,6 +583,19 @@ fn main() {
                     outcome.stats.max_requests_in_period,
                     outcome.stats.max_tokens_in_period,
                 );
+            }
+            if std::env::var_os("GOODPUT_DEBUG").is_some() {
+                for c in &outcome.conversations {
+                    eprintln!(
+                        "      conv: start {:.2} end {:.2} calls {} completion {} ideal {:.2} x {:.3}",
+                        c.started,
+                        c.finished,
+                        c.calls,
+                        c.completion_tokens,
+                        c.ideal(&scenario.sim),
+                        c.ideal(&scenario.sim) / (c.finished - c.started)
+                    );
+                }
             }
             let r = row(&scenario, mode, &outcome);
             let ratio = r.makespan / r.bound.seconds;

@@ -290,13 +290,14 @@ async fn a_key_that_knows_no_limit_probes_with_one_call_before_the_rest_go_out()
         r.unwrap();
     }
     let seen = model.seen();
-    // The probe went alone; its answer taught 3 a minute with 2 left, so two more went at once
-    // when it returned, and the fourth waited for the bucket: 20 s for one request at 3/min.
+    // The probe went alone; its answer taught 3 a minute with 2 left (as of its admission, plus
+    // the 1 s refilled while it ran), so two more went at once when it returned, and the fourth
+    // waited for the rest of a request to refill: a request takes 20 s at 3/min.
     assert_eq!(seen[0].at - t0, Duration::ZERO);
     assert_eq!(seen[0].concurrent, 1);
     assert_eq!(seen[1].at - t0, Duration::from_secs(1));
     assert_eq!(seen[2].at - t0, Duration::from_secs(1));
-    assert_eq!(seen[3].at - t0, Duration::from_secs(21));
+    assert_eq!(seen[3].at - t0, Duration::from_secs(20));
     let k = &s.snapshot().keys["m"];
     assert_eq!(k.rate_limited.total(), 0);
     assert_eq!(k.limits.requests.map(|r| r.limit), Some(3));
@@ -318,7 +319,11 @@ async fn a_provider_without_headers_costs_one_probe_then_nothing_limits() {
     }
     let seen = model.seen();
     assert_eq!(seen[0].concurrent, 1);
-    assert!(seen[1..].iter().all(|s| s.at - t0 == Duration::from_secs(1)));
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|s| s.at - t0 == Duration::from_secs(1))
+    );
     assert_eq!(seen.iter().map(|s| s.concurrent).max(), Some(4));
     assert!(s.snapshot().keys["m"].limits.is_unlimited());
 }

@@ -154,7 +154,12 @@ pub(crate) fn cpu_time() -> Duration {
     };
     let fields: Vec<&str> = after.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     const TICKS_PER_SECOND: u64 = 100; // USER_HZ on Linux
     Duration::from_millis((ticks(11) + ticks(12)) * 1_000 / TICKS_PER_SECOND)
 }
@@ -196,10 +201,7 @@ pub(crate) fn write_section(name: &str, content: &str) -> Result<(), String> {
     let begin = format!("<!-- BEGIN {name} -->");
     let end = format!("<!-- END {name} -->");
     let (Some(b), Some(e)) = (doc.find(&begin), doc.find(&end)) else {
-        return Err(format!(
-            "{} has no {begin} … {end} markers",
-            path.display()
-        ));
+        return Err(format!("{} has no {begin} … {end} markers", path.display()));
     };
     if e < b {
         return Err(format!("{end} comes before {begin} in {}", path.display()));

@@ -25,7 +25,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{Acquire, Balances, KeyBuckets, Lease, QuotaState};
+use super::state::{Acquire, KeyBuckets, Lease, Present, QuotaState};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
@@ -228,9 +228,8 @@ pub(crate) struct Admitted {
     pub(crate) probe: bool,
     /// The shared backend's lease.
     pub(crate) lease: Option<Lease>,
-    /// The local balances right after this call's cost was taken (empty with a shared backend),
-    /// to compare with what the provider reports it had left.
-    pub(crate) sent: Balances,
+    /// Which local buckets existed when the call was admitted (none with a shared backend).
+    pub(crate) sent: Present,
 }
 
 /// Why a call was not admitted.
@@ -370,7 +369,7 @@ impl Key {
                     wait: Duration::ZERO,
                     probe,
                     lease: None,
-                    sent: inner.buckets.balances(),
+                    sent: inner.buckets.present(),
                 });
             }
             let slot = inner
@@ -553,8 +552,8 @@ impl Key {
         let wait = now - start;
         inner.stats.admitted(waiting.ticket.cost, wait);
         let sent = match lease {
-            None => inner.buckets.balances(),
-            Some(_) => Balances::default(),
+            None => inner.buckets.present(),
+            Some(_) => Present::default(),
         };
         Admitted {
             at: now,

@@ -95,7 +95,9 @@ impl Bucket {
         }
         let scaled = self.scaled(amount);
         let margin = i128::from(self.rate.limit).saturating_mul(nanos(guard));
-        let target = scaled.saturating_add(margin).min(self.capacity().max(scaled));
+        let target = scaled
+            .saturating_add(margin)
+            .min(self.capacity().max(scaled));
         let need = target.saturating_sub(self.level);
         if need <= 0 {
             return Duration::ZERO;
@@ -103,18 +105,6 @@ impl Bucket {
         let limit = i128::from(self.rate.limit.max(1));
         let ns = need.saturating_add(limit - 1) / limit;
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
-    }
-
-    /// The balance in units (whole and fractional), for comparing with a provider's report.
-    pub(crate) fn balance(&self) -> f64 {
-        self.level as f64 / self.period_ns as f64
-    }
-
-    /// Lowers the balance by `amount` units, fractions included.
-    pub(crate) fn lower_by(&mut self, amount: f64) {
-        // Truncation toward zero lowers by at most `amount`: never more than was measured.
-        let units = (amount * self.period_ns as f64) as i128;
-        self.level = self.level.saturating_sub(units.max(0));
     }
 
     /// Takes `amount` (the caller checked [`wait`](Self::wait) is zero, or is charging debt).
@@ -133,6 +123,22 @@ impl Bucket {
     /// Lowers the balance to `remaining` if the bucket believes it has more.
     pub(crate) fn tighten_to(&mut self, remaining: u64) {
         self.level = self.level.min(self.scaled(remaining));
+    }
+
+    /// Lowers the balance to what covers `amount` only after `wait` (possibly a debt), if the
+    /// bucket believes it has more.
+    pub(crate) fn tighten_to_wait(&mut self, amount: u64, wait: Duration) {
+        let refill = i128::from(self.rate.limit).saturating_mul(nanos(wait));
+        self.level = self.level.min(self.scaled(amount).saturating_sub(refill));
+    }
+
+    /// Lowers the balance to `remaining` plus what refilled in `since`, if the bucket believes
+    /// it has more: a report `since` old, brought up to now.
+    pub(crate) fn tighten_to_since(&mut self, remaining: u64, since: Duration) {
+        let refilled = i128::from(self.rate.limit).saturating_mul(nanos(since));
+        self.level = self
+            .level
+            .min(self.scaled(remaining).saturating_add(refilled));
     }
 
     /// Changes the rate, keeping the balance (clamped to the new capacity).
@@ -216,9 +222,14 @@ mod tests {
             b.wait_guarded(1, Duration::from_millis(100)),
             Duration::from_millis(200)
         );
-        b.give(3);
-        b.lower_by(0.5);
-        assert!((b.balance() - 2.5).abs() < 1e-9);
+        // A report of 0 left, 150 ms old: 1.5 units have refilled since.
+        b.give(5);
+        b.tighten_to_since(0, Duration::from_millis(150));
+        assert_eq!(b.wait(1), Duration::ZERO);
+        assert_eq!(b.wait(2), Duration::from_millis(50));
+        // "Try again in 1.2 s" for one unit: exactly then, and not a moment before.
+        b.tighten_to_wait(1, Duration::from_millis(1_200));
+        assert_eq!(b.wait(1), Duration::from_millis(1_200));
     }
 
     proptest! {

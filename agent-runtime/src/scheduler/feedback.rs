@@ -107,7 +107,9 @@ mod tests {
             tokens: None,
         };
         assert_eq!(
-            effective_limits(&quota, lower, false).requests.map(|r| r.limit),
+            effective_limits(&quota, lower, false)
+                .requests
+                .map(|r| r.limit),
             Some(40)
         );
         let off = quota.clone().learn_from_headers(false);
@@ -124,7 +126,9 @@ mod tests {
         ));
         let probe = effective_limits(&Quota::unlimited(), LearnedLimits::default(), true);
         assert_eq!(probe.max_in_flight, Some(1));
-        assert!(effective_limits(&Quota::unlimited(), LearnedLimits::default(), false).is_unlimited());
+        assert!(
+            effective_limits(&Quota::unlimited(), LearnedLimits::default(), false).is_unlimited()
+        );
     }
 
     #[test]

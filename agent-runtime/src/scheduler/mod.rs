@@ -457,9 +457,10 @@ impl InFlight<'_> {
             if let Some(r) = reading {
                 match scheduler.backend {
                     Backend::Local => {
+                        let since = now.saturating_duration_since(self.admitted.at);
                         inner
                             .buckets
-                            .observe_since(now, &limits, r, self.admitted.sent);
+                            .observe_since(now, &limits, r, since, self.admitted.sent);
                     }
                     Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
                 }
@@ -478,6 +479,12 @@ impl InFlight<'_> {
                     fallback,
                 );
                 inner.buckets.pause_until(now + pause);
+                let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
+                if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
+                    inner
+                        .buckets
+                        .after_429(now, &limits, *kind, self.cost, told);
+                }
             }
             inner.queue.notify_head();
             (limits, reading)

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::RateLimitReading;
+use agent_core::{RateLimitKind, RateLimitReading};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
@@ -195,12 +195,11 @@ pub(crate) struct Blocked {
     pub(crate) dimension: Dimension,
 }
 
-/// Request and token balances (fractions included) of a key's buckets at one moment; `None`
-/// where the key has no such bucket.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Balances {
-    pub(crate) requests: Option<f64>,
-    pub(crate) tokens: Option<f64>,
+/// Which of a key's request and token buckets existed at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    pub(crate) requests: bool,
+    pub(crate) tokens: bool,
 }
 
 /// The in-memory state of one key: its buckets, in-flight count and pause. Synchronous so the
@@ -362,50 +361,65 @@ impl KeyBuckets {
         }
     }
 
-    /// The request and token balances now (right after an admission took its cost: what this
-    /// process believed the provider had left when it sent the call).
-    pub(crate) fn balances(&self) -> Balances {
-        Balances {
-            requests: self.buckets[0].as_ref().map(Bucket::balance),
-            tokens: self.buckets[1].as_ref().map(Bucket::balance),
+    /// Which of the request and token buckets exist now.
+    pub(crate) fn present(&self) -> Present {
+        Present {
+            requests: self.buckets[0].is_some(),
+            tokens: self.buckets[1].is_some(),
         }
     }
 
-    /// Corrects the balances by a provider's report of what it had left right after admitting a
-    /// call that left `sent` here.
+    /// Lowers the balances to a provider's report of what it had left when it admitted a call
+    /// sent `since` ago, while `sent` buckets existed here.
     ///
-    /// The report is as old as the call (its headers were written when the provider admitted
-    /// it), so lowering today's balance *to* it would throw away everything refilled since.
-    /// Instead both sides are compared at the same moment: the provider reports whole units, so
-    /// a provider that agrees with this process reports more than `sent − 1`; anything below is
-    /// quota someone else used (or drift), and today's balance is lowered by exactly that. A
-    /// bucket that did not exist when the call was sent (limits learned since) takes the report
-    /// as it is.
+    /// The report is as old as the call, so it is first brought up to now with the refill since
+    /// (lowering today's balance to the old value would throw that refill away at every
+    /// response). The result is an upper bound on what the provider can have now — whatever
+    /// anyone took since only lowers it — so lowering to it is always safe, and repeating it is
+    /// harmless. Headers give whole units: one more is allowed for the fraction when the bucket
+    /// already existed here; a bucket created for limits learned since takes the report as it is.
     pub(crate) fn observe_since(
         &mut self,
         now: Instant,
         limits: &Limits,
         reading: &RateLimitReading,
-        sent: Balances,
+        since: Duration,
+        sent: Present,
     ) {
         self.sync(limits, now);
         let reports = [
             (reading.remaining_requests, sent.requests),
             (reading.remaining_tokens, sent.tokens),
         ];
-        for (slot, (remaining, sent)) in self.buckets.iter_mut().zip(reports) {
-            let (Some(b), Some(remaining)) = (slot, remaining) else {
-                continue;
-            };
-            match sent {
-                Some(sent) => {
-                    let missing = sent - (remaining as f64 + 1.0);
-                    if missing > 0.0 {
-                        b.lower_by(missing);
-                    }
-                }
-                None => b.tighten_to(remaining),
+        for (slot, (remaining, existed)) in self.buckets.iter_mut().zip(reports) {
+            if let (Some(b), Some(remaining)) = (slot, remaining) {
+                let remaining = remaining.saturating_add(u64::from(existed));
+                b.tighten_to_since(remaining, since);
             }
+        }
+    }
+
+    /// Takes a 429's "try again in `retry_after`" at its word: the provider's bucket of `kind`
+    /// will cover `cost` only then, so this one may not hold more than that implies (it may go
+    /// into debt). Without this, the bucket refills during the pause as if nothing were wrong,
+    /// and the calls it then lets out at once meet the same empty provider bucket — each 429
+    /// that a provider charges digging the hole deeper.
+    pub(crate) fn after_429(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        kind: RateLimitKind,
+        cost: Cost,
+        retry_after: Duration,
+    ) {
+        self.sync(limits, now);
+        let (slot, amount) = match kind {
+            RateLimitKind::Requests => (&mut self.buckets[0], cost.requests),
+            RateLimitKind::Tokens => (&mut self.buckets[1], cost.tokens),
+            _ => return,
+        };
+        if let Some(b) = slot {
+            b.tighten_to_wait(amount, retry_after);
         }
     }
 
@@ -556,7 +570,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_report_as_old_as_its_call_lowers_by_what_is_missing_not_to_a_stale_value() {
+    async fn a_report_as_old_as_its_call_is_brought_up_to_now_before_it_lowers_anything() {
         // 10 requests per 10 s: one a second.
         let limits = Quota::per_period(Duration::from_secs(10))
             .requests(10)
@@ -570,27 +584,30 @@ mod tests {
         for _ in 0..7 {
             k.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
         }
-        let sent = k.balances();
-        assert_eq!(sent.requests, Some(3.0));
-        // The answer arrives 2.5 s later: 2.5 requests refilled since.
+        let sent = k.present();
+        // The answer arrives 2.5 s later: 2.5 requests refilled since, 5.5 here.
         let t1 = t0 + Duration::from_millis(2_500);
-        // The provider agrees (it had 3 left, or 2 and a fraction): the refill stays.
-        k.observe_since(t1, &limits, &reading(3), sent);
-        k.observe_since(t1, &limits, &reading(2), sent);
+        let since = t1 - t0;
+        // The provider agrees (3 left, or 2 and a fraction): nothing changes, however often.
+        k.observe_since(t1, &limits, &reading(3), since, sent);
+        k.observe_since(t1, &limits, &reading(2), since, sent);
+        k.observe_since(t1, &limits, &reading(2), since, sent);
         assert_eq!(k.available(t1, &limits)[0], Some(5));
-        // It had 1 left: someone else took at least one more than this process knew.
-        k.observe_since(t1, &limits, &reading(1), sent);
-        assert_eq!(k.available(t1, &limits)[0], Some(4));
-        // The old way would have dropped all 5.5 to 1, throwing the refill away.
-        let mut old = KeyBuckets::default();
+        // It had less than 1 left: someone else used the key; at most 1 + 2.5 can be left now.
+        k.observe_since(t1, &limits, &reading(0), since, sent);
+        assert_eq!(k.available(t1, &limits)[0], Some(3));
+        // Lowering to the old value as it was would have thrown the refill away.
+        let mut stale = KeyBuckets::default();
         for _ in 0..7 {
-            old.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
+            stale
+                .try_acquire(t0, &limits, cost(0), Duration::ZERO)
+                .unwrap();
         }
-        old.observe(t1, &limits, &reading(1));
-        assert_eq!(old.available(t1, &limits)[0], Some(1));
-        // A bucket that did not exist when the call was sent takes the report as it is.
+        stale.observe(t1, &limits, &reading(0));
+        assert_eq!(stale.available(t1, &limits)[0], Some(0));
+        // A bucket created for limits learned since takes the report as it is (plus refill).
         let mut fresh = KeyBuckets::default();
-        fresh.observe_since(t1, &limits, &reading(2), Balances::default());
+        fresh.observe_since(t1, &limits, &reading(2), Duration::ZERO, Present::default());
         assert_eq!(fresh.available(t1, &limits)[0], Some(2));
     }
 
