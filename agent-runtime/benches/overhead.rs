@@ -1,13 +1,15 @@
-//! Framework overhead: group-chat turns per second, CPU time per turn and memory per idle
-//! conversation, with an instant in-process model, so everything measured is Turnstile.
+//! Framework overhead: group-chat turns per second and CPU time per turn with an instant
+//! in-process model, from 1 to 10,000 concurrent conversations, plus instructions per turn under
+//! callgrind (the number that does not depend on how busy the machine is).
 //!
 //! `cargo bench -p agent-runtime --bench overhead` (add `-- --quick` for a smoke run,
-//! `-- --write-docs` to replace the tables in `docs/benchmarks.md`).
+//! `-- --write-docs` to replace the tables in `docs/benchmarks.md`). Memory per conversation is
+//! measured by the `memory` bench, which needs a counting allocator that would slow this one.
 //!
 //! Every turn is a real one: a round-robin `GroupChat` selects the speaker, the agent calls
 //! `TurnContext::complete`, the call passes the whole scheduler pipeline (budget reserve, quota
 //! admission on a key with configured limits, the model, reconcile, conversation stats), and the
-//! chat appends the reply and checks its caps.
+//! chat appends the reply and checks its caps. Chats run as tokio tasks on a two-worker runtime.
 #![allow(missing_docs, clippy::panic, clippy::unwrap_used, clippy::expect_used)] // a bench stops loudly
 
 mod support;
@@ -15,137 +17,14 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{
-    Agent, AgentError, AgentReply, CallKind, ChatModel, ChatRequest, Completion, LlmAgent, Message,
-    ModelError, TurnContext, Usage, async_trait,
-};
+use agent_core::ChatModel;
 use agent_runtime::chat::GroupChat;
-use agent_runtime::scheduler::{Quota, QuotaScheduler};
+use support::instant::{
+    AgentKind, InstantModel, KEY, TURNS_PER_RUN, build_chat, run_chats, scheduler,
+};
 use support::{Options, Table, cpu_time, thousands};
 
-const KEY: &str = "bench/instant";
-const TASK: &str = "Plan a one-day visit to Lisbon; add one short suggestion each.";
-/// Agent replies per chat run; each conversation runs, resets and runs again.
-const TURNS_PER_RUN: u32 = 10;
-
-/// A model that answers at once with a prepared completion (cloning it is two reference counts).
-struct InstantModel {
-    completion: Completion,
-}
-
-impl InstantModel {
-    fn new() -> Self {
-        Self {
-            completion: Completion::text(KEY, "Take tram 28 up to the castle.", Usage::new(40, 8)),
-        }
-    }
-}
-
-#[async_trait]
-impl ChatModel for InstantModel {
-    fn id(&self) -> &str {
-        KEY
-    }
-    async fn complete(&self, _request: ChatRequest) -> Result<Completion, ModelError> {
-        Ok(self.completion.clone())
-    }
-}
-
-/// The smallest agent that still makes a model call through the scheduler: it sends a fixed
-/// request and answers with the model's message. Its cost is the framework's floor.
-struct Caller {
-    name: Arc<str>,
-    model: Arc<dyn ChatModel>,
-    request: ChatRequest,
-}
-
-#[async_trait]
-impl Agent for Caller {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    async fn reply(
-        &self,
-        _history: &[Message],
-        ctx: &dyn TurnContext,
-    ) -> Result<AgentReply, AgentError> {
-        let completion = ctx
-            .complete(&*self.model, self.request.clone(), CallKind::Reply)
-            .await?;
-        Ok(AgentReply::message(
-            completion.message.with_source(self.name.clone()),
-        ))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AgentKind {
-    /// [`Caller`]: fixed request, no history handling.
-    Minimal,
-    /// `agent_core::LlmAgent` with a system message: builds its prompt from the whole history.
-    Llm,
-}
-
-impl AgentKind {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Minimal => "minimal",
-            Self::Llm => "LlmAgent",
-        }
-    }
-}
-
-/// One provider key with limits configured (high enough never to bind), so every call runs the
-/// bucket arithmetic a production key does.
-fn scheduler() -> QuotaScheduler {
-    QuotaScheduler::builder()
-        .quota(
-            KEY,
-            Quota::per_minute()
-                .requests(1 << 50)
-                .tokens(1 << 60)
-                .max_in_flight(1 << 30),
-        )
-        .build()
-        .expect("valid quota")
-}
-
-fn build_chat(
-    i: usize,
-    kind: AgentKind,
-    model: &Arc<dyn ChatModel>,
-    scheduler: &QuotaScheduler,
-) -> GroupChat {
-    let mut builder = GroupChat::builder()
-        .conversation_id(format!("conversation-{i}"))
-        .scheduler(scheduler.clone())
-        .max_turns(TURNS_PER_RUN);
-    for name in ["planner", "critic"] {
-        builder = match kind {
-            AgentKind::Minimal => builder.participant(Caller {
-                name: name.into(),
-                model: model.clone(),
-                request: ChatRequest::new(vec![
-                    Message::system("You plan trips."),
-                    Message::user(TASK),
-                ])
-                .with_max_completion_tokens(64),
-            }),
-            AgentKind::Llm => builder.participant(
-                LlmAgent::builder(name, model.clone())
-                    .system_message("You plan trips. Reply with one short suggestion.")
-                    .max_completion_tokens(64)
-                    .build()
-                    .expect("valid agent"),
-            ),
-        };
-    }
-    builder.build().expect("valid chat")
-}
-
 struct Throughput {
-    conversations: usize,
-    kind: AgentKind,
     turns: u64,
     wall: Duration,
     cpu: Duration,
@@ -167,55 +46,87 @@ fn throughput(
         .collect();
     let cpu_before = cpu_time();
     let start = std::time::Instant::now();
-    let turns = runtime.block_on(async move {
-        let mut tasks = tokio::task::JoinSet::new();
-        for mut chat in chats {
-            tasks.spawn(async move {
-                let mut turns = 0u64;
-                for _ in 0..runs {
-                    let result = chat.run(TASK).await.expect("chat runs");
-                    // Every message after the task is one agent turn.
-                    turns += result.messages.len() as u64 - 1;
-                    chat.reset();
-                }
-                turns
-            });
-        }
-        let mut turns = 0;
-        while let Some(t) = tasks.join_next().await {
-            turns += t.expect("chat task");
-        }
-        turns
-    });
+    let (chats, turns) = run_chats(runtime, chats, runs);
     let wall = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu_before);
+    drop(chats);
     let expected = conversations as u64 * runs * u64::from(TURNS_PER_RUN);
     assert_eq!(turns, expected, "every run makes {TURNS_PER_RUN} turns");
     let calls = scheduler.snapshot().keys[KEY].calls;
     assert_eq!(calls, turns, "every turn is one scheduler call");
-    Throughput {
-        conversations,
-        kind,
-        turns,
-        wall,
-        cpu,
-    }
+    Throughput { turns, wall, cpu }
+}
+
+/// Instructions per turn under `valgrind --tool=callgrind`, from two runs of different lengths
+/// (their difference cancels start-up and building). `None` when valgrind is not installed.
+fn callgrind_per_turn(kind: AgentKind, conversations: usize) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let run = |turns: u64| -> Option<u64> {
+        let out = std::env::temp_dir().join(format!(
+            "overhead-callgrind-{}-{}-{turns}.out",
+            std::process::id(),
+            kind.label()
+        ));
+        let status = std::process::Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg("--dump-instr=no")
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&exe)
+            .args(["--single", kind.label()])
+            .arg(conversations.to_string())
+            .arg(turns.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        let text = std::fs::read_to_string(&out).ok();
+        let _ = std::fs::remove_file(&out);
+        if !status.success() {
+            return None;
+        }
+        text?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary:")
+                    .or_else(|| l.strip_prefix("totals:"))
+            })
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let (short, long) = (20_000u64, 120_000u64);
+    let (a, b) = (run(short)?, run(long)?);
+    Some(b.saturating_sub(a) as f64 / (long - short) as f64)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn main() {
     let options = Options::from_args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     // `--single KIND CONVERSATIONS TURNS`: one configuration only (what callgrind runs).
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--sizes") {
+        use agent_core::{Budget, CallKind, ChatRequest, Message, TurnContext};
+        use agent_runtime::scheduler::ModelCall;
+        let model = InstantModel::new();
+        let s = scheduler();
+        let budget = Budget::unlimited();
+        let call = ModelCall::new(&model, ChatRequest::new(vec![Message::user("x")]), CallKind::Reply, "c", "a", &budget);
+        let fut = s.call(call);
+        println!("scheduler.call future: {} bytes", std::mem::size_of_val(&fut));
+        drop(fut);
+        let ctx = agent_runtime::SchedulerContext::new(s.clone(), "c", "a", budget.clone());
+        let fut = ctx.complete(&model, ChatRequest::new(vec![Message::user("x")]), CallKind::Reply);
+        println!("ctx.complete boxed future: {} bytes (box ptr)", std::mem::size_of_val(&fut));
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--single") {
-        let kind = match args[i + 1].as_str() {
-            "minimal" => AgentKind::Minimal,
-            _ => AgentKind::Llm,
-        };
+        let kind = AgentKind::parse(&args[i + 1]).expect("minimal or LlmAgent");
         let conversations = args[i + 2].parse().expect("conversations");
         let turns = args[i + 3].parse().expect("turns");
         let t = throughput(&runtime, conversations, kind, turns);
@@ -223,6 +134,7 @@ fn main() {
         return;
     }
     let total = if options.quick { 200_000 } else { 2_000_000 };
+    println!("overhead: {}", support::machine());
     let mut table = Table::new(&[
         "conversations",
         "<agent",
@@ -230,28 +142,42 @@ fn main() {
         "wall s",
         "turns/s",
         "CPU µs/turn",
+        "cores busy",
     ]);
-    println!("overhead: {}", support::machine());
-    for kind in [AgentKind::Minimal, AgentKind::Llm] {
+    for kind in AgentKind::ALL {
         for conversations in [1, 10, 100, 1_000, 10_000] {
             let t = throughput(&runtime, conversations, kind, total);
-            let per_s = t.turns as f64 / t.wall.as_secs_f64();
+            let wall = t.wall.as_secs_f64();
+            let per_s = t.turns as f64 / wall;
             table.row(vec![
-                thousands(t.conversations as u64),
-                t.kind.label().to_owned(),
+                thousands(conversations as u64),
+                kind.label().to_owned(),
                 thousands(t.turns),
-                format!("{:.2}", t.wall.as_secs_f64()),
+                format!("{wall:.2}"),
                 thousands(per_s as u64),
                 format!("{:.2}", t.cpu.as_secs_f64() * 1e6 / t.turns as f64),
+                format!("{:.2}", t.cpu.as_secs_f64() / wall),
             ]);
             eprintln!(
-                "  {} x {}: {} turns/s (load {})",
-                t.conversations,
-                t.kind.label(),
+                "  {conversations} x {}: {} turns/s (load {})",
+                kind.label(),
                 thousands(per_s as u64),
                 support::load_now()
             );
         }
     }
-    println!("{}", table.render());
+    let mut instructions = Table::new(&["<agent", "conversations", "instructions/turn"]);
+    for kind in AgentKind::ALL {
+        let per_turn = callgrind_per_turn(kind, 100);
+        instructions.row(vec![
+            kind.label().to_owned(),
+            "100".to_owned(),
+            per_turn.map_or_else(|| "n/a (no valgrind)".to_owned(), |i| thousands(i as u64)),
+        ]);
+    }
+    let rendered = format!("{}\n{}", table.render(), instructions.render());
+    println!("{rendered}");
+    if options.write_docs && !options.quick {
+        support::write_section("overhead", &rendered).unwrap_or_else(|e| panic!("{e}"));
+    }
 }

@@ -2,12 +2,13 @@
 
 use std::any::Any;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use agent_core::{
     Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
 };
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{CallObserver, ModelCall, QuotaScheduler};
@@ -100,14 +101,21 @@ impl SchedulerContext {
     }
 }
 
-#[async_trait]
+// Written out rather than with `#[async_trait]`: the macro would wrap the scheduler's future in
+// one more async block, copied whole into its box and again on the first poll (about 2 KB each
+// time, on every model call). Boxing the pipeline's future directly makes one copy.
 impl TurnContext for SchedulerContext {
-    async fn complete(
-        &self,
-        model: &dyn ChatModel,
+    fn complete<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        model: &'life1 dyn ChatModel,
         request: ChatRequest,
         kind: CallKind,
-    ) -> Result<Completion, CallError> {
+    ) -> Pin<Box<dyn Future<Output = Result<Completion, CallError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let mut call = ModelCall::new(
             model,
             request,
@@ -121,7 +129,7 @@ impl TurnContext for SchedulerContext {
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        self.scheduler.call(call).await
+        Box::pin(self.scheduler.call(call))
     }
 
     fn conversation(&self) -> &str {

@@ -3,6 +3,8 @@
 //! `docs/benchmarks.md` between markers.
 #![allow(dead_code)] // each bench uses part of it
 
+pub(crate) mod instant;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -326,9 +326,14 @@ impl KeyBuckets {
         settlement: Settlement,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.sync(limits, now);
         let extra = settlement.actual_tokens.saturating_sub(reserved.tokens);
         let unused = reserved.tokens.saturating_sub(settlement.actual_tokens);
+        if extra == 0 && !(settlement.refund_unused && unused > 0) {
+            // Nothing to charge or give back: the buckets are brought up to date (`sync`) by
+            // whatever reads them next, so a plain success costs no refill arithmetic here.
+            return;
+        }
+        self.sync(limits, now);
         for (i, slot) in self.buckets.iter_mut().enumerate() {
             let Some(b) = slot else { continue };
             let is_tokens = matches!(DIMENSIONS[i], Dimension::Tokens | Dimension::TokensPerDay);
