@@ -491,7 +491,6 @@ struct Row {
     makespan: f64,
     bound: Bound,
     http_429: u64,
-    w_429: u64,
     w_reserve: u64,
     jain: f64,
     wait_p99_ms: f64,
@@ -505,12 +504,6 @@ fn row(scenario: &Scenario, mode: Mode, run: &Run) -> Row {
         .iter()
         .map(|c| c.ideal(&scenario.sim) / (c.finished - c.started).max(1e-9))
         .collect();
-    // Rejected requests cost tokens only where the provider charges them.
-    let w_429 = if scenario.sim.charge_rejected {
-        stats.rate_limited_requests + stats.rate_limited_tokens
-    } else {
-        0
-    };
     let used = stats.prompt_tokens + stats.completion_tokens;
     Row {
         scenario: scenario.name,
@@ -520,7 +513,6 @@ fn row(scenario: &Scenario, mode: Mode, run: &Run) -> Row {
         makespan: run.makespan,
         bound: b,
         http_429: stats.rate_limited_requests + stats.rate_limited_tokens,
-        w_429,
         w_reserve: stats
             .tokens_admitted
             .saturating_sub(stats.refunded_tokens)
@@ -548,7 +540,7 @@ fn main() {
         "<bound set by",
         "makespan/bound",
         "429s",
-        "wasted tokens (429 / reserve)",
+        "W_reserve tokens",
         "Jain",
         "wait p99 ms",
     ]);
@@ -564,7 +556,7 @@ fn main() {
                     "—".into(),
                     "—".into(),
                     "—".into(),
-                    "no headers to learn from".into(),
+                    "n/a: no headers to learn from".into(),
                     "—".into(),
                     "—".into(),
                     "—".into(),
@@ -620,7 +612,7 @@ fn main() {
                 r.bound.term.to_owned(),
                 format!("{ratio:.3}"),
                 r.http_429.to_string(),
-                format!("{} / {}", thousands(r.w_429), thousands(r.w_reserve)),
+                thousands(r.w_reserve),
                 format!("{:.3}", r.jain),
                 format!("{:.0}", r.wait_p99_ms),
             ]);

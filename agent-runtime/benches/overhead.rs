@@ -116,13 +116,30 @@ fn main() {
         let model = InstantModel::new();
         let s = scheduler();
         let budget = Budget::unlimited();
-        let call = ModelCall::new(&model, ChatRequest::new(vec![Message::user("x")]), CallKind::Reply, "c", "a", &budget);
+        let call = ModelCall::new(
+            &model,
+            ChatRequest::new(vec![Message::user("x")]),
+            CallKind::Reply,
+            "c",
+            "a",
+            &budget,
+        );
         let fut = s.call(call);
-        println!("scheduler.call future: {} bytes", std::mem::size_of_val(&fut));
+        println!(
+            "scheduler.call future: {} bytes",
+            std::mem::size_of_val(&fut)
+        );
         drop(fut);
         let ctx = agent_runtime::SchedulerContext::new(s.clone(), "c", "a", budget.clone());
-        let fut = ctx.complete(&model, ChatRequest::new(vec![Message::user("x")]), CallKind::Reply);
-        println!("ctx.complete boxed future: {} bytes (box ptr)", std::mem::size_of_val(&fut));
+        let fut = ctx.complete(
+            &model,
+            ChatRequest::new(vec![Message::user("x")]),
+            CallKind::Reply,
+        );
+        println!(
+            "ctx.complete boxed future: {} bytes (box ptr)",
+            std::mem::size_of_val(&fut)
+        );
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--single") {

@@ -40,6 +40,7 @@ use agent_core::{
     Budget, CallError, CallKind, Charge, CharsPerToken, ChatModel, ChatRequest, Completion,
     ModelError, RateLimitKind, RateLimitReading, Reservation, TokenEstimator, Usage,
 };
+use futures::future::Either;
 use rand::rngs::SmallRng;
 use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
@@ -740,7 +741,13 @@ impl QuotaScheduler {
             key = &*key.name,
             kind = ?call.kind,
         );
-        self.run(call, key).instrument(span)
+        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
+        // `log` feature is on in the dependency graph): leave it out when it is disabled.
+        if span.is_disabled() {
+            Either::Left(self.run(call, key))
+        } else {
+            Either::Right(self.run(call, key).instrument(span))
+        }
     }
 
     async fn run(&self, call: ModelCall<'_>, key: Arc<Key>) -> Result<Completion, CallError> {
