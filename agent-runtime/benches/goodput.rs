@@ -530,7 +530,8 @@ fn main() {
         .build()
         .expect("runtime");
     let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
-    println!("goodput: {}", support::machine());
+    let machine = support::machine();
+    println!("goodput: {machine}");
     let mut table = Table::new(&[
         "<scenario",
         "<limits",
@@ -621,6 +622,6 @@ fn main() {
     let rendered = table.render();
     println!("{rendered}");
     if options.write_docs && !options.quick && only.is_none() {
-        support::write_section("goodput", &rendered).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
     }
 }

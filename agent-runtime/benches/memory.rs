@@ -91,7 +91,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    println!("memory: {}", support::machine());
+    let machine = support::machine();
+    println!("memory: {machine}");
     let conversations = if options.quick { 1_000 } else { 10_000 };
     let mut table = Table::new(&[
         "<agent",
@@ -116,6 +117,6 @@ fn main() {
     let rendered = table.render();
     println!("{rendered}");
     if options.write_docs && !options.quick {
-        support::write_section("memory", &rendered).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("memory", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
     }
 }

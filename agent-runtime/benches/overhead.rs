@@ -151,7 +151,8 @@ fn main() {
         return;
     }
     let total = if options.quick { 200_000 } else { 2_000_000 };
-    println!("overhead: {}", support::machine());
+    let machine = support::machine();
+    println!("overhead: {machine}");
     let mut table = Table::new(&[
         "conversations",
         "<agent",
@@ -195,6 +196,6 @@ fn main() {
     let rendered = format!("{}\n{}", table.render(), instructions.render());
     println!("{rendered}");
     if options.write_docs && !options.quick {
-        support::write_section("overhead", &rendered).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("overhead", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
     }
 }
