@@ -622,6 +622,7 @@ fn main() {
     let rendered = table.render();
     println!("{rendered}");
     if options.write_docs && !options.quick && only.is_none() {
-        support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }

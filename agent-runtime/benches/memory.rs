@@ -117,6 +117,7 @@ fn main() {
     let rendered = table.render();
     println!("{rendered}");
     if options.write_docs && !options.quick {
-        support::write_section("memory", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("memory", &format!("Measured on {machine}.\n\n{rendered}"))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -38,11 +38,16 @@ fn throughput(
     kind: AgentKind,
     total_turns: u64,
 ) -> Throughput {
-    let model: Arc<dyn ChatModel> = Arc::new(InstantModel::new());
     let scheduler = scheduler();
     let runs = (total_turns / (conversations as u64 * u64::from(TURNS_PER_RUN))).max(1);
+    // One model per chat: a shared one would hand every chat the same reply strings, whose
+    // reference counts the two workers would then contend for — a cost no real provider, which
+    // parses a fresh reply per call, has. All share one quota key.
     let chats: Vec<GroupChat> = (0..conversations)
-        .map(|i| build_chat(i, kind, &model, &scheduler))
+        .map(|i| {
+            let model: Arc<dyn ChatModel> = Arc::new(InstantModel::new());
+            build_chat(i, kind, &model, &scheduler)
+        })
         .collect();
     let cpu_before = cpu_time();
     let start = std::time::Instant::now();
@@ -196,6 +201,7 @@ fn main() {
     let rendered = format!("{}\n{}", table.render(), instructions.render());
     println!("{rendered}");
     if options.write_docs && !options.quick {
-        support::write_section("overhead", &format!("Measured on {machine}.\n\n{rendered}")).unwrap_or_else(|e| panic!("{e}"));
+        support::write_section("overhead", &format!("Measured on {machine}.\n\n{rendered}"))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -4,14 +4,14 @@ use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use agent_core::{
     Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{CallObserver, ModelCall, QuotaScheduler};
+use crate::scheduler::{CallObserver, KeyHandle, ModelCall, QuotaScheduler};
 
 /// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
 #[derive(Clone)]
@@ -23,6 +23,8 @@ pub struct SchedulerContext {
     priority: u8,
     cancel: CancellationToken,
     observer: Option<Arc<dyn CallObserver>>,
+    /// The quota key of the first model called, looked up once.
+    key: OnceLock<KeyHandle>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -52,6 +54,7 @@ impl SchedulerContext {
             priority: 0,
             cancel: CancellationToken::new(),
             observer: None,
+            key: OnceLock::new(),
         }
     }
 
@@ -129,7 +132,14 @@ impl TurnContext for SchedulerContext {
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        Box::pin(self.scheduler.call(call))
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        if key.name() == name {
+            Box::pin(self.scheduler.call_on(call, key))
+        } else {
+            // An agent calling a second model: the ordinary lookup.
+            Box::pin(self.scheduler.call(call))
+        }
     }
 
     fn conversation(&self) -> &str {

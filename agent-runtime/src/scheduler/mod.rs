@@ -60,6 +60,24 @@ pub trait CallObserver: Send + Sync {
     fn finished(&self, _key: &str, _result: Result<&Completion, &CallError>, _attempts: u32) {}
 }
 
+/// A quota key looked up once (see [`QuotaScheduler::key_handle`]): a chat's contexts keep one
+/// so their calls skip the scheduler's key map — a read lock and a reference count that every
+/// worker thread would otherwise touch on every call.
+#[derive(Clone)]
+pub(crate) struct KeyHandle(Arc<Key>);
+
+impl KeyHandle {
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyHandle").field(&self.name()).finish()
+    }
+}
+
 /// One model call, as submitted to [`QuotaScheduler::call`].
 #[non_exhaustive]
 pub struct ModelCall<'a> {
@@ -729,16 +747,38 @@ impl QuotaScheduler {
         &'a self,
         call: ModelCall<'a>,
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
-        // Not an `async fn`: the key lookup and the span happen here, and the returned future is
-        // the instrumented pipeline itself rather than one more state machine around it.
         let key = self
             .inner
             .key(call.quota_key.unwrap_or_else(|| call.model.id()));
+        self.dispatch(call, key)
+    }
+
+    /// The key `name`, looked up once for a caller that makes many calls on it.
+    pub(crate) fn key_handle(&self, name: &str) -> KeyHandle {
+        KeyHandle(self.inner.key(name))
+    }
+
+    /// [`call`](Self::call) on a key looked up before; `key` must be the call's key.
+    pub(crate) fn call_on<'a>(
+        &'a self,
+        call: ModelCall<'a>,
+        key: &'a KeyHandle,
+    ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
+        self.dispatch(call, &key.0)
+    }
+
+    fn dispatch<'a, K: std::borrow::Borrow<Arc<Key>> + Send + 'a>(
+        &'a self,
+        call: ModelCall<'a>,
+        key: K,
+    ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
+        // Not an `async fn`: the span happens here, and the returned future is the pipeline
+        // itself rather than one more state machine around it.
         let span = tracing::debug_span!(
             "admission",
             conversation = call.conversation,
             agent = call.agent,
-            key = &*key.name,
+            key = &*key.borrow().name,
             kind = ?call.kind,
         );
         // A span nobody records still costs a `log` check on every poll and on drop (tracing's
@@ -750,8 +790,12 @@ impl QuotaScheduler {
         }
     }
 
-    async fn run(&self, call: ModelCall<'_>, key: Arc<Key>) -> Result<Completion, CallError> {
-        let key = &key;
+    async fn run<K: std::borrow::Borrow<Arc<Key>>>(
+        &self,
+        call: ModelCall<'_>,
+        key: K,
+    ) -> Result<Completion, CallError> {
+        let key = key.borrow();
         let ModelCall {
             model,
             request,
