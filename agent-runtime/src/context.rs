@@ -2,15 +2,16 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 
 use agent_core::{
     Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
 };
-use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
-use crate::scheduler::{CallObserver, ModelCall, QuotaScheduler};
+use crate::scheduler::{CallObserver, KeyHandle, ModelCall, QuotaScheduler};
 
 /// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
 #[derive(Clone)]
@@ -22,6 +23,8 @@ pub struct SchedulerContext {
     priority: u8,
     cancel: CancellationToken,
     observer: Option<Arc<dyn CallObserver>>,
+    /// The quota key of the first model called, looked up once.
+    key: OnceLock<KeyHandle>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -51,6 +54,7 @@ impl SchedulerContext {
             priority: 0,
             cancel: CancellationToken::new(),
             observer: None,
+            key: OnceLock::new(),
         }
     }
 
@@ -100,14 +104,21 @@ impl SchedulerContext {
     }
 }
 
-#[async_trait]
+// Written out rather than with `#[async_trait]`: the macro would wrap the scheduler's future in
+// one more async block, copied whole into its box and again on the first poll (about 2 KB each
+// time, on every model call). Boxing the pipeline's future directly makes one copy.
 impl TurnContext for SchedulerContext {
-    async fn complete(
-        &self,
-        model: &dyn ChatModel,
+    fn complete<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        model: &'life1 dyn ChatModel,
         request: ChatRequest,
         kind: CallKind,
-    ) -> Result<Completion, CallError> {
+    ) -> Pin<Box<dyn Future<Output = Result<Completion, CallError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let mut call = ModelCall::new(
             model,
             request,
@@ -121,7 +132,14 @@ impl TurnContext for SchedulerContext {
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        self.scheduler.call(call).await
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        if key.name() == name {
+            Box::pin(self.scheduler.call_on(call, key))
+        } else {
+            // An agent calling a second model: the ordinary lookup.
+            Box::pin(self.scheduler.call(call))
+        }
     }
 
     fn conversation(&self) -> &str {

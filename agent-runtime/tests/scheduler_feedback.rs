@@ -258,3 +258,72 @@ async fn a_pause_longer_than_the_max_wait_returns_the_429_instead_of_hanging() {
     );
     assert_eq!(model.count(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_key_that_knows_no_limit_probes_with_one_call_before_the_rest_go_out() {
+    // The provider allows 3 requests a minute and says so in its headers; nothing is configured.
+    let reading = |remaining| RateLimitReading {
+        limit_requests: Some(3),
+        remaining_requests: Some(remaining),
+        ..RateLimitReading::default()
+    };
+    let answered = std::sync::atomic::AtomicU64::new(0);
+    let model = TimedModel::new(ScriptedModel::new("m").with_responder(move |_| {
+        let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut c = completion(Usage::new(10, 5));
+        c.rate_limits = Some(reading(2u64.saturating_sub(n)));
+        Ok(c)
+    }))
+    .with_latency(Duration::from_secs(1));
+    let s = QuotaScheduler::builder()
+        .estimator(ExactEstimator)
+        .retry(RetryPolicy::default().seed(1))
+        .build()
+        .unwrap();
+    let budget = Budget::unlimited();
+    let t0 = Instant::now();
+    let calls = (0..4).map(|i| {
+        let (s, model, budget) = (&s, &model, &budget);
+        async move { call(s, model, &format!("c{i}"), budget).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let seen = model.seen();
+    // The probe went alone; its answer taught 3 a minute with 2 left (as of its admission, plus
+    // the 1 s refilled while it ran), so two more went at once when it returned, and the fourth
+    // waited for the rest of a request to refill: a request takes 20 s at 3/min.
+    assert_eq!(seen[0].at - t0, Duration::ZERO);
+    assert_eq!(seen[0].concurrent, 1);
+    assert_eq!(seen[1].at - t0, Duration::from_secs(1));
+    assert_eq!(seen[2].at - t0, Duration::from_secs(1));
+    assert_eq!(seen[3].at - t0, Duration::from_secs(20));
+    let k = &s.snapshot().keys["m"];
+    assert_eq!(k.rate_limited.total(), 0);
+    assert_eq!(k.limits.requests.map(|r| r.limit), Some(3));
+    assert_eq!(k.limits.max_in_flight, None, "the probe ended");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_provider_without_headers_costs_one_probe_then_nothing_limits() {
+    let model = TimedModel::answering("m", Usage::new(1, 1)).with_latency(Duration::from_secs(1));
+    let s = QuotaScheduler::new();
+    let budget = Budget::unlimited();
+    let t0 = Instant::now();
+    let calls = (0..5).map(|i| {
+        let (s, model, budget) = (&s, &model, &budget);
+        async move { call(s, model, &format!("c{i}"), budget).await }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let seen = model.seen();
+    assert_eq!(seen[0].concurrent, 1);
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|s| s.at - t0 == Duration::from_secs(1))
+    );
+    assert_eq!(seen.iter().map(|s| s.concurrent).max(), Some(4));
+    assert!(s.snapshot().keys["m"].limits.is_unlimited());
+}

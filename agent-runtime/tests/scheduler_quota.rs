@@ -316,3 +316,36 @@ async fn two_schedulers_sharing_state_share_the_quota() {
     // 5 at once, then one every 2 s.
     assert_eq!(seen[9].0, Duration::from_secs(10));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_guard_shifts_saturated_admissions_once_and_keeps_the_rate() {
+    let guard = Duration::from_millis(100);
+    // 10 requests per 10 s: one a second once the first burst is spent.
+    let quota = Quota::per_period(Duration::from_secs(10)).requests(10);
+    let mut times = Vec::new();
+    for g in [Duration::ZERO, guard] {
+        let s = QuotaScheduler::builder()
+            .estimator(ExactEstimator)
+            .quota("m", quota.clone().guard(g))
+            .build()
+            .unwrap();
+        let model = TimedModel::answering("m", Usage::new(1, 0));
+        let budget = Budget::unlimited();
+        let t0 = Instant::now();
+        for _ in 0..13 {
+            call(&s, &model, 1, "c", &budget).await.unwrap();
+        }
+        times.push(model.seen().iter().map(|s| s.at - t0).collect::<Vec<_>>());
+    }
+    let (plain, guarded) = (&times[0], &times[1]);
+    // Without a guard: ten at once, then one a second.
+    assert!(plain[..10].iter().all(|t| t.is_zero()));
+    assert_eq!(plain[10..], [1, 2, 3].map(Duration::from_secs));
+    // With one: the tenth waits until a unit and the guard's refill are there, and every later
+    // admission keeps that shift of exactly the guard — the rate is the same.
+    assert!(guarded[..9].iter().all(|t| t.is_zero()));
+    assert_eq!(guarded[9], guard);
+    for (p, g) in plain[10..].iter().zip(&guarded[10..]) {
+        assert_eq!(*g - *p, guard);
+    }
+}

@@ -775,7 +775,9 @@ impl GroupChat {
                 });
             }
             let reply = {
-                let agent = &self.agents[speaker];
+                // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box
+                // the reply future a second time.
+                let agent: &dyn Agent = &*self.agents[speaker];
                 let mut turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
                 // An instant agent finishes on the first poll; only a pending turn needs to race
                 // the cancellation token (which costs a waiter registration).

@@ -196,6 +196,9 @@ pub(crate) struct KeyInner {
     /// Effective limits (configured, tightened or learned).
     pub(crate) limits: Limits,
     pub(crate) learned: LearnedLimits,
+    /// The key knows no limit yet and admits one call at a time until the provider answers
+    /// ([`feedback::starts_probing`]).
+    pub(crate) probing: bool,
     pub(crate) queue: FairQueue,
     pub(crate) retry_budget: RetryBudget,
     pub(crate) breaker: Breaker,
@@ -399,12 +402,14 @@ impl Key {
     pub(crate) fn new(name: &str, quota: Quota, policy: &RetryPolicy) -> Self {
         let now = Instant::now();
         let learned = LearnedLimits::default();
+        let probing = feedback::starts_probing(&quota);
         Self {
             name: Arc::from(name),
             inner: Mutex::new(KeyInner {
                 buckets: KeyBuckets::default(),
-                limits: feedback::effective_limits(&quota, learned),
+                limits: feedback::effective_limits(&quota, learned, probing),
                 learned,
+                probing,
                 queue: FairQueue::default(),
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
@@ -457,7 +462,7 @@ impl Key {
                 && inner.queue.len() == 0
                 && inner
                     .buckets
-                    .try_acquire(start, &inner.limits, ticket.cost)
+                    .try_acquire(start, &inner.limits, ticket.cost, self.quota.guard)
                     .is_ok()
             {
                 inner.stats.admitted(ticket.cost, Duration::ZERO);
@@ -518,7 +523,10 @@ impl Key {
                         Backend::Shared { .. } => false,
                     };
                     let blocked = if local {
-                        inner.buckets.try_acquire(now, &inner.limits, cost).err()
+                        inner
+                            .buckets
+                            .try_acquire(now, &inner.limits, cost, self.quota.guard)
+                            .err()
                     } else {
                         // A pause this process knows of holds the head without a round trip.
                         inner

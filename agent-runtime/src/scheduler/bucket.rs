@@ -87,6 +87,26 @@ impl Bucket {
         Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
     }
 
+    /// Like [`wait`](Self::wait), but for the balance to cover `amount` plus `guard`'s worth of
+    /// refill (capped at the capacity, so a call that fits an empty-to-full bucket still fits).
+    pub(crate) fn wait_guarded(&self, amount: u64, guard: Duration) -> Duration {
+        if guard.is_zero() {
+            return self.wait(amount);
+        }
+        let scaled = self.scaled(amount);
+        let margin = i128::from(self.rate.limit).saturating_mul(nanos(guard));
+        let target = scaled
+            .saturating_add(margin)
+            .min(self.capacity().max(scaled));
+        let need = target.saturating_sub(self.level);
+        if need <= 0 {
+            return Duration::ZERO;
+        }
+        let limit = i128::from(self.rate.limit.max(1));
+        let ns = need.saturating_add(limit - 1) / limit;
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX))
+    }
+
     /// Takes `amount` (the caller checked [`wait`](Self::wait) is zero, or is charging debt).
     pub(crate) fn take(&mut self, amount: u64) {
         self.level = self.level.saturating_sub(self.scaled(amount));
@@ -103,6 +123,22 @@ impl Bucket {
     /// Lowers the balance to `remaining` if the bucket believes it has more.
     pub(crate) fn tighten_to(&mut self, remaining: u64) {
         self.level = self.level.min(self.scaled(remaining));
+    }
+
+    /// Lowers the balance to what covers `amount` only after `wait` (possibly a debt), if the
+    /// bucket believes it has more.
+    pub(crate) fn tighten_to_wait(&mut self, amount: u64, wait: Duration) {
+        let refill = i128::from(self.rate.limit).saturating_mul(nanos(wait));
+        self.level = self.level.min(self.scaled(amount).saturating_sub(refill));
+    }
+
+    /// Lowers the balance to `remaining` plus what refilled in `since`, if the bucket believes
+    /// it has more: a report `since` old, brought up to now.
+    pub(crate) fn tighten_to_since(&mut self, remaining: u64, since: Duration) {
+        let refilled = i128::from(self.rate.limit).saturating_mul(nanos(since));
+        self.level = self
+            .level
+            .min(self.scaled(remaining).saturating_add(refilled));
     }
 
     /// Changes the rate, keeping the balance (clamped to the new capacity).
@@ -166,6 +202,34 @@ mod tests {
         assert_eq!(b.available(), 7);
         b.give(1_000);
         assert_eq!(b.available(), 50);
+    }
+
+    #[test]
+    fn a_guard_asks_for_its_refill_on_top_but_never_beyond_a_full_bucket() {
+        let t0 = Instant::now();
+        // 10 per second: 100 ms of guard is one more unit.
+        let mut b = Bucket::new(rate(10, 1_000), t0, true);
+        b.take(9);
+        assert_eq!(b.wait_guarded(1, Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            b.wait_guarded(1, Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
+        // A call as large as the bucket waits for a full bucket, not for more than it can hold.
+        assert_eq!(b.wait_guarded(10, Duration::from_millis(100)), b.wait(10));
+        b.take(1);
+        assert_eq!(
+            b.wait_guarded(1, Duration::from_millis(100)),
+            Duration::from_millis(200)
+        );
+        // A report of 0 left, 150 ms old: 1.5 units have refilled since.
+        b.give(5);
+        b.tighten_to_since(0, Duration::from_millis(150));
+        assert_eq!(b.wait(1), Duration::ZERO);
+        assert_eq!(b.wait(2), Duration::from_millis(50));
+        // "Try again in 1.2 s" for one unit: exactly then, and not a moment before.
+        b.tighten_to_wait(1, Duration::from_millis(1_200));
+        assert_eq!(b.wait(1), Duration::from_millis(1_200));
     }
 
     proptest! {

@@ -11,14 +11,27 @@ use agent_core::{RateLimitKind, RateLimitReading};
 use super::metrics::LearnedLimits;
 use super::quota::{Cost, Limits, Quota, Rate};
 
-/// The limits in force: configured, lowered (or, when unset, set) by what the provider reported.
-pub(crate) fn effective_limits(quota: &Quota, learned: LearnedLimits) -> Limits {
+/// The limits in force: configured, lowered (or, when unset, set) by what the provider reported;
+/// one call in flight while `probing`.
+pub(crate) fn effective_limits(quota: &Quota, learned: LearnedLimits, probing: bool) -> Limits {
     let mut limits = quota.limits();
     if quota.learn_from_headers {
         limits.requests = merge(limits.requests, learned.requests, quota.period);
         limits.tokens = merge(limits.tokens, learned.tokens, quota.period);
     }
+    if probing {
+        limits.max_in_flight = Some(1);
+    }
     limits
+}
+
+/// Whether a new key starts with a probe: it knows none of its limits (nothing configured) but
+/// learns them from headers. Until the provider's first answer, such a key admits one call at a
+/// time, so the answer's headers set the limits and the remaining quota before the rest go out —
+/// instead of a first burst meeting a wall of 429s (which providers charge). A provider that
+/// sends no headers costs one call's latency, once.
+pub(crate) fn starts_probing(quota: &Quota) -> bool {
+    quota.learn_from_headers && quota.limits().is_unlimited()
 }
 
 fn merge(configured: Option<Rate>, reported: Option<u64>, period: Duration) -> Option<Rate> {
@@ -100,7 +113,7 @@ mod tests {
             requests: Some(500),
             tokens: Some(20_000),
         };
-        let l = effective_limits(&quota, learned);
+        let l = effective_limits(&quota, learned, false);
         assert_eq!(l.requests.map(|r| r.limit), Some(100), "never raised");
         assert_eq!(
             l.tokens.map(|r| r.limit),
@@ -112,11 +125,28 @@ mod tests {
             tokens: None,
         };
         assert_eq!(
-            effective_limits(&quota, lower).requests.map(|r| r.limit),
+            effective_limits(&quota, lower, false)
+                .requests
+                .map(|r| r.limit),
             Some(40)
         );
         let off = quota.clone().learn_from_headers(false);
-        assert_eq!(effective_limits(&off, learned).tokens, None);
+        assert_eq!(effective_limits(&off, learned, false).tokens, None);
+    }
+
+    #[test]
+    fn only_a_key_that_knows_no_limit_probes_and_the_probe_is_one_call() {
+        assert!(starts_probing(&Quota::unlimited()));
+        assert!(!starts_probing(&Quota::per_minute().requests(10)));
+        assert!(!starts_probing(&Quota::per_minute().max_in_flight(4)));
+        assert!(!starts_probing(
+            &Quota::unlimited().learn_from_headers(false)
+        ));
+        let probe = effective_limits(&Quota::unlimited(), LearnedLimits::default(), true);
+        assert_eq!(probe.max_in_flight, Some(1));
+        assert!(
+            effective_limits(&Quota::unlimited(), LearnedLimits::default(), false).is_unlimited()
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ use agent_core::{
     Budget, CallError, CallKind, Charge, CharsPerToken, ChatModel, ChatRequest, Completion,
     ModelError, RateLimitKind, RateLimitReading, Reservation, TokenEstimator, Usage,
 };
+use futures::future::Either;
 use rand::rngs::SmallRng;
 use rustc_hash::FxBuildHasher;
 use tokio::time::Instant;
@@ -82,6 +83,24 @@ pub struct CallInfo<'a> {
     /// What the budget was charged, in nanodollars: the reported usage priced for `model`, the
     /// priced estimate when the provider reported none, 0 for attempts that failed.
     pub cost_nanos: u64,
+}
+
+/// A quota key looked up once (see [`QuotaScheduler::key_handle`]): a chat's contexts keep one
+/// so their calls skip the scheduler's key map — a read lock and a reference count that every
+/// worker thread would otherwise touch on every call.
+#[derive(Clone)]
+pub(crate) struct KeyHandle(Arc<Key>);
+
+impl KeyHandle {
+    pub(crate) fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl fmt::Debug for KeyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("KeyHandle").field(&self.name()).finish()
+    }
 }
 
 /// One model call, as submitted to [`QuotaScheduler::call`].
@@ -470,18 +489,46 @@ impl InFlight<'_> {
             if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
                 inner.breaker.success();
             }
-            if let Some(r) = reading
-                && self.key.quota.learn_from_headers
-                && feedback::learn(&mut inner.learned, r, self.key.quota.period)
-            {
-                inner.limits = feedback::effective_limits(&self.key.quota, inner.learned);
+            let learned = reading.is_some_and(|r| {
+                self.key.quota.learn_from_headers
+                    && feedback::learn(&mut inner.learned, r, self.key.quota.period)
+            });
+            // The provider answered (with or without headers): the probe has taught what it can.
+            let probed = inner.probing
+                && matches!(
+                    outcome,
+                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
+                );
+            if probed {
+                inner.probing = false;
+            }
+            if learned || probed {
+                inner.limits =
+                    feedback::effective_limits(&self.key.quota, inner.learned, inner.probing);
             }
             let limits = inner.limits;
             if let Backend::Local = scheduler.backend {
                 inner.buckets.settle(now, &limits, self.cost, settlement);
             }
             if let Some(r) = reading {
-                inner.buckets.observe(now, &limits, r);
+                match scheduler.backend {
+                    Backend::Local => {
+                        // The report is taken as of now, with no refill credited for the time
+                        // since admission and no extra unit for header rounding: crediting them
+                        // keeps the client ahead of a provider whose bucket started refilling
+                        // later (the first request's network delay), which cost an occasional
+                        // 429 with limits configured exactly (tests/tests/http_fanout.rs).
+                        // Conservative by one response latency of refill.
+                        inner.buckets.observe_since(
+                            now,
+                            &limits,
+                            r,
+                            Duration::ZERO,
+                            state::Present::default(),
+                        );
+                    }
+                    Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
+                }
             }
             if let Outcome::RateLimited {
                 kind,
@@ -499,6 +546,12 @@ impl InFlight<'_> {
                     *fallback,
                 );
                 inner.buckets.pause_until(state::instant_after(now, pause));
+                let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
+                if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
+                    inner
+                        .buckets
+                        .after_429(now, &limits, *kind, self.cost, told);
+                }
             }
             inner.queue.notify_head();
             (limits, reading)
@@ -754,23 +807,55 @@ impl QuotaScheduler {
         &'a self,
         call: ModelCall<'a>,
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
-        // Not an `async fn`: the key lookup and the span happen here, and the returned future is
-        // the instrumented pipeline itself rather than one more state machine around it.
         let key = self
             .inner
             .key(call.quota_key.unwrap_or_else(|| call.model.id()));
+        self.dispatch(call, key)
+    }
+
+    /// The key `name`, looked up once for a caller that makes many calls on it.
+    pub(crate) fn key_handle(&self, name: &str) -> KeyHandle {
+        KeyHandle(self.inner.key(name))
+    }
+
+    /// [`call`](Self::call) on a key looked up before; `key` must be the call's key.
+    pub(crate) fn call_on<'a>(
+        &'a self,
+        call: ModelCall<'a>,
+        key: &'a KeyHandle,
+    ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
+        self.dispatch(call, &key.0)
+    }
+
+    fn dispatch<'a, K: std::borrow::Borrow<Arc<Key>> + Send + 'a>(
+        &'a self,
+        call: ModelCall<'a>,
+        key: K,
+    ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
+        // Not an `async fn`: the span happens here, and the returned future is the pipeline
+        // itself rather than one more state machine around it.
         let span = tracing::debug_span!(
             "admission",
             conversation = call.conversation,
             agent = call.agent,
-            key = &*key.name,
+            key = &*key.borrow().name,
             kind = ?call.kind,
         );
-        self.run(call, key).instrument(span)
+        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
+        // `log` feature is on in the dependency graph): leave it out when it is disabled.
+        if span.is_disabled() {
+            Either::Left(self.run(call, key))
+        } else {
+            Either::Right(self.run(call, key).instrument(span))
+        }
     }
 
-    async fn run(&self, call: ModelCall<'_>, key: Arc<Key>) -> Result<Completion, CallError> {
-        let key = &key;
+    async fn run<K: std::borrow::Borrow<Arc<Key>>>(
+        &self,
+        call: ModelCall<'_>,
+        key: K,
+    ) -> Result<Completion, CallError> {
+        let key = key.borrow();
         let ModelCall {
             model,
             request,

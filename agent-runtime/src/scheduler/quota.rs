@@ -57,6 +57,13 @@ pub struct Quota {
     pub learn_from_headers: bool,
     /// Start with empty buckets instead of full ones (no burst in the first period).
     pub start_empty: bool,
+    /// Admit a call only once the buckets would still cover it had they refilled for `guard`
+    /// less (default zero). The provider's bucket judges a request when it arrives, the
+    /// scheduler's when it leaves: network jitter of up to `guard` between the two can then never
+    /// make a request arrive before the provider has refilled for it. It costs one shift of
+    /// `guard` at the start of a saturated run, never throughput. In-memory state only (a shared
+    /// backend admits by its own clock).
+    pub guard: Duration,
 }
 
 impl Default for Quota {
@@ -80,6 +87,7 @@ impl Quota {
             default_max_completion_tokens: DEFAULT_MAX_COMPLETION_TOKENS,
             learn_from_headers: true,
             start_empty: false,
+            guard: Duration::ZERO,
         }
     }
 
@@ -169,6 +177,16 @@ impl Quota {
     #[must_use]
     pub const fn start_empty(mut self, empty: bool) -> Self {
         self.start_empty = empty;
+        self
+    }
+
+    /// Sets the guard time: admission waits until the buckets would cover the call even with
+    /// `guard` less refill, so a request that reaches the provider up to `guard` sooner than the
+    /// one before it still finds its quota there (see [`Quota::guard`](field@Quota::guard)).
+    /// A few milliseconds absorb localhost jitter; use the network's jitter for a remote API.
+    #[must_use]
+    pub const fn guard(mut self, guard: Duration) -> Self {
+        self.guard = guard;
         self
     }
 

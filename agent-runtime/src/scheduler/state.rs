@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_core::RateLimitReading;
+use agent_core::{RateLimitKind, RateLimitReading};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
@@ -206,6 +206,13 @@ pub(crate) struct Blocked {
     pub(crate) dimension: Dimension,
 }
 
+/// Which of a key's request and token buckets existed at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Present {
+    pub(crate) requests: bool,
+    pub(crate) tokens: bool,
+}
+
 /// The in-memory state of one key: its buckets, in-flight count and pause. Synchronous so the
 /// scheduler can update it under its per-key lock with no allocation and no `await`.
 #[derive(Debug, Default)]
@@ -273,6 +280,7 @@ impl KeyBuckets {
         now: Instant,
         limits: &Limits,
         cost: Cost,
+        guard: Duration,
     ) -> Result<(), Blocked> {
         if let Some(wait) = self.paused_for(now) {
             return Err(Blocked {
@@ -298,7 +306,7 @@ impl KeyBuckets {
         let mut longest: Option<(Duration, Dimension)> = None;
         for ((slot, amount), dimension) in self.buckets.iter().zip(amounts).zip(DIMENSIONS) {
             if let Some(b) = slot {
-                let wait = b.wait(amount);
+                let wait = b.wait_guarded(amount, guard);
                 if !wait.is_zero() && longest.is_none_or(|(w, _)| wait > w) {
                     longest = Some((wait, dimension));
                 }
@@ -329,9 +337,14 @@ impl KeyBuckets {
         settlement: Settlement,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.sync(limits, now);
         let extra = settlement.actual_tokens.saturating_sub(reserved.tokens);
         let unused = reserved.tokens.saturating_sub(settlement.actual_tokens);
+        if extra == 0 && !(settlement.refund_unused && unused > 0) {
+            // Nothing to charge or give back: the buckets are brought up to date (`sync`) by
+            // whatever reads them next, so a plain success costs no refill arithmetic here.
+            return;
+        }
+        self.sync(limits, now);
         for (i, slot) in self.buckets.iter_mut().enumerate() {
             let Some(b) = slot else { continue };
             let is_tokens = matches!(DIMENSIONS[i], Dimension::Tokens | Dimension::TokensPerDay);
@@ -361,6 +374,70 @@ impl KeyBuckets {
         }
         if let (Some(b), Some(remaining)) = (&mut self.buckets[1], reading.remaining_tokens) {
             b.tighten_to(remaining);
+        }
+    }
+
+    /// Which of the request and token buckets exist now (the scheduler reports with
+    /// `Present::default()`, see `InFlight::finish`; the tests exercise the rounding allowance).
+    #[cfg(test)]
+    pub(crate) fn present(&self) -> Present {
+        Present {
+            requests: self.buckets[0].is_some(),
+            tokens: self.buckets[1].is_some(),
+        }
+    }
+
+    /// Lowers the balances to a provider's report of what it had left when it admitted a call
+    /// sent `since` ago, while `sent` buckets existed here.
+    ///
+    /// The report is as old as the call, so it is first brought up to now with the refill since
+    /// (lowering today's balance to the old value would throw that refill away at every
+    /// response). The result is an upper bound on what the provider can have now — whatever
+    /// anyone took since only lowers it — so lowering to it is always safe, and repeating it is
+    /// harmless. Headers give whole units: one more is allowed for the fraction when the bucket
+    /// already existed here; a bucket created for limits learned since takes the report as it is.
+    pub(crate) fn observe_since(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        reading: &RateLimitReading,
+        since: Duration,
+        sent: Present,
+    ) {
+        self.sync(limits, now);
+        let reports = [
+            (reading.remaining_requests, sent.requests),
+            (reading.remaining_tokens, sent.tokens),
+        ];
+        for (slot, (remaining, existed)) in self.buckets.iter_mut().zip(reports) {
+            if let (Some(b), Some(remaining)) = (slot, remaining) {
+                let remaining = remaining.saturating_add(u64::from(existed));
+                b.tighten_to_since(remaining, since);
+            }
+        }
+    }
+
+    /// Takes a 429's "try again in `retry_after`" at its word: the provider's bucket of `kind`
+    /// will cover `cost` only then, so this one may not hold more than that implies (it may go
+    /// into debt). Without this, the bucket refills during the pause as if nothing were wrong,
+    /// and the calls it then lets out at once meet the same empty provider bucket — each 429
+    /// that a provider charges digging the hole deeper.
+    pub(crate) fn after_429(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        kind: RateLimitKind,
+        cost: Cost,
+        retry_after: Duration,
+    ) {
+        self.sync(limits, now);
+        let (slot, amount) = match kind {
+            RateLimitKind::Requests => (&mut self.buckets[0], cost.requests),
+            RateLimitKind::Tokens => (&mut self.buckets[1], cost.tokens),
+            _ => return,
+        };
+        if let Some(b) = slot {
+            b.tighten_to_wait(amount, retry_after);
         }
     }
 
@@ -411,7 +488,7 @@ impl QuotaState for InMemoryState {
     ) -> Result<Acquire, StateError> {
         let now = Instant::now();
         Ok(
-            match self.with_key(key, |k| k.try_acquire(now, limits, cost)) {
+            match self.with_key(key, |k| k.try_acquire(now, limits, cost, Duration::ZERO)) {
                 Ok(()) => Acquire::Granted(Lease {
                     id: self.next_lease.fetch_add(1, Ordering::Relaxed),
                     cost,
@@ -508,6 +585,48 @@ mod tests {
             state.acquire("k", &limits, cost(70), ttl).await.unwrap(),
             Acquire::Granted(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_as_old_as_its_call_is_brought_up_to_now_before_it_lowers_anything() {
+        // 10 requests per 10 s: one a second.
+        let limits = Quota::per_period(Duration::from_secs(10))
+            .requests(10)
+            .limits();
+        let reading = |remaining| RateLimitReading {
+            remaining_requests: Some(remaining),
+            ..RateLimitReading::default()
+        };
+        let mut k = KeyBuckets::default();
+        let t0 = Instant::now();
+        for _ in 0..7 {
+            k.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
+        }
+        let sent = k.present();
+        // The answer arrives 2.5 s later: 2.5 requests refilled since, 5.5 here.
+        let t1 = t0 + Duration::from_millis(2_500);
+        let since = t1 - t0;
+        // The provider agrees (3 left, or 2 and a fraction): nothing changes, however often.
+        k.observe_since(t1, &limits, &reading(3), since, sent);
+        k.observe_since(t1, &limits, &reading(2), since, sent);
+        k.observe_since(t1, &limits, &reading(2), since, sent);
+        assert_eq!(k.available(t1, &limits)[0], Some(5));
+        // It had less than 1 left: someone else used the key; at most 1 + 2.5 can be left now.
+        k.observe_since(t1, &limits, &reading(0), since, sent);
+        assert_eq!(k.available(t1, &limits)[0], Some(3));
+        // Lowering to the old value as it was would have thrown the refill away.
+        let mut stale = KeyBuckets::default();
+        for _ in 0..7 {
+            stale
+                .try_acquire(t0, &limits, cost(0), Duration::ZERO)
+                .unwrap();
+        }
+        stale.observe(t1, &limits, &reading(0));
+        assert_eq!(stale.available(t1, &limits)[0], Some(0));
+        // A bucket created for limits learned since takes the report as it is (plus refill).
+        let mut fresh = KeyBuckets::default();
+        fresh.observe_since(t1, &limits, &reading(2), Duration::ZERO, Present::default());
+        assert_eq!(fresh.available(t1, &limits)[0], Some(2));
     }
 
     #[tokio::test(start_paused = true)]

@@ -47,6 +47,8 @@ struct State {
     tokens: Option<ProviderBucket>,
     arrivals: u64,
     in_flight: usize,
+    /// Requests whose service time is in the stats.
+    served: u64,
     /// Admissions within the last period, for the per-period maxima.
     window: VecDeque<(Instant, u64)>,
     window_tokens: u64,
@@ -87,6 +89,14 @@ pub struct SimStats {
     pub completion_tokens: u64,
     /// Completion tokens refunded (with `refund_unused`).
     pub refunded_tokens: u64,
+    /// Service time of admitted requests, summed, in microseconds: first-token latency plus
+    /// per-token latency × completion tokens (injected hangs excluded). With the minimum and
+    /// maximum below, this is what a makespan lower bound needs (`docs/benchmarks.md`).
+    pub service_us: u64,
+    /// Shortest service time of an admitted request, in microseconds (0 before any).
+    pub min_service_us: u64,
+    /// Longest service time of an admitted request, in microseconds.
+    pub max_service_us: u64,
     /// Most requests admitted within any one period.
     pub max_requests_in_period: u64,
     /// Most tokens admitted within any one period.
@@ -239,6 +249,7 @@ impl Simulation {
             tokens: bucket(config.tpm),
             arrivals: 0,
             in_flight: 0,
+            served: 0,
             window: VecDeque::new(),
             window_tokens: 0,
             stats,
@@ -452,6 +463,9 @@ impl Simulation {
         };
         state.stats.prompt_tokens += prompt_tokens;
         state.stats.completion_tokens += reply.completion_tokens();
+        if fault != Some(DeliveryFault::Hang) {
+            record_service(state, config, reply.completion_tokens());
+        }
         state.in_flight += 1;
         state.stats.in_flight = state.in_flight;
         state.stats.max_in_flight = state.stats.max_in_flight.max(state.in_flight);
@@ -472,6 +486,21 @@ impl Simulation {
             },
         })
     }
+}
+
+fn record_service(state: &mut State, config: &SimConfig, completion_tokens: u64) {
+    let tokens = u32::try_from(completion_tokens).unwrap_or(u32::MAX);
+    let service = config.latency + config.per_token_latency.saturating_mul(tokens);
+    let us = u64::try_from(service.as_micros()).unwrap_or(u64::MAX);
+    let stats = &mut state.stats;
+    stats.min_service_us = if state.served == 0 {
+        us
+    } else {
+        stats.min_service_us.min(us)
+    };
+    stats.max_service_us = stats.max_service_us.max(us);
+    stats.service_us = stats.service_us.saturating_add(us);
+    state.served += 1;
 }
 
 /// The wait until both buckets could admit a request of `cost` tokens.

@@ -1,0 +1,628 @@
+//! Goodput: does Turnstile run a workload as fast as the provider's quota allows, and no faster?
+//!
+//! `cargo bench -p agent-runtime --bench goodput` (add `-- --quick` for a smoke run,
+//! `-- --write-docs` to replace the tables in `docs/benchmarks.md`).
+//!
+//! Every scenario runs in real time over real HTTP: group chats of `LlmAgent`s (the `fanout`
+//! workload, or the mixed workload below) call an `OpenAiProvider` pointed at the in-process
+//! `MockServer` on 127.0.0.1, which enforces OpenAI's continuous RPM/TPM buckets (or a local
+//! server's slots) with a compressed period and answers after a per-request plus per-token
+//! latency. Each scenario runs twice: **configured** (the client's quota equals the provider's)
+//! and **learned** (nothing configured but the period; limits come from `x-ratelimit-*` headers).
+//!
+//! The makespan is compared with the lower bound of rate-limits.md §3.3, computed from what the
+//! provider actually admitted and served (its `SimStats`) and the per-conversation chains the
+//! scheduler recorded — see `docs/benchmarks.md` for the formula and how to read each column.
+#![allow(missing_docs, clippy::panic, clippy::unwrap_used, clippy::expect_used)] // a bench stops loudly
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Budget, CallKind, ChatModel, ChatRequest, LlmAgent, Message};
+use agent_runtime::chat::GroupChat;
+use agent_runtime::fanout::{DEFAULT_TASK, FanoutConfig, run_fanout};
+use agent_runtime::mock::MockServer;
+use agent_runtime::provider::{OpenAiProvider, SimConfig, SimStats};
+use agent_runtime::scheduler::{KeyStats, ModelCall, Quota, QuotaScheduler, RetryPolicy};
+use support::{Options, Table, jain, thousands};
+
+const MODEL: &str = "gpt-4o-mini";
+/// First-token latency of every reply (a compressed ~1 s).
+const LATENCY: Duration = Duration::from_millis(100);
+/// Latency per generated token (a compressed ~20 ms).
+const PER_TOKEN: Duration = Duration::from_millis(2);
+
+/// What the client is told about the provider's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The client's quota equals the provider's limits.
+    Configured,
+    /// Only the period is configured; limits are learned from the provider's headers.
+    Learned,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Configured => "configured",
+            Self::Learned => "learned",
+        }
+    }
+}
+
+/// The conversations of a scenario.
+#[derive(Debug, Clone)]
+enum Workload {
+    /// `agent_runtime::fanout`: identical round-robin group chats, all started at once.
+    Fanout(FanoutConfig),
+    /// Groups of conversations that differ in agents, length and completion limit, all started at
+    /// once on one scheduler (fanout runs identical chats only).
+    Mixed(Vec<Group>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    label: &'static str,
+    /// When the group's conversations start, from the start of the run.
+    start_after: Duration,
+    conversations: usize,
+    agents: usize,
+    max_messages: u64,
+    max_completion_tokens: u32,
+}
+
+/// A provider limit change during the run (Azure's dynamic quota).
+#[derive(Debug, Clone, Copy)]
+struct LimitChange {
+    at: Duration,
+    rpm: Option<u64>,
+    tpm: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Scenario {
+    name: &'static str,
+    sim: SimConfig,
+    /// The client's quota in configured mode (the provider's limits as they are at the start).
+    quota: Quota,
+    workload: Workload,
+    change: Option<LimitChange>,
+    /// Learned mode is meaningless: the provider sends no limits to learn (a local server).
+    nothing_to_learn: bool,
+}
+
+fn sim(period: Duration, reply_tokens: u32) -> SimConfig {
+    SimConfig::default()
+        .with_model(MODEL)
+        .with_period(period)
+        .with_latency(LATENCY, PER_TOKEN)
+        .with_reply_tokens(reply_tokens)
+        // OpenAI: "unsuccessful requests contribute to your per-minute limit".
+        .with_charge_rejected(true)
+}
+
+fn fanout(conversations: usize, agents: usize, max_messages: u64, max_tokens: u32) -> Workload {
+    Workload::Fanout(
+        FanoutConfig::default()
+            .with_conversations(conversations)
+            .with_agents(agents)
+            .with_max_messages(max_messages)
+            .with_max_completion_tokens(Some(max_tokens)),
+    )
+}
+
+fn scenarios(quick: bool) -> Vec<Scenario> {
+    // `quick` shrinks every workload to about a fifth: same shapes, shorter runs.
+    let n = |full: usize| if quick { full.div_ceil(5) } else { full };
+    let six = Duration::from_secs(6);
+    let three = Duration::from_secs(3);
+    vec![
+        Scenario {
+            name: "RPM-bound: tiny calls",
+            sim: sim(six, 8).with_rpm(300),
+            quota: Quota::per_period(six).requests(300),
+            workload: fanout(n(100), 3, 9, 16),
+            change: None,
+            nothing_to_learn: false,
+        },
+        Scenario {
+            name: "TPM-bound: growing history",
+            sim: sim(six, 48).with_rpm(10_000).with_tpm(75_000),
+            quota: Quota::per_period(six).requests(10_000).tokens(75_000),
+            workload: fanout(n(50), 3, 11, 64),
+            change: None,
+            nothing_to_learn: false,
+        },
+        Scenario {
+            name: "concurrency-bound: 4 slots",
+            sim: sim(six, 24).with_max_concurrency(4),
+            quota: Quota::per_period(six).max_in_flight(4),
+            workload: fanout(n(40), 2, 6, 64),
+            change: None,
+            nothing_to_learn: true,
+        },
+        Scenario {
+            name: "burst: 200 conversations at once",
+            sim: sim(three, 24).with_rpm(120),
+            quota: Quota::per_period(three).requests(120),
+            workload: fanout(n(200), 2, 3, 64),
+            change: None,
+            nothing_to_learn: false,
+        },
+        Scenario {
+            name: "limit halves mid-run",
+            sim: sim(six, 8).with_rpm(300),
+            quota: Quota::per_period(six).requests(300),
+            workload: fanout(n(100), 3, 7, 16),
+            change: Some(LimitChange {
+                at: Duration::from_secs(if quick { 1 } else { 4 }),
+                rpm: Some(150),
+                tpm: None,
+            }),
+            nothing_to_learn: false,
+        },
+        Scenario {
+            name: "mixed short and long",
+            sim: sim(six, 96).with_rpm(10_000).with_tpm(60_000),
+            quota: Quota::per_period(six).requests(10_000).tokens(60_000),
+            workload: Workload::Mixed(vec![
+                // The short conversations arrive once the long ones have spent the first
+                // period's burst, so they compete for a saturated quota.
+                Group {
+                    label: "short",
+                    start_after: Duration::from_secs(if quick { 1 } else { 4 }),
+                    conversations: n(20),
+                    agents: 2,
+                    max_messages: 5,
+                    max_completion_tokens: 16,
+                },
+                Group {
+                    label: "long",
+                    start_after: Duration::ZERO,
+                    conversations: n(20),
+                    agents: 3,
+                    max_messages: 13,
+                    max_completion_tokens: 128,
+                },
+            ]),
+            change: None,
+            nothing_to_learn: false,
+        },
+    ]
+}
+
+/// One conversation as the bound and the fairness index need it.
+#[derive(Debug, Clone)]
+struct Conversation {
+    started: f64,
+    finished: f64,
+    /// Calls that completed (each one service time at the provider).
+    calls: u64,
+    completion_tokens: u64,
+    failed: bool,
+}
+
+impl Conversation {
+    /// The conversation's own chain of service times: how long it takes alone, with no quota.
+    fn ideal(&self, sim: &SimConfig) -> f64 {
+        self.calls as f64 * sim.latency.as_secs_f64()
+            + self.completion_tokens as f64 * sim.per_token_latency.as_secs_f64()
+    }
+}
+
+/// What one run produced.
+#[derive(Debug)]
+struct Run {
+    makespan: f64,
+    conversations: Vec<Conversation>,
+    stats: SimStats,
+    key: KeyStats,
+}
+
+/// The makespan lower bound of rate-limits.md §3.3 and the term that set it.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    seconds: f64,
+    term: &'static str,
+}
+
+/// The earliest time by which a bucket starting full at `limit` can have admitted `amount`,
+/// with the limit (per `period`) changing to `later` at `change_at`: the smallest `t` with
+/// `limit + ∫₀ᵗ rate ≥ amount`. Capping at a lowered capacity only delays admissions, so
+/// ignoring it keeps this a lower bound.
+fn earliest(
+    amount: f64,
+    limit: f64,
+    period: f64,
+    change: Option<(f64, f64)>, // (at, new limit)
+) -> f64 {
+    let need = amount - limit;
+    if need <= 0.0 {
+        return 0.0;
+    }
+    let rate = limit / period;
+    match change {
+        Some((at, later)) if need > rate * at => at + (need - rate * at) / (later / period),
+        _ => need / rate,
+    }
+}
+
+fn bound(scenario: &Scenario, run: &Run) -> Bound {
+    let sim = &scenario.sim;
+    let period = sim.period.as_secs_f64();
+    let stats = &run.stats;
+    let us = 1e-6;
+    let min_l = stats.min_service_us as f64 * us;
+    let max_l = stats.max_service_us as f64 * us;
+    let sum_l = stats.service_us as f64 * us;
+    // Tokens as the provider counts them: the reservation, less what it refunded.
+    let tokens = stats.tokens_admitted.saturating_sub(stats.refunded_tokens) as f64;
+    let requests = stats.admitted as f64;
+    let change = |new: Option<u64>| {
+        scenario
+            .change
+            .and_then(|c| new.map(|l| (c.at.as_secs_f64(), l as f64)))
+    };
+    let mut terms = vec![("longest call", max_l)];
+    if let Some(rpm) = sim.rpm {
+        let a = earliest(
+            requests,
+            rpm as f64,
+            period,
+            change(scenario.change.and_then(|c| c.rpm)),
+        );
+        terms.push(("requests (A_R)", a + min_l));
+    }
+    if let Some(tpm) = sim.tpm {
+        let a = earliest(
+            tokens,
+            tpm as f64,
+            period,
+            change(scenario.change.and_then(|c| c.tpm)),
+        );
+        terms.push(("tokens (A_T)", a + min_l));
+    }
+    let k = run.conversations.len();
+    let slots = sim.max_concurrency.unwrap_or(k).min(k).max(1);
+    terms.push(("slots (ΣL/C)", sum_l / slots as f64));
+    let chain = run
+        .conversations
+        .iter()
+        .map(|c| c.started + c.ideal(sim))
+        .fold(0.0, f64::max);
+    terms.push(("longest chain", chain));
+    let (term, seconds) = terms
+        .into_iter()
+        .fold(("", 0.0), |best, t| if t.1 > best.1 { t } else { best });
+    Bound { seconds, term }
+}
+
+fn provider(server: &MockServer) -> Arc<dyn ChatModel> {
+    Arc::new(
+        OpenAiProvider::builder()
+            .base_url(server.base_url())
+            .model(MODEL)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("provider"),
+    )
+}
+
+/// The guard time of both modes: localhost jitter on a loaded two-core machine is a few
+/// milliseconds, with stalls of 10 ms and more when the machine is busy; 25 ms costs 25 ms once
+/// per run (see `Quota::guard`).
+const GUARD: Duration = Duration::from_millis(25);
+
+fn scheduler(scenario: &Scenario, mode: Mode, key: &str) -> QuotaScheduler {
+    let mut builder = QuotaScheduler::builder()
+        // Learned limits need the provider's period: a minute in production, compressed here.
+        .default_quota(Quota::per_period(scenario.sim.period).guard(GUARD))
+        .retry(RetryPolicy::default().seed(7));
+    if mode == Mode::Configured {
+        builder = builder.quota(key, scenario.quota.clone().guard(GUARD));
+    }
+    builder.build().expect("scheduler")
+}
+
+async fn run_mixed(
+    model: Arc<dyn ChatModel>,
+    scheduler: &QuotaScheduler,
+    groups: &[Group],
+) -> (f64, Vec<Conversation>) {
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut ids = Vec::new();
+    for group in groups {
+        for i in 0..group.conversations {
+            let id = format!("{}-{i}", group.label);
+            let mut chat = GroupChat::builder()
+                .conversation_id(id.clone())
+                .scheduler(scheduler.clone())
+                .max_messages(group.max_messages);
+            for a in 1..=group.agents {
+                let agent = LlmAgent::builder(format!("agent_{a}"), model.clone())
+                    .system_message(format!(
+                        "You are agent_{a}, one of {} agents working on the user's task \
+                         together. Reply with one short, concrete contribution.",
+                        group.agents
+                    ))
+                    .max_completion_tokens(group.max_completion_tokens)
+                    .build()
+                    .expect("agent");
+                chat = chat.participant(agent);
+            }
+            let mut chat = chat.build().expect("chat");
+            let index = ids.len();
+            ids.push(id);
+            let delay = group.start_after;
+            tasks.spawn(async move {
+                tokio::time::sleep(delay).await;
+                let started = start.elapsed().as_secs_f64();
+                let ok = chat.run(DEFAULT_TASK).await.is_ok();
+                (index, started, start.elapsed().as_secs_f64(), ok)
+            });
+        }
+    }
+    let mut ended = vec![(0.0, 0.0, false); ids.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, started, finished, ok) = joined.expect("conversation task");
+        ended[index] = (started, finished, ok);
+    }
+    let makespan = start.elapsed().as_secs_f64();
+    let snapshot = scheduler.snapshot();
+    let conversations = ids
+        .iter()
+        .zip(ended)
+        .map(|(id, (started, finished, ok))| {
+            let c = snapshot.conversations.get(id).cloned().unwrap_or_default();
+            Conversation {
+                started,
+                finished,
+                calls: c.calls - c.failed,
+                completion_tokens: c.completion_tokens,
+                failed: !ok,
+            }
+        })
+        .collect();
+    (makespan, conversations)
+}
+
+/// Opens the provider's HTTP connection pool with one call through a throwaway scheduler, so the
+/// measured scheduler learns nothing from it. Without it, the first request of the run pays for
+/// a TCP handshake: the provider's bucket then starts draining that much later than the client's,
+/// and faster requests later arrive a fraction of a request early (an application that has been
+/// running has a warm pool).
+async fn warm_up(model: &Arc<dyn ChatModel>) {
+    let scheduler = QuotaScheduler::new();
+    let budget = Budget::unlimited();
+    let request = ChatRequest::new(vec![Message::user("warm up")]).with_max_completion_tokens(1);
+    let call = ModelCall::new(
+        &**model,
+        request,
+        CallKind::Other,
+        "warm-up",
+        "bench",
+        &budget,
+    );
+    scheduler.call(call).await.expect("warm-up call");
+}
+
+fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Run {
+    runtime.block_on(async {
+        let (_, server) = MockServer::start(scenario.sim.clone())
+            .await
+            .expect("mock server");
+        let model = provider(&server);
+        let key = model.id().to_owned();
+        let scheduler = scheduler(scenario, mode, &key);
+        warm_up(&model).await;
+        let before = server.stats();
+        let simulation = server.simulation().clone();
+        let change = scenario.change.map(|c| {
+            tokio::spawn(async move {
+                tokio::time::sleep(c.at).await;
+                simulation.set_limits(c.rpm, c.tpm).expect("new limits");
+            })
+        });
+        let (makespan, conversations) = match &scenario.workload {
+            Workload::Fanout(config) => {
+                let report = run_fanout(model.clone(), scheduler.clone(), config, |_| {})
+                    .await
+                    .expect("fanout config");
+                let conversations = report
+                    .per_conversation
+                    .iter()
+                    .map(|c| Conversation {
+                        started: c.started_s,
+                        finished: c.finished_s,
+                        // A failed conversation failed on its last call.
+                        calls: c.calls - u64::from(c.error.is_some()),
+                        completion_tokens: c.completion_tokens,
+                        failed: c.error.is_some(),
+                    })
+                    .collect();
+                (report.wall_s, conversations)
+            }
+            Workload::Mixed(groups) => run_mixed(model.clone(), &scheduler, groups).await,
+        };
+        if let Some(change) = change {
+            change.abort();
+        }
+        let stats = since(&server.stats(), &before);
+        let key_stats = scheduler
+            .snapshot()
+            .keys
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        server.shutdown().await.expect("mock shutdown");
+        Run {
+            makespan,
+            conversations,
+            stats,
+            key: key_stats,
+        }
+    })
+}
+
+/// The counters of `after` less those of `before` (the warm-up call). The service-time extremes
+/// stay: the warm-up's short reply can only lower the minimum, which keeps the bound a lower bound.
+fn since(after: &SimStats, before: &SimStats) -> SimStats {
+    let mut s = after.clone();
+    s.requests -= before.requests;
+    s.admitted -= before.admitted;
+    s.rate_limited_requests -= before.rate_limited_requests;
+    s.rate_limited_tokens -= before.rate_limited_tokens;
+    s.tokens_admitted -= before.tokens_admitted;
+    s.prompt_tokens -= before.prompt_tokens;
+    s.completion_tokens -= before.completion_tokens;
+    s.refunded_tokens -= before.refunded_tokens;
+    s.service_us -= before.service_us;
+    s
+}
+
+struct Row {
+    scenario: &'static str,
+    mode: Mode,
+    calls: u64,
+    failed: usize,
+    makespan: f64,
+    bound: Bound,
+    http_429: u64,
+    w_reserve: u64,
+    jain: f64,
+    wait_p99_ms: f64,
+}
+
+fn row(scenario: &Scenario, mode: Mode, run: &Run) -> Row {
+    let stats = &run.stats;
+    let b = bound(scenario, run);
+    let x: Vec<f64> = run
+        .conversations
+        .iter()
+        .map(|c| c.ideal(&scenario.sim) / (c.finished - c.started).max(1e-9))
+        .collect();
+    let used = stats.prompt_tokens + stats.completion_tokens;
+    Row {
+        scenario: scenario.name,
+        mode,
+        calls: stats.admitted,
+        failed: run.conversations.iter().filter(|c| c.failed).count(),
+        makespan: run.makespan,
+        bound: b,
+        http_429: stats.rate_limited_requests + stats.rate_limited_tokens,
+        w_reserve: stats
+            .tokens_admitted
+            .saturating_sub(stats.refunded_tokens)
+            .saturating_sub(used),
+        jain: jain(&x),
+        wait_p99_ms: run.key.wait.p99.as_secs_f64() * 1e3,
+    }
+}
+
+fn main() {
+    let options = Options::from_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
+    let machine = support::machine();
+    println!("goodput: {machine}");
+    let mut table = Table::new(&[
+        "<scenario",
+        "<limits",
+        "calls",
+        "makespan s",
+        "bound s",
+        "<bound set by",
+        "makespan/bound",
+        "429s",
+        "W_reserve tokens",
+        "Jain",
+        "wait p99 ms",
+    ]);
+    for scenario in scenarios(options.quick) {
+        if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
+            continue;
+        }
+        for mode in [Mode::Configured, Mode::Learned] {
+            if mode == Mode::Learned && scenario.nothing_to_learn {
+                table.row(vec![
+                    scenario.name.to_owned(),
+                    mode.label().to_owned(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "n/a: no headers to learn from".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                    "—".into(),
+                ]);
+                continue;
+            }
+            let outcome = run(&runtime, &scenario, mode);
+            if std::env::var_os("GOODPUT_DEBUG").is_some() {
+                eprintln!(
+                    "    client reserved {} (attempts {}), provider admitted {} tokens; client 429s {:?}; provider max/period {} req {} tok",
+                    outcome.key.tokens_reserved,
+                    outcome.key.attempts,
+                    outcome.stats.tokens_admitted,
+                    outcome.key.rate_limited,
+                    outcome.stats.max_requests_in_period,
+                    outcome.stats.max_tokens_in_period,
+                );
+            }
+            if std::env::var_os("GOODPUT_DEBUG").is_some() {
+                for c in &outcome.conversations {
+                    eprintln!(
+                        "      conv: start {:.2} end {:.2} calls {} completion {} ideal {:.2} x {:.3}",
+                        c.started,
+                        c.finished,
+                        c.calls,
+                        c.completion_tokens,
+                        c.ideal(&scenario.sim),
+                        c.ideal(&scenario.sim) / (c.finished - c.started)
+                    );
+                }
+            }
+            let r = row(&scenario, mode, &outcome);
+            let ratio = r.makespan / r.bound.seconds;
+            eprintln!(
+                "  {} / {}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
+                r.scenario,
+                r.mode.label(),
+                r.makespan,
+                r.bound.seconds,
+                r.bound.term,
+                r.http_429,
+                r.failed,
+                support::load_now()
+            );
+            table.row(vec![
+                r.scenario.to_owned(),
+                r.mode.label().to_owned(),
+                thousands(r.calls),
+                format!("{:.2}", r.makespan),
+                format!("{:.2}", r.bound.seconds),
+                r.bound.term.to_owned(),
+                format!("{ratio:.3}"),
+                r.http_429.to_string(),
+                thousands(r.w_reserve),
+                format!("{:.3}", r.jain),
+                format!("{:.0}", r.wait_p99_ms),
+            ]);
+        }
+    }
+    let rendered = table.render();
+    println!("{rendered}");
+    if options.write_docs && !options.quick && only.is_none() {
+        support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
