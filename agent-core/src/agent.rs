@@ -31,6 +31,38 @@ pub enum CallKind {
     Other,
 }
 
+/// A quota limit a call can exceed ([`CallError::ExceedsQuota`]). The runtime's scheduler maps
+/// its own dimensions onto this.
+///
+/// ```
+/// use agent_core::QuotaDimension;
+/// assert_eq!(QuotaDimension::TokensPerDay.to_string(), "tokens per day");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QuotaDimension {
+    /// Requests per period.
+    Requests,
+    /// Tokens per period.
+    Tokens,
+    /// Requests per day.
+    RequestsPerDay,
+    /// Tokens per day.
+    TokensPerDay,
+}
+
+impl std::fmt::Display for QuotaDimension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            QuotaDimension::Requests => "requests",
+            QuotaDimension::Tokens => "tokens",
+            QuotaDimension::RequestsPerDay => "requests per day",
+            QuotaDimension::TokensPerDay => "tokens per day",
+        })
+    }
+}
+
 /// What a [`TurnContext::complete`] call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
@@ -45,13 +77,13 @@ pub enum CallError {
     /// The call's cost exceeds what the quota can ever admit (for example more tokens than the
     /// per-period limit). Shorten the prompt or lower `max_completion_tokens`.
     #[error(
-        "request can never be admitted on quota '{key}': it needs {needed} {dimension} but the limit is {capacity} per period; shorten the prompt or lower max_completion_tokens"
+        "request can never be admitted on quota '{key}': it needs {needed} {dimension} but that limit is {capacity}; shorten the prompt or lower max_completion_tokens"
     )]
     ExceedsQuota {
         /// The quota key.
         key: String,
-        /// `"tokens"` or `"requests"`.
-        dimension: &'static str,
+        /// The limit the call exceeds.
+        dimension: QuotaDimension,
         /// What the call needs.
         needed: u64,
         /// The bucket's capacity.
@@ -91,18 +123,76 @@ impl CallError {
 }
 
 /// What can fail in an agent's turn.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AgentError {
     /// A model call failed.
-    #[error(transparent)]
-    Call(#[from] CallError),
+    Call(CallError),
     /// Human input could not be read.
-    #[error("human input failed: {0}")]
     Input(String),
     /// Anything else, described.
-    #[error("{0}")]
     Other(String),
+    /// A failure with a typed cause, kept as the error's [`source`](std::error::Error::source) so
+    /// callers can downcast it (a nested chat keeps its `ChatError` here).
+    Failed {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl From<CallError> for AgentError {
+    fn from(e: CallError) -> Self {
+        AgentError::Call(e)
+    }
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Call(e) => e.fmt(f),
+            AgentError::Input(text) => write!(f, "human input failed: {text}"),
+            AgentError::Other(text) => f.write_str(text),
+            AgentError::Failed { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+// Written by hand rather than derived: thiserror would report the `Arc` itself as the source, so
+// downcasting to the cause's type would fail.
+impl std::error::Error for AgentError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AgentError::Call(e) => e.source(),
+            AgentError::Input(_) | AgentError::Other(_) => None,
+            AgentError::Failed { source, .. } => Some(&**source),
+        }
+    }
+}
+
+impl AgentError {
+    /// A failure while doing `context`, caused by `source` (kept for
+    /// [`source`](std::error::Error::source) and downcasting).
+    ///
+    /// ```
+    /// use std::error::Error;
+    /// use agent_core::AgentError;
+    ///
+    /// let cause = std::io::Error::other("disk full");
+    /// let err = AgentError::failed("saving notes", cause);
+    /// assert_eq!(err.to_string(), "saving notes: disk full");
+    /// assert!(err.source().unwrap().downcast_ref::<std::io::Error>().is_some());
+    /// ```
+    pub fn failed(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        AgentError::Failed {
+            context: context.into(),
+            source: Arc::new(source),
+        }
+    }
 }
 
 /// Everything an agent may use during one turn. **All model calls go through
@@ -204,6 +294,13 @@ pub trait Agent: Send + Sync {
         ctx: &dyn TurnContext,
     ) -> Result<AgentReply, AgentError>;
 
+    /// The agents this one can hand off to (Swarm-style `Content::Handoff` targets), so a chat
+    /// with handoff selection can reject a target that is not a participant when it is built,
+    /// not when the handoff happens. Default: none.
+    fn handoff_targets(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Clears per-conversation state when a chat is reset. Default: nothing to clear.
     fn reset(&self) {}
 }
@@ -225,6 +322,9 @@ impl<A: Agent + ?Sized> Agent for Arc<A> {
         ctx: &dyn TurnContext,
     ) -> Result<AgentReply, AgentError> {
         (**self).reply(history, ctx).await
+    }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
     }
     fn reset(&self) {
         (**self).reset()
@@ -249,6 +349,35 @@ impl<A: Agent + ?Sized> Agent for Box<A> {
     ) -> Result<AgentReply, AgentError> {
         (**self).reply(history, ctx).await
     }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
+    }
+    fn reset(&self) {
+        (**self).reset()
+    }
+}
+
+#[async_trait]
+impl<A: Agent + ?Sized> Agent for &A {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn description(&self) -> &str {
+        (**self).description()
+    }
+    fn max_consecutive_auto_reply(&self) -> Option<u32> {
+        (**self).max_consecutive_auto_reply()
+    }
+    async fn reply(
+        &self,
+        history: &[Message],
+        ctx: &dyn TurnContext,
+    ) -> Result<AgentReply, AgentError> {
+        (**self).reply(history, ctx).await
+    }
+    fn handoff_targets(&self) -> Vec<String> {
+        (**self).handoff_targets()
+    }
     fn reset(&self) {
         (**self).reset()
     }
@@ -263,6 +392,20 @@ pub trait InputSource: Send + Sync {
 
 #[async_trait]
 impl<I: InputSource + ?Sized> InputSource for Arc<I> {
+    async fn read(&self, prompt: &str) -> Result<String, AgentError> {
+        (**self).read(prompt).await
+    }
+}
+
+#[async_trait]
+impl<I: InputSource + ?Sized> InputSource for Box<I> {
+    async fn read(&self, prompt: &str) -> Result<String, AgentError> {
+        (**self).read(prompt).await
+    }
+}
+
+#[async_trait]
+impl<I: InputSource + ?Sized> InputSource for &I {
     async fn read(&self, prompt: &str) -> Result<String, AgentError> {
         (**self).read(prompt).await
     }

@@ -78,8 +78,32 @@ impl Price {
     fn nanos(&self, usage: Usage) -> u64 {
         let dollars = usage.prompt_tokens as f64 * self.input_per_million / 1e6
             + usage.completion_tokens as f64 * self.output_per_million / 1e6;
-        (dollars * NANOS_PER_DOLLAR).round().max(0.0) as u64
+        usd_to_nanos(dollars)
     }
+}
+
+/// Nanodollars as dollars. Costs are counted in integer nanodollars (so they add exactly) and
+/// shown in dollars; this and [`usd_to_nanos`] are the only conversions, used by budgets and by
+/// the runtime's usage reports alike.
+///
+/// ```
+/// use agent_core::budget::{nanos_to_usd, usd_to_nanos};
+///
+/// assert_eq!(usd_to_nanos(0.25), 250_000_000);
+/// assert_eq!(nanos_to_usd(250_000_000), 0.25);
+/// assert_eq!(usd_to_nanos(-1.0), 0);
+/// assert_eq!(usd_to_nanos(f64::NAN), 0);
+/// assert_eq!(usd_to_nanos(1e30), u64::MAX);
+/// ```
+pub fn nanos_to_usd(nanos: u64) -> f64 {
+    nanos as f64 / NANOS_PER_DOLLAR
+}
+
+/// Dollars as nanodollars, rounded to the nearest. Negative and NaN amounts are 0; amounts too
+/// large for a `u64` saturate. See [`nanos_to_usd`].
+pub fn usd_to_nanos(usd: f64) -> u64 {
+    // `as` saturates (and maps NaN to 0), which is the clamping wanted here.
+    (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64
 }
 
 /// Prices by model id ([`ChatModel::id`](crate::ChatModel::id)). Models not in the table cost 0.
@@ -119,7 +143,7 @@ impl PriceTable {
 
     /// Cost in dollars of `usage` on `model` (0 when the model is not listed).
     pub fn cost_usd(&self, model: &str, usage: Usage) -> f64 {
-        self.cost_nanos(model, usage) as f64 / NANOS_PER_DOLLAR
+        nanos_to_usd(self.cost_nanos(model, usage))
     }
 
     fn cost_nanos(&self, model: &str, usage: Usage) -> u64 {
@@ -130,6 +154,7 @@ impl PriceTable {
 /// The dimension a budget ran out in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BudgetDimension {
     /// Model calls.
     Calls,
@@ -145,8 +170,13 @@ pub enum BudgetDimension {
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[error("{}", describe(self))]
 pub struct BudgetExhausted {
-    /// Name of the budget node that refused (the chat's own, or an ancestor's).
+    /// Name of the budget node that refused (the chat's own, or an ancestor's). Names need not be
+    /// unique; compare [`budget_id`](Self::budget_id) to tell nodes apart.
     pub budget: String,
+    /// [`Budget::id`] of the node that refused. `0` when read from a serialized form that predates
+    /// the field (no budget has id 0).
+    #[serde(default)]
+    pub budget_id: u64,
     /// Which cap.
     pub dimension: BudgetDimension,
     /// What had been used (or reserved) when the charge was refused.
@@ -199,6 +229,7 @@ pub struct BudgetUsage {
 
 #[derive(Debug)]
 struct Node {
+    id: u64,
     name: Arc<str>,
     max_calls: u64,
     max_tokens: u64,
@@ -220,10 +251,19 @@ impl Node {
     }
 
     fn add(&self, charge: Charge) {
-        self.calls.fetch_add(charge.calls, Ordering::AcqRel);
-        self.tokens.fetch_add(charge.tokens, Ordering::AcqRel);
-        self.cost_nanos
-            .fetch_add(charge.cost_nanos, Ordering::AcqRel);
+        for (counter, amount) in [
+            (&self.calls, charge.calls),
+            (&self.tokens, charge.tokens),
+            (&self.cost_nanos, charge.cost_nanos),
+        ] {
+            if amount == 0 {
+                continue;
+            }
+            // Saturating: a restored usage can be arbitrarily large, and must never wrap to 0.
+            let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(amount))
+            });
+        }
     }
 
     fn sub(&self, charge: Charge) {
@@ -266,13 +306,11 @@ impl Node {
         let (used, limit) = match dimension {
             BudgetDimension::Calls => (current as f64, self.max_calls as f64),
             BudgetDimension::Tokens => (current as f64, self.max_tokens as f64),
-            BudgetDimension::Cost => (
-                current as f64 / NANOS_PER_DOLLAR,
-                self.max_cost_nanos as f64 / NANOS_PER_DOLLAR,
-            ),
+            BudgetDimension::Cost => (nanos_to_usd(current), nanos_to_usd(self.max_cost_nanos)),
         };
         BudgetExhausted {
             budget: self.name.to_string(),
+            budget_id: self.id,
             dimension,
             used,
             limit,
@@ -318,7 +356,7 @@ fn to_cap(limit: Option<u64>) -> u64 {
 
 fn cost_cap(limit: Option<f64>) -> u64 {
     match limit {
-        Some(usd) if usd.is_finite() => (usd.max(0.0) * NANOS_PER_DOLLAR).round() as u64,
+        Some(usd) if usd.is_finite() => usd_to_nanos(usd),
         _ => u64::MAX,
     }
 }
@@ -349,8 +387,11 @@ impl Budget {
         parent: Option<Arc<Node>>,
         prices: Arc<PriceTable>,
     ) -> Self {
+        // Ids start at 1 so that 0 can mean "unknown" in deserialized errors.
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Budget {
             node: Arc::new(Node {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 name,
                 max_calls: to_cap(limits.max_calls),
                 max_tokens: to_cap(limits.max_tokens),
@@ -375,9 +416,28 @@ impl Budget {
         )
     }
 
-    /// The node's name.
+    /// The node's name (not necessarily unique).
     pub fn name(&self) -> &str {
         &self.node.name
+    }
+
+    /// The node's identity: unique among the budgets of this process (clones share it), and what
+    /// [`BudgetExhausted::budget_id`] refers to. Compare ids, not names, to ask whether a refusal
+    /// came from a given node.
+    ///
+    /// ```
+    /// use agent_core::{Budget, BudgetLimits, Charge};
+    ///
+    /// let outer = Budget::new("research", BudgetLimits::calls(1));
+    /// let inner = outer.child("research", BudgetLimits::UNLIMITED);
+    /// assert_ne!(outer.id(), inner.id());
+    /// assert_eq!(inner.clone().id(), inner.id());
+    /// inner.try_reserve(Charge { calls: 1, ..Charge::default() }).unwrap().commit();
+    /// let err = inner.try_reserve(Charge { calls: 1, ..Charge::default() }).unwrap_err();
+    /// assert_eq!(err.budget_id, outer.id()); // same name, but the outer node refused
+    /// ```
+    pub fn id(&self) -> u64 {
+        self.node.id
     }
 
     /// The node's own caps.
@@ -386,8 +446,7 @@ impl Budget {
         BudgetLimits {
             max_calls: (n.max_calls != u64::MAX).then_some(n.max_calls),
             max_tokens: (n.max_tokens != u64::MAX).then_some(n.max_tokens),
-            max_cost_usd: (n.max_cost_nanos != u64::MAX)
-                .then_some(n.max_cost_nanos as f64 / NANOS_PER_DOLLAR),
+            max_cost_usd: (n.max_cost_nanos != u64::MAX).then_some(nanos_to_usd(n.max_cost_nanos)),
         }
     }
 
@@ -407,7 +466,47 @@ impl Budget {
         BudgetUsage {
             calls: n.calls.load(Ordering::Acquire),
             tokens: n.tokens.load(Ordering::Acquire),
-            cost_usd: n.cost_nanos.load(Ordering::Acquire) as f64 / NANOS_PER_DOLLAR,
+            cost_usd: nanos_to_usd(n.cost_nanos.load(Ordering::Acquire)),
+        }
+    }
+
+    /// Raises this node's usage to `usage` and charges the difference to every ancestor, ignoring
+    /// caps (usage that really happened is always recorded). This is how a chat restored from a
+    /// saved state keeps spending from what it had already spent before a restart.
+    ///
+    /// - Only what is missing is added, so restoring the same usage twice (or a usage the node
+    ///   has already reached) changes nothing, and usage is never lowered.
+    /// - The ancestors are those of **this** tree: a child restored under a fresh parent charges
+    ///   the parent too, keeping every parent's usage at least the sum of its children's. Restore
+    ///   each saved node once, at the node it was saved from; do not also restore the same usage
+    ///   into a parent, or the parent counts it twice.
+    /// - Call it before the budget is in use; concurrent charges are kept, but the raise is
+    ///   computed from the usage at the time of the call.
+    ///
+    /// ```
+    /// use agent_core::{Budget, BudgetLimits, BudgetUsage, Charge};
+    ///
+    /// let root = Budget::new("process", BudgetLimits::UNLIMITED);
+    /// let chat = root.child("chat", BudgetLimits::calls(5));
+    /// let saved = BudgetUsage { calls: 3, tokens: 120, cost_usd: 0.0 };
+    /// chat.restore_used(saved);
+    /// chat.restore_used(saved); // idempotent
+    /// assert_eq!(chat.used(), saved);
+    /// assert_eq!(root.used().calls, 3);
+    /// assert_eq!(chat.remaining_calls(), 2);
+    /// ```
+    pub fn restore_used(&self, usage: BudgetUsage) {
+        let n = &self.node;
+        let missing = Charge {
+            calls: usage.calls.saturating_sub(n.calls.load(Ordering::Acquire)),
+            tokens: usage
+                .tokens
+                .saturating_sub(n.tokens.load(Ordering::Acquire)),
+            cost_nanos: usd_to_nanos(usage.cost_usd)
+                .saturating_sub(n.cost_nanos.load(Ordering::Acquire)),
+        };
+        for node in self.node.chain() {
+            node.add(missing);
         }
     }
 

@@ -21,7 +21,9 @@ pub mod termination;
 pub mod testing;
 pub mod tool;
 
-pub use agent::{Agent, AgentError, AgentReply, CallError, CallKind, InputSource, TurnContext};
+pub use agent::{
+    Agent, AgentError, AgentReply, CallError, CallKind, InputSource, QuotaDimension, TurnContext,
+};
 pub use agents::{
     AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,
 };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Who produced a message, in the sense chat-completion APIs use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Role {
     /// Instructions for the model.
     System,
@@ -65,6 +66,7 @@ pub struct ToolResult {
 /// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Content {
     /// Plain text.
     Text {
@@ -113,18 +115,19 @@ impl Usage {
         }
     }
 
-    /// Prompt plus completion tokens.
+    /// Prompt plus completion tokens (saturating at `u64::MAX`).
     pub const fn total(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 }
 
+/// Saturating: usage comes from providers and saved states, and a sum must never wrap.
 impl std::ops::Add for Usage {
     type Output = Usage;
     fn add(self, rhs: Usage) -> Usage {
         Usage {
-            prompt_tokens: self.prompt_tokens + rhs.prompt_tokens,
-            completion_tokens: self.completion_tokens + rhs.completion_tokens,
+            prompt_tokens: self.prompt_tokens.saturating_add(rhs.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(rhs.completion_tokens),
         }
     }
 }
@@ -306,6 +309,25 @@ impl Message {
         }
     }
 
+    /// AG2's default `is_termination_msg`: a **text** message whose text is exactly `TERMINATE`
+    /// (case-sensitive, no surrounding whitespace). Stop and handoff messages never match: a stop
+    /// message ends a chat by itself, and a handoff is not a request to stop.
+    ///
+    /// The two-agent chat's default predicate and [`UserProxy`](crate::UserProxy)'s default
+    /// termination test are both this function.
+    ///
+    /// ```
+    /// use agent_core::Message;
+    ///
+    /// assert!(Message::assistant("a", "TERMINATE").is_terminate());
+    /// assert!(!Message::assistant("a", "TERMINATE.").is_terminate());
+    /// assert!(!Message::stop("a", "TERMINATE").is_terminate());
+    /// assert!(!Message::handoff("a", "b", "TERMINATE").is_terminate());
+    /// ```
+    pub fn is_terminate(&self) -> bool {
+        matches!(&self.content, Content::Text { text } if &**text == "TERMINATE")
+    }
+
     /// True for a plain text message.
     pub fn is_text(&self) -> bool {
         matches!(self.content, Content::Text { .. })
@@ -377,5 +399,15 @@ mod tests {
         assert_eq!(t.text(), None);
         assert_eq!(t.calls().len(), 1);
         assert_eq!(Usage::new(1, 2) + Usage::new(3, 4), Usage::new(4, 6));
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_overflowing() {
+        let big = Usage::new(u64::MAX, u64::MAX - 1);
+        assert_eq!(big.total(), u64::MAX);
+        assert_eq!(big + Usage::new(1, 5), Usage::new(u64::MAX, u64::MAX));
+        let mut sum = Usage::new(u64::MAX - 1, 0);
+        sum += Usage::new(3, 2);
+        assert_eq!(sum, Usage::new(u64::MAX, 2));
     }
 }

@@ -25,6 +25,12 @@ pub struct ToolSpec {
     pub parameters: Arc<serde_json::Value>,
 }
 
+/// Completion tokens reserved (in quota and budget) for a request that sets no
+/// [`ChatRequest::max_completion_tokens`]: the runtime scheduler's default
+/// (`Quota::default_max_completion_tokens`) and what [`TestContext`](crate::testing::TestContext)
+/// reserves, so both charge a budget alike.
+pub const DEFAULT_MAX_COMPLETION_TOKENS: u32 = 256;
+
 /// One request to a chat model.
 ///
 /// ```
@@ -103,9 +109,10 @@ impl ChatRequest {
     }
 }
 
-/// Why the model stopped generating.
+/// Why the model stopped generating. More reasons may be added: match with a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FinishReason {
     /// Natural end or a stop sequence.
     Stop,
@@ -123,18 +130,48 @@ pub enum FinishReason {
 ///
 /// Every field is optional: providers send different subsets, and some send none. These are hints
 /// for the scheduler, never the source of truth.
+///
+/// Fields may be added in minor releases (the struct is not `#[non_exhaustive]` so that it can be
+/// built with a literal): build one with `..RateLimitReading::default()`.
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_core::RateLimitReading;
+///
+/// // Azure OpenAI on a 120 RPM deployment: 20 requests per 10-second window.
+/// let azure = RateLimitReading {
+///     limit_requests: Some(20),
+///     requests_window: Some(Duration::from_secs(10)),
+///     ..RateLimitReading::default()
+/// };
+/// assert_eq!(azure.requests_per(Duration::from_secs(60)), Some(120));
+/// // OpenAI counts per minute: no window given.
+/// let openai = RateLimitReading { limit_requests: Some(5000), ..RateLimitReading::default() };
+/// assert_eq!(openai.requests_per(Duration::from_secs(60)), Some(5000));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RateLimitReading {
-    /// `x-ratelimit-limit-requests`.
+    /// `x-ratelimit-limit-requests`: requests allowed per [`requests_window`](Self::requests_window).
     pub limit_requests: Option<u64>,
-    /// `x-ratelimit-remaining-requests`.
+    /// `x-ratelimit-remaining-requests`, in the same window as `limit_requests`.
     pub remaining_requests: Option<u64>,
+    /// The window `limit_requests` and `remaining_requests` are counted over, when it is not the
+    /// provider's standard minute (`None`). Azure OpenAI reports a **10-second** request
+    /// allowance (20 on a 120 RPM deployment), so its provider sets `Some(10 s)`; a consumer
+    /// that wants a per-minute figure scales by `minute / window`
+    /// ([`requests_per`](Self::requests_per)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_window: Option<Duration>,
     /// `x-ratelimit-reset-requests`: time until the request bucket is full again.
     pub reset_requests: Option<Duration>,
-    /// `x-ratelimit-limit-tokens`.
+    /// `x-ratelimit-limit-tokens`: tokens allowed per [`tokens_window`](Self::tokens_window).
     pub limit_tokens: Option<u64>,
-    /// `x-ratelimit-remaining-tokens`.
+    /// `x-ratelimit-remaining-tokens`, in the same window as `limit_tokens`.
     pub remaining_tokens: Option<u64>,
+    /// The window `limit_tokens` and `remaining_tokens` are counted over, when it is not the
+    /// provider's standard minute (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_window: Option<Duration>,
     /// `x-ratelimit-reset-tokens`: time until the token bucket is full again.
     pub reset_tokens: Option<Duration>,
     /// `retry-after-ms`, else `retry-after`, else the "try again in" time of a 429 body.
@@ -142,13 +179,42 @@ pub struct RateLimitReading {
 }
 
 impl RateLimitReading {
+    /// The window limits are counted over when a reading names none.
+    pub const STANDARD_WINDOW: Duration = Duration::from_secs(60);
+
     /// True when the provider sent no reading at all.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// `limit_requests` rescaled to `period`: `limit × period / window` (window =
+    /// [`requests_window`](Self::requests_window), else a minute), rounded down, saturating.
+    pub fn requests_per(&self, period: Duration) -> Option<u64> {
+        rescale(self.limit_requests?, self.requests_window, period)
+    }
+
+    /// `limit_tokens` rescaled to `period`, as [`requests_per`](Self::requests_per) does.
+    pub fn tokens_per(&self, period: Duration) -> Option<u64> {
+        rescale(self.limit_tokens?, self.tokens_window, period)
+    }
+}
+
+fn rescale(limit: u64, window: Option<Duration>, period: Duration) -> Option<u64> {
+    let window = window
+        .unwrap_or(RateLimitReading::STANDARD_WINDOW)
+        .as_nanos();
+    if window == 0 {
+        return None;
+    }
+    let scaled = u128::from(limit).saturating_mul(period.as_nanos()) / window;
+    Some(u64::try_from(scaled).unwrap_or(u64::MAX))
 }
 
 /// One completed model call.
+///
+/// Fields may be added in minor releases (the struct is not `#[non_exhaustive]` so that models
+/// and tests can build one with a literal): prefer [`Completion::text`], or name every field you
+/// rely on and expect to add the new ones when upgrading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Completion {
     /// The model's message (text or tool calls). Its `usage` is set when the provider reported it.
@@ -174,9 +240,11 @@ impl Completion {
     }
 }
 
-/// Which limit a 429 was about.
+/// Which limit a 429 was about. More kinds may be added (e.g. a daily limit): match with a
+/// wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RateLimitKind {
     /// Requests per period.
     Requests,
@@ -302,6 +370,52 @@ impl ModelError {
     }
 }
 
+/// The vocabulary's enums that will grow are `#[non_exhaustive]`, so adding a variant is not a
+/// breaking change: a `match` outside `agent-core` needs a wildcard arm. Each block below is an
+/// exhaustive match without one and must fail to compile (E0004).
+///
+/// ```compile_fail,E0004
+/// fn f(r: agent_core::FinishReason) -> u8 {
+///     use agent_core::FinishReason::*;
+///     match r { Stop | Length | ToolCalls | ContentFilter | Other => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(k: agent_core::RateLimitKind) -> u8 {
+///     use agent_core::RateLimitKind::*;
+///     match k { Requests | Tokens | Unknown => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(d: agent_core::BudgetDimension) -> u8 {
+///     use agent_core::BudgetDimension::*;
+///     match d { Calls | Tokens | Cost => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(r: agent_core::Role) -> u8 {
+///     use agent_core::Role::*;
+///     match r { System | User | Assistant | Tool => 0 }
+/// }
+/// ```
+/// ```compile_fail,E0004
+/// fn f(c: &agent_core::Content) -> u8 {
+///     use agent_core::Content::*;
+///     match c {
+///         Text { .. } | ToolCalls { .. } | ToolResults { .. } | Handoff { .. } | Stop { .. } => 0,
+///     }
+/// }
+/// ```
+/// With the wildcard arm it compiles:
+/// ```
+/// fn f(r: agent_core::FinishReason) -> &'static str {
+///     match r { agent_core::FinishReason::Length => "cut", _ => "whole" }
+/// }
+/// assert_eq!(f(agent_core::FinishReason::Stop), "whole");
+/// ```
+#[cfg(doctest)]
+pub struct GrowingEnums;
+
 /// One piece of a streamed completion.
 // `Completed` is large but arrives once per stream; boxing it would only add an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -392,6 +506,35 @@ impl<M: ChatModel + ?Sized> ChatModel for Box<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn readings_rescale_limits_from_their_window() {
+        let azure = RateLimitReading {
+            limit_requests: Some(20),
+            requests_window: Some(Duration::from_secs(10)),
+            limit_tokens: Some(20_000),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(azure.requests_per(Duration::from_secs(60)), Some(120));
+        assert_eq!(azure.requests_per(Duration::from_secs(6)), Some(12));
+        // Tokens have no window of their own: a minute.
+        assert_eq!(azure.tokens_per(Duration::from_secs(60)), Some(20_000));
+        let absurd = RateLimitReading {
+            limit_tokens: Some(u64::MAX),
+            tokens_window: Some(Duration::ZERO),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(absurd.tokens_per(Duration::MAX), None);
+        let huge = RateLimitReading {
+            limit_tokens: Some(u64::MAX),
+            ..RateLimitReading::default()
+        };
+        assert_eq!(huge.tokens_per(Duration::MAX), Some(u64::MAX));
+        assert_eq!(
+            RateLimitReading::default().requests_per(Duration::MAX),
+            None
+        );
+    }
 
     #[test]
     fn retryability_follows_the_error_kind() {

@@ -17,7 +17,7 @@ pub mod provider;
 pub mod scheduler;
 
 pub use context::SchedulerContext;
-pub use scheduler::{CallObserver, ModelCall, QuotaScheduler};
+pub use scheduler::{CallInfo, CallObserver, ModelCall, QuotaScheduler};
 
 // The README's code blocks compile and run as doctests, so the front page stays true to the code.
 #[cfg(doctest)]

@@ -3,7 +3,9 @@
 
 mod support;
 
-use agent_core::{Budget, BudgetDimension, BudgetLimits, ScriptedModel, StopReason, ToolCall};
+use agent_core::{
+    Budget, BudgetDimension, BudgetLimits, ScriptedModel, StopReason, Termination, ToolCall,
+};
 use agent_runtime::chat::{
     ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SpeakerSelection, Task, Transitions,
 };
@@ -244,6 +246,35 @@ async fn a_task_can_meet_the_condition_before_any_turn() {
 }
 
 #[tokio::test]
+async fn a_condition_handed_over_terminated_stops_the_first_run_then_is_reset() {
+    // A built-in condition that already fired before the chat got it (checked by hand, or reused
+    // from another run): the one way a chat starts with a terminated condition, since the chat
+    // resets its condition at every stop, at reset() and at load_state().
+    let mut condition = agent_core::termination::MaxMessages::new(1);
+    assert!(
+        condition
+            .check(&[agent_core::Message::user("earlier")])
+            .is_some()
+    );
+    let mut chat = GroupChat::builder()
+        .participants([Echo::new("a")])
+        .termination(condition)
+        .max_turns(1)
+        .build()
+        .unwrap();
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(r.stop_reason, StopReason::AlreadyTerminated);
+    assert!(r.messages.is_empty(), "nothing appended, no agent asked");
+    // That stop reset the condition like any other, so the next run is a normal one.
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user"]);
+    assert!(matches!(
+        r.stop_reason,
+        StopReason::MaxMessages { max: 1, count: 1 }
+    ));
+}
+
+#[tokio::test]
 async fn running_with_a_terminated_condition_reports_already_terminated() {
     let mut chat = GroupChat::builder()
         .participants([Echo::new("a")])
@@ -264,7 +295,7 @@ async fn termination_predicate_checks_every_message() {
     let mut chat = GroupChat::builder()
         .participant(Scripted::new("a", &["working", "TERMINATE"]))
         .participant(Echo::new("b"))
-        .is_termination_msg(agent_runtime::chat::is_terminate)
+        .is_termination_msg(agent_core::Message::is_terminate)
         .build()
         .unwrap();
     let r = chat.run("go").await.unwrap();
@@ -451,12 +482,20 @@ fn builder_rejects_bad_configurations_with_clear_errors() {
         .allow_repeat(false)
         .build()
         .unwrap_err();
-    assert!(matches!(err, ChatConfigError::Incompatible(_)), "{err}");
+    assert!(
+        matches!(err, ChatConfigError::IncompatibleWithHandoffs { setting } if setting.contains("allow_repeat")),
+        "{err}"
+    );
     let err = GroupChat::builder()
         .participants([Echo::new("a"), Echo::new("b")])
         .speaker_selection(SpeakerSelection::Handoffs)
         .transitions(Transitions::allowed([("a", vec!["b"])]))
         .build()
         .unwrap_err();
-    assert!(matches!(err, ChatConfigError::Incompatible(_)), "{err}");
+    assert_eq!(
+        err,
+        ChatConfigError::IncompatibleWithHandoffs {
+            setting: ".transitions(..)"
+        }
+    );
 }

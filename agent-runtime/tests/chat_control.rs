@@ -301,11 +301,24 @@ fn loading_a_state_that_does_not_fit_is_rejected() {
     let mut state = chat.save_state();
     state.previous_speaker = Some("zed".into());
     let err = chat.load_state(state.clone()).unwrap_err();
-    assert!(matches!(err, ChatConfigError::State(_)));
+    assert_eq!(
+        err,
+        ChatConfigError::StateUnknownAgent {
+            field: "previous_speaker",
+            name: "zed".into(),
+            participants: vec!["a".into(), "b".into()],
+        }
+    );
     assert!(err.to_string().contains("'zed'"), "{err}");
     state.previous_speaker = None;
     state.version = 99;
-    assert!(chat.load_state(state).is_err());
+    assert_eq!(
+        chat.load_state(state).unwrap_err(),
+        ChatConfigError::StateVersion {
+            found: 99,
+            supported: ChatState::VERSION
+        }
+    );
 }
 
 #[tokio::test]
@@ -369,4 +382,81 @@ async fn cancel_while_a_turn_waits_in_the_quota_queue_refunds_it_and_frees_the_q
     let key = &scheduler.snapshot().keys["test/m"];
     assert_eq!(key.queued, 0);
     assert_eq!(key.in_flight, 0);
+}
+
+#[tokio::test]
+async fn a_loaded_state_with_impossible_counters_is_rejected_not_overflowed() {
+    let mut chat = GroupChat::builder()
+        .participants([Echo::new("a"), Echo::new("b")])
+        .max_turns(3)
+        .build()
+        .unwrap();
+    chat.run("go").await.unwrap();
+    let good = chat.save_state();
+
+    let mut state = good.clone();
+    state.turns = u32::MAX;
+    let err = chat.load_state(state).unwrap_err();
+    assert!(err.to_string().contains("turns"), "{err}");
+
+    let mut state = good.clone();
+    state.counted_messages = u64::MAX;
+    assert!(chat.load_state(state).is_err());
+
+    let mut state = good.clone();
+    state.consecutive_auto_replies.insert("a".into(), u32::MAX);
+    assert!(chat.load_state(state).is_err());
+
+    // The chat is unchanged by the rejected loads and still runs within its cap.
+    let r = chat.run("again").await.unwrap();
+    assert_eq!(r.stop_reason, StopReason::MaxTurns { max: 3 });
+}
+
+fn model_chat(model: &ScriptedModel, budget: Budget) -> GroupChatBuilder {
+    GroupChat::builder()
+        .participant(ModelAgent::new("a", model.clone()))
+        .participant(ModelAgent::new("b", model.clone()))
+        .conversation_id("conv-budget")
+        .budget(budget)
+}
+
+#[tokio::test]
+async fn a_restored_chat_keeps_spending_from_its_saved_budget() {
+    let model = ScriptedModel::new("test/m").with_responder(|_| {
+        Ok(agent_core::Completion::text(
+            "test/m",
+            "ok",
+            agent_core::Usage::new(3, 1),
+        ))
+    });
+    let mut first = model_chat(&model, Budget::new("run", BudgetLimits::calls(5)))
+        .max_turns(3)
+        .build()
+        .unwrap();
+    first.run("go").await.unwrap();
+    assert_eq!(first.budget().used().calls, 3);
+    let json = serde_json::to_string(&first.save_state()).unwrap();
+    drop(first);
+
+    // A "new process": a fresh budget with the same caps, under a fresh parent.
+    let root = Budget::new("process", BudgetLimits::UNLIMITED);
+    let budget = root.child("run", BudgetLimits::calls(5));
+    let state: ChatState = serde_json::from_str(&json).unwrap();
+    let mut second = model_chat(&model, budget.clone())
+        .max_turns(10)
+        .load_state(state)
+        .build()
+        .unwrap();
+    assert_eq!(budget.used().calls, 3);
+    assert_eq!(
+        root.used().calls,
+        3,
+        "restored usage counts into the new ancestors"
+    );
+    let r = second.run(Task::Resume).await.unwrap();
+    assert_eq!(r.model_calls(), 2, "only what is left of the 5 calls");
+    assert!(matches!(r.stop_reason, StopReason::BudgetExhausted(_)));
+    assert_eq!(model.request_count(), 5);
+    assert_eq!(budget.used().calls, 5);
+    assert_eq!(budget.used().tokens, 20);
 }

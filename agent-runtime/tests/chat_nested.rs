@@ -4,9 +4,10 @@ mod support;
 
 use std::time::Duration;
 
-use agent_core::{Agent, Budget, BudgetLimits, Message, ScriptedModel, StopReason};
+use agent_core::{Agent, AgentError, Budget, BudgetLimits, Message, ScriptedModel, StopReason};
 use agent_runtime::chat::{
-    ChatSpec, GroupChat, NestedChatAgent, SummaryMethod, Task, run_sequential,
+    ChatError, ChatErrorKind, ChatSpec, GroupChat, NestedChatAgent, SummaryMethod, Task,
+    run_sequential,
 };
 use support::{Echo, ModelAgent, Stuck, sources};
 
@@ -278,5 +279,55 @@ async fn a_failing_chat_in_a_sequence_keeps_the_earlier_results() {
     assert_eq!(
         err.error.transcript()[0].text(),
         Some("two\nContext: \na 1")
+    );
+}
+
+#[tokio::test]
+async fn an_outer_budget_named_like_the_nested_agent_still_stops_the_outer_chat() {
+    let model = counting_model();
+    // The outer budget has the nested agent's name: only identity tells the budgets apart.
+    let parent = Budget::new("research", BudgetLimits::calls(4));
+    let mut chat = GroupChat::builder()
+        .participant(researcher(&model, BudgetLimits::calls(3)))
+        .participant(Echo::new("writer"))
+        .budget(parent.clone())
+        .max_turns(10)
+        .build()
+        .unwrap();
+    let r = chat.run("queues").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "research", "writer"]);
+    match &r.stop_reason {
+        StopReason::BudgetExhausted(e) => {
+            assert_eq!(e.budget, "research");
+            assert_eq!(e.limit, 4.0);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(parent.used().calls, 4);
+}
+
+#[tokio::test]
+async fn a_failed_inner_chat_keeps_its_typed_error_as_the_source() {
+    let nested = NestedChatAgent::new("research", |_h: &[Message]| {
+        (
+            GroupChat::builder().participant(support::Failing("searcher")),
+            Task::from("look it up"),
+        )
+    });
+    let mut chat = GroupChat::builder().participant(nested).build().unwrap();
+    let err = chat.run("go").await.unwrap_err();
+    let ChatErrorKind::Agent { agent, source } = err.kind() else {
+        panic!("unexpected {err:?}");
+    };
+    assert_eq!(agent, "research");
+    assert!(matches!(source, AgentError::Failed { .. }), "{source:?}");
+    let inner = std::error::Error::source(source)
+        .and_then(|e| e.downcast_ref::<ChatError>())
+        .expect("the inner ChatError is the source");
+    assert!(matches!(inner.kind(), ChatErrorKind::Agent { agent, .. } if agent == "searcher"));
+    assert_eq!(inner.transcript().len(), 1, "the inner transcript survives");
+    assert!(
+        source.to_string().contains("tool server unreachable"),
+        "{source}"
     );
 }

@@ -3,9 +3,12 @@
 
 mod support;
 
-use agent_core::{Message, ScriptedModel, StopReason};
+use std::sync::Arc;
+
+use agent_core::{LlmAgent, Message, ScriptedModel, StopReason};
 use agent_runtime::chat::{
-    ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerSelection, Task, Transitions,
+    ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerSelection, Task,
+    Transitions,
 };
 use support::{Echo, HandOff, ScriptInput, sources};
 
@@ -361,4 +364,31 @@ async fn manual_selection_input_failure_is_an_error() {
     let err = chat.run("go").await.unwrap_err();
     assert!(matches!(err.kind(), ChatErrorKind::Input(_)), "{err}");
     assert_eq!(sources(err.transcript()), ["user"]);
+}
+
+#[test]
+fn a_handoff_to_a_non_participant_is_rejected_at_build() {
+    let model = Arc::new(ScriptedModel::new("test/m"));
+    let triage = LlmAgent::builder("triage", model.clone())
+        .handoff("billing", "Billing questions.")
+        .handoff("refunds", "Refunds.")
+        .build()
+        .unwrap();
+    let billing = LlmAgent::builder("billing", model).build().unwrap();
+    let err = GroupChat::builder()
+        .participant(triage)
+        .participant(billing)
+        .speaker_selection(SpeakerSelection::Handoffs)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ChatConfigError::UnknownHandoffTarget {
+            agent: "triage".into(),
+            target: "refunds".into(),
+            participants: vec!["triage".into(), "billing".into()],
+        }
+    );
+    let text = err.to_string();
+    assert!(text.contains("'triage'") && text.contains("'refunds'") && text.contains("billing"));
 }

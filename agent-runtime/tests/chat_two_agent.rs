@@ -2,9 +2,10 @@
 
 mod support;
 
-use agent_core::{Role, StopReason};
+use agent_core::agents::{HumanInputMode, ScriptedInput};
+use agent_core::{Content, Role, ScriptedModel, StopReason, UserProxy};
 use agent_runtime::chat::GroupChat;
-use support::{Echo, Scripted, sources};
+use support::{Echo, ModelAgent, Scripted, sources};
 
 #[tokio::test]
 async fn max_turns_n_allows_2n_messages() {
@@ -107,4 +108,60 @@ async fn auto_reply_caps_apply_to_both_agents() {
             max: 2
         }
     );
+}
+
+fn counting_model() -> ScriptedModel {
+    ScriptedModel::new("test/m").with_responder(|req| {
+        Ok(agent_core::Completion::text(
+            "test/m",
+            format!("answer {}", req.messages.len()),
+            agent_core::Usage::new(10, 2),
+        ))
+    })
+}
+
+#[tokio::test]
+async fn a_human_typing_exit_stops_the_chat_without_another_model_call() {
+    let model = counting_model();
+    let human = UserProxy::builder("human")
+        .human_input_mode(HumanInputMode::Always)
+        .input(ScriptedInput::new(["exit"]))
+        .build()
+        .unwrap();
+    let mut chat = GroupChat::two_agent(human, ModelAgent::new("assistant", model.clone()))
+        .max_turns(5)
+        .build()
+        .unwrap();
+    let r = chat.run("help me").await.unwrap();
+    assert_eq!(sources(&r.messages), ["human", "assistant", "human"]);
+    assert!(matches!(r.messages[2].content, Content::Stop { .. }));
+    assert_eq!(model.request_count(), 1);
+    assert_eq!(r.model_calls(), 1);
+    assert_eq!(
+        r.stop_reason,
+        StopReason::StopRequested {
+            source: "human".into(),
+            text: "exit".into()
+        }
+    );
+    assert_eq!(r.stop_reason.to_string(), "'human' asked to stop: exit");
+}
+
+#[tokio::test]
+async fn every_run_of_a_two_agent_chat_starts_with_the_recipient() {
+    let mut chat = GroupChat::two_agent(Echo::new("student"), Echo::new("teacher"))
+        .max_turns(2)
+        .build()
+        .unwrap();
+    let first = chat.run("first question").await.unwrap();
+    assert_eq!(
+        sources(&first.messages),
+        ["student", "teacher", "student", "teacher"]
+    );
+    let second = chat.run("second question").await.unwrap();
+    assert_eq!(
+        sources(&second.messages),
+        ["student", "teacher", "student", "teacher"]
+    );
+    assert_eq!(second.messages[0].text(), Some("second question"));
 }

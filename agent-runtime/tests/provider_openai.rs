@@ -589,5 +589,142 @@ async fn azure_requests_reach_the_mock_deployment_route() {
         .unwrap();
     assert_eq!(azure.id(), "azure/gpt-4o-mini");
     let done = azure.complete(hi()).await.unwrap();
-    assert_eq!(done.rate_limits.unwrap().remaining_requests, Some(9));
+    let reading = done.rate_limits.unwrap();
+    assert_eq!(reading.remaining_requests, Some(9));
+    // Azure counts `x-ratelimit-limit-requests` per 10 s, not per minute.
+    assert_eq!(reading.requests_window, Some(Duration::from_secs(10)));
+    assert_eq!(reading.tokens_window, None);
+    assert_eq!(reading.requests_per(Duration::from_secs(60)), Some(60));
+
+    // The same headers from an OpenAI-style endpoint are per minute.
+    let openai = OpenAiProvider::builder()
+        .base_url(server.base_url())
+        .model("gpt-4o-mini")
+        .build()
+        .unwrap();
+    let reading = openai.complete(hi()).await.unwrap().rate_limits.unwrap();
+    assert_eq!(reading.limit_requests, Some(10));
+    assert_eq!(reading.requests_window, None);
+    assert_eq!(reading.requests_per(Duration::from_secs(60)), Some(10));
+}
+
+#[tokio::test]
+async fn an_azure_429_carries_the_ten_second_window() {
+    let (_, server) = MockServer::start(SimConfig::default().with_rpm(1))
+        .await
+        .unwrap();
+    let azure = OpenAiProvider::builder()
+        .base_url(format!("http://{}", server.addr()))
+        .azure("gpt-4o-mini", "2024-10-21")
+        .api_key(KEY)
+        .build()
+        .unwrap();
+    azure.complete(hi()).await.unwrap();
+    match azure.complete(hi()).await.unwrap_err() {
+        ModelError::RateLimited {
+            reading: Some(reading),
+            ..
+        } => assert_eq!(reading.requests_window, Some(Duration::from_secs(10))),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Credentials a proxy URL may carry: userinfo and query-string keys.
+const URL_PASSWORD: &str = "hunter2-PASS";
+const URL_QUERY_KEY: &str = "QKEY-0123456789";
+const URL_AZURE_KEY: &str = "AKEY-0123456789";
+
+fn assert_no_url_secret(shown: &str) {
+    for secret in [URL_PASSWORD, URL_QUERY_KEY, URL_AZURE_KEY] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_in_the_base_url_never_show() {
+    let with_secrets = |base: &str| {
+        format!("{base}?key={URL_QUERY_KEY}&api-key={URL_AZURE_KEY}").replacen(
+            "://",
+            &format!("://proxyuser:{URL_PASSWORD}@"),
+            1,
+        )
+    };
+
+    // Every configuration error that names the URL.
+    let errors = [
+        OpenAiProvider::builder()
+            .base_url(with_secrets("https://api.openai.com/v1"))
+            .model("m")
+            .build()
+            .unwrap_err(),
+        OpenAiProvider::builder()
+            .base_url(with_secrets("ftp://proxy.local/v1"))
+            .model("m")
+            .build()
+            .unwrap_err(),
+        OpenAiProvider::builder()
+            .base_url(with_secrets("http://[not-an-ip/v1"))
+            .model("m")
+            .build()
+            .unwrap_err(),
+        OpenAiProvider::builder()
+            .base_url(with_secrets("https://res.openai.azure.com"))
+            .api_key(KEY)
+            .build()
+            .unwrap_err(),
+    ];
+    for err in &errors {
+        let shown = format!("{err} {err:?}");
+        assert_no_url_secret(&shown);
+        assert!(shown.contains("***"), "the redaction is visible: {shown}");
+    }
+
+    // Requests still carry the credentials; only what is shown drops them.
+    let (addr, seen) = recording().await;
+    let provider = OpenAiProvider::builder()
+        .base_url(with_secrets(&format!("http://{addr}/v1")))
+        .model("m")
+        .build()
+        .unwrap();
+    assert_no_url_secret(&format!("{provider:?} {}", provider.base_url()));
+    assert_eq!(
+        provider.base_url(),
+        format!("http://{addr}/v1?key=***&api-key=***")
+    );
+    provider.complete(hi()).await.unwrap();
+    let sent = seen.lock().unwrap()[0].clone();
+    assert_eq!(sent.uri.path(), "/v1/chat/completions");
+    assert_eq!(
+        sent.uri.query(),
+        Some(format!("key={URL_QUERY_KEY}&api-key={URL_AZURE_KEY}").as_str())
+    );
+    assert!(
+        sent.headers["authorization"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+
+    // A transport failure: reqwest's error embeds the URL it failed on.
+    let closed = {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let provider = OpenAiProvider::builder()
+        .base_url(with_secrets(&format!("http://{closed}/v1")))
+        .model("m")
+        .build()
+        .unwrap();
+    for err in [
+        provider.complete(hi()).await.unwrap_err(),
+        provider.stream(hi()).await.err().unwrap(),
+    ] {
+        assert!(matches!(err, ModelError::Transient { .. }), "{err:?}");
+        let shown = format!("{err} {err:?}");
+        assert_no_url_secret(&shown);
+        assert!(
+            shown.contains(&closed.to_string()),
+            "still names the endpoint: {shown}"
+        );
+    }
 }

@@ -729,3 +729,43 @@ async fn one_round_trip_per_admission_and_per_settle() {
     assert_eq!(state.metrics().commands - before, 20);
     assert_eq!(state.metrics().redis_errors, 0);
 }
+
+/// Review item 9: settle and observe read a missing bucket as full even with `start_empty`, so a
+/// settle or a remaining-quota reading on an expired key refilled it.
+#[tokio::test]
+async fn settle_and_observe_read_a_missing_bucket_as_empty_with_start_empty() {
+    let Some(url) = redis_url() else { return };
+    let state = connect(&url, &unique_prefix("empty-settle")).await;
+    let limits = Quota::per_minute().tokens(6_000).start_empty(true).limits();
+    let reading = RateLimitReading {
+        remaining_tokens: Some(3_000),
+        ..RateLimitReading::default()
+    };
+    state.observe("o", &limits, &reading).await.unwrap();
+    let level = balance(
+        &state.snapshot("o", &limits).await.unwrap(),
+        Dimension::Tokens,
+    );
+    assert!(
+        level < 100.0,
+        "observe must not fill an empty bucket: {level}"
+    );
+
+    // An extra charge settled on a missing (expired) bucket leaves it in debt, not at cap − 50.
+    let lease = Lease {
+        id: 1,
+        cost: cost(1, 100),
+    };
+    state
+        .settle("s", &limits, lease, settled(150, false))
+        .await
+        .unwrap();
+    let level = balance(
+        &state.snapshot("s", &limits).await.unwrap(),
+        Dimension::Tokens,
+    );
+    assert!(
+        level < 100.0,
+        "settle must not fill an empty bucket: {level}"
+    );
+}

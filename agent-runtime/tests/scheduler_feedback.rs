@@ -290,14 +290,16 @@ async fn a_key_that_knows_no_limit_probes_with_one_call_before_the_rest_go_out()
         r.unwrap();
     }
     let seen = model.seen();
-    // The probe went alone; its answer taught 3 a minute with 2 left (as of its admission, plus
-    // the 1 s refilled while it ran), so two more went at once when it returned, and the fourth
-    // waited for the rest of a request to refill: a request takes 20 s at 3/min.
+    // The probe went alone; its answer taught 3 a minute with 2 left, so two more went at once
+    // when it returned (t = 1 s). Their answers (t = 2 s) report 0 left, taken as of arrival with
+    // no credit for the latency (docs/quota.md, "tightening"), so the fourth waits a whole
+    // request's refill from there: 20 s at 3/min, one response latency later than the provider
+    // strictly needed.
     assert_eq!(seen[0].at - t0, Duration::ZERO);
     assert_eq!(seen[0].concurrent, 1);
     assert_eq!(seen[1].at - t0, Duration::from_secs(1));
     assert_eq!(seen[2].at - t0, Duration::from_secs(1));
-    assert_eq!(seen[3].at - t0, Duration::from_secs(20));
+    assert_eq!(seen[3].at - t0, Duration::from_secs(22));
     let k = &s.snapshot().keys["m"];
     assert_eq!(k.rate_limited.total(), 0);
     assert_eq!(k.limits.requests.map(|r| r.limit), Some(3));

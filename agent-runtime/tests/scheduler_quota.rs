@@ -139,7 +139,7 @@ async fn a_call_larger_than_the_bucket_fails_at_once_and_costs_nothing() {
     };
     assert_eq!(
         (key.as_str(), *dimension, *needed, *capacity),
-        ("m", "tokens", 150, 100)
+        ("m", agent_core::QuotaDimension::Tokens, 150, 100)
     );
     assert!(err.to_string().contains("can never be admitted"), "{err}");
     assert_eq!(model.count(), 0);

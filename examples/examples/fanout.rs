@@ -15,6 +15,10 @@
 //! # A real endpoint (key from OPENAI_API_KEY; optional for local servers):
 //! OPENAI_API_KEY=sk-... cargo run --example fanout -- --conversations 10 --rpm 500 --tpm 200000
 //! cargo run --example fanout -- --base-url http://localhost:11434/v1 --model llama3.2 --concurrency 4
+//!
+//! # Several processes drawing from one quota kept in Redis (start them together):
+//! cargo run --release --example fanout -- --base-url http://127.0.0.1:8089/v1 --rpm 600 \
+//!     --period-seconds 6 --redis-url redis://127.0.0.1:6379
 //! ```
 
 use std::io::IsTerminal;
@@ -27,6 +31,7 @@ use agent_runtime::QuotaScheduler;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use agent_runtime::scheduler::Quota;
+use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -69,6 +74,10 @@ struct Args {
     /// Include every conversation (start/finish times, calls, waits) in the JSON.
     #[arg(long)]
     per_conversation: bool,
+    /// Keep the quota's buckets in Redis, shared with every process that uses the same URL and
+    /// model (counters in the report stay this process's own).
+    #[arg(long)]
+    redis_url: Option<String>,
 }
 
 #[tokio::main]
@@ -129,7 +138,13 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if let Some(n) = tpm {
         quota = quota.tokens(n);
     }
-    let scheduler = QuotaScheduler::builder().quota(&key, quota).build()?;
+    let mut scheduler = QuotaScheduler::builder().quota(&key, quota);
+    if let Some(url) = &args.redis_url {
+        let redis = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
+        eprintln!("fanout: quota shared through Redis at {}", redis.endpoint());
+        scheduler = scheduler.state(Arc::new(redis));
+    }
+    let scheduler = scheduler.build()?;
 
     let mut config = FanoutConfig::default()
         .with_conversations(args.conversations)

@@ -404,6 +404,10 @@ impl Agent for LlmAgent {
         self.max_consecutive_auto_reply
     }
 
+    fn handoff_targets(&self) -> Vec<String> {
+        self.handoffs.iter().map(|h| h.target.to_string()).collect()
+    }
+
     async fn reply(
         &self,
         history: &[Message],

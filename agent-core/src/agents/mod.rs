@@ -73,3 +73,65 @@ fn check_name(name: &str) -> Result<(), AgentConfigError> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod forwarding_tests {
+    //! Every trait an agent is built from works through `&T`, `Box<T>` and `Arc<T>`.
+    use std::sync::Arc;
+
+    use crate::history::{HistoryPolicy, Unbounded};
+    use crate::testing::TestContext;
+    use crate::tool::{Tool, TypedTool};
+    use crate::{Agent, InputSource, Message};
+
+    use super::{FunctionAgent, ScriptedInput};
+
+    async fn name_and_reply(agent: impl Agent) -> (String, Option<String>) {
+        let reply = agent
+            .reply(&[Message::user("hi")], &TestContext::new())
+            .await
+            .unwrap();
+        let text = reply.last().and_then(|m| m.text()).map(str::to_owned);
+        (agent.name().to_owned(), text)
+    }
+
+    // Generic helpers, so the wrapper's own impl is the one called (a method call on `&x` would
+    // auto-deref to `x`'s impl).
+    async fn read(input: impl InputSource) -> String {
+        input.read("?").await.unwrap()
+    }
+
+    async fn view(policy: impl HistoryPolicy, history: &[Message]) -> Vec<Message> {
+        policy.view(history, &TestContext::new()).await.unwrap()
+    }
+
+    async fn spec_and_call(tool: impl Tool) -> (String, String) {
+        let result = tool.call("[2, 3]").await.unwrap();
+        (tool.spec().name.to_string(), result)
+    }
+
+    #[tokio::test]
+    async fn agents_input_history_and_tools_forward_through_references_and_boxes() {
+        let echo = FunctionAgent::new("echo", |h: &[Message]| {
+            h.last().and_then(|m| m.text()).unwrap_or("").to_uppercase()
+        });
+        let expected = ("echo".to_owned(), Some("HI".to_owned()));
+        assert_eq!(name_and_reply(&echo).await, expected);
+        assert_eq!(name_and_reply(Box::new(&echo)).await, expected);
+        assert_eq!(name_and_reply(Arc::new(&echo)).await, expected);
+
+        let input = ScriptedInput::new(["one", "two"]);
+        assert_eq!(read(&input).await, "one");
+        let boxed: Box<dyn InputSource> = Box::new(&input);
+        assert_eq!(read(boxed).await, "two");
+
+        let history = [Message::user("a"), Message::user("b")];
+        assert_eq!(view(&Unbounded, &history).await, history);
+
+        let add = TypedTool::new("add", "Adds.", |a: (i64, i64)| async move {
+            Ok::<_, String>(a.0 + a.1)
+        });
+        let expected = ("add".to_owned(), "5".to_owned());
+        assert_eq!(spec_and_call(&add).await, expected);
+    }
+}

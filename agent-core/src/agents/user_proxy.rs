@@ -52,7 +52,8 @@ type TerminationPredicate = dyn Fn(&Message) -> bool + Send + Sync;
 /// [`ToolRegistry`] (a tool it does not have is an error result the model can read, as in AG2)
 /// and reply with the results; otherwise reply with the default auto-reply text (AG2's default:
 /// empty). Input is trimmed; `exit` must match exactly. A stop is a [`Content::Stop`] message with
-/// text `exit`. A reply the human typed (or a stop they chose) has `from_human: true`, which
+/// text `exit`; every chat ends on it with
+/// [`StopReason::StopRequested`](crate::StopReason::StopRequested). A reply the human typed (or a stop they chose) has `from_human: true`, which
 /// resets the runtime's `max_consecutive_auto_reply` count.
 ///
 /// Differences from AG2: the runtime, not the proxy, enforces `max_consecutive_auto_reply`, so
@@ -135,11 +136,6 @@ impl fmt::Debug for UserProxyBuilder {
     }
 }
 
-/// AG2's default `is_termination_msg`: the text is exactly `TERMINATE`.
-fn is_terminate(m: &Message) -> bool {
-    m.text() == Some("TERMINATE")
-}
-
 impl UserProxy {
     /// Starts configuring a proxy called `name` (mode [`HumanInputMode::Always`] as in AG2).
     pub fn builder(name: impl Into<Arc<str>>) -> UserProxyBuilder {
@@ -150,7 +146,7 @@ impl UserProxy {
             input: None,
             default_auto_reply: Arc::from(""),
             tools: ToolRegistry::new(),
-            is_termination_msg: Arc::new(is_terminate),
+            is_termination_msg: Arc::new(Message::is_terminate),
             max_consecutive_auto_reply: None,
         }
     }
@@ -186,7 +182,8 @@ impl UserProxyBuilder {
         self
     }
 
-    /// Decides whether a message is a termination message (default: text exactly `TERMINATE`).
+    /// Decides whether a message is a termination message (default:
+    /// [`Message::is_terminate`], a text message that is exactly `TERMINATE`).
     pub fn is_termination_msg(
         mut self,
         predicate: impl Fn(&Message) -> bool + Send + Sync + 'static,
@@ -411,6 +408,29 @@ mod tests {
         p.reply(&[Message::user("task"), last], &TestContext::new())
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_a_text_terminate_is_a_termination_message() {
+        let input = Arc::new(ScriptedInput::new(Vec::<String>::new()));
+        let p = UserProxy::builder("human")
+            .human_input_mode(HumanInputMode::Never)
+            .input(input)
+            .default_auto_reply("go on")
+            .build()
+            .unwrap();
+        assert!(is_stop(
+            &turn(&p, Message::assistant("bot", "TERMINATE")).await
+        ));
+        // The same text in a handoff or a stop message is not AG2's termination message.
+        for last in [
+            Message::handoff("bot", "human", "TERMINATE"),
+            Message::stop("bot", "TERMINATE"),
+        ] {
+            let r = turn(&p, last).await;
+            assert!(!is_stop(&r));
+            assert_eq!(r.last().unwrap().text(), Some("go on"));
+        }
     }
 
     #[tokio::test]

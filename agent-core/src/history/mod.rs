@@ -74,6 +74,17 @@ impl<P: HistoryPolicy + ?Sized> HistoryPolicy for Box<P> {
     }
 }
 
+#[async_trait]
+impl<P: HistoryPolicy + ?Sized> HistoryPolicy for &P {
+    async fn view(
+        &self,
+        history: &[Message],
+        ctx: &dyn TurnContext,
+    ) -> Result<Vec<Message>, CallError> {
+        (**self).view(history, ctx).await
+    }
+}
+
 /// Sends the whole history (less any orphaned tool traffic, as every policy does).
 ///
 /// ```

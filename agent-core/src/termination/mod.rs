@@ -146,13 +146,26 @@ pub enum StopReason {
         /// The last speaker.
         after: String,
     },
-    /// An agent replied with nothing (or a human ended the chat).
+    /// An agent replied with no messages.
     EmptyReply {
         /// The agent.
         agent: String,
     },
-    /// The chat was run while its termination condition was still terminated.
+    /// A run started while its termination condition was already terminated, so the chat stopped
+    /// before appending the task (AutoGen's "The group chat has already terminated."). A chat
+    /// resets its condition at every stop, at `reset()` and when loading a state, so this happens
+    /// only when the condition was handed to the chat already fired, or is a custom condition whose
+    /// `is_terminated` reads state outside the chat. That stop resets it like any other.
     AlreadyTerminated,
+    /// A reply ended with a stop message ([`Content::Stop`](crate::Content::Stop)), such as a
+    /// human typing `exit` to a [`UserProxy`](crate::UserProxy). Every chat stops on one, with no
+    /// condition needed (AG2 ends the conversation there too).
+    StopRequested {
+        /// The agent whose reply ended with the stop message.
+        source: String,
+        /// The stop message's text (`exit` for a human).
+        text: String,
+    },
     /// The chat was cancelled.
     Cancelled,
     /// Several conditions fired together (AND accumulation, or several OR children).
@@ -225,6 +238,9 @@ impl fmt::Display for StopReason {
             }
             StopReason::EmptyReply { agent } => write!(f, "'{agent}' had nothing to say"),
             StopReason::AlreadyTerminated => f.write_str("The group chat has already terminated."),
+            StopReason::StopRequested { source, text } => {
+                write!(f, "'{source}' asked to stop: {text}")
+            }
             StopReason::Cancelled => f.write_str("Cancelled"),
             StopReason::Combined(reasons) => {
                 for (i, r) in reasons.iter().enumerate() {
@@ -279,5 +295,46 @@ impl<T: Termination + ?Sized> Termination for Box<T> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+}
+
+/// A borrowed condition: check it through a `&mut` and keep the condition itself. (`check` and
+/// `reset` need `&mut self`, so there is no forwarding impl for `Arc` or `&T`.)
+impl<T: Termination + ?Sized> Termination for &mut T {
+    fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
+        (**self).check(delta)
+    }
+    fn is_terminated(&self) -> bool {
+        (**self).is_terminated()
+    }
+    fn reset(&mut self) {
+        (**self).reset()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_twice(mut condition: impl Termination) -> Option<StopReason> {
+        condition.check(&[Message::user("a")]);
+        condition.check(&[Message::user("b")])
+    }
+
+    #[test]
+    fn a_borrowed_condition_keeps_its_state_in_the_owner() {
+        let mut owned = MaxMessages::new(2);
+        assert_eq!(
+            check_twice(&mut owned),
+            Some(StopReason::MaxMessages { max: 2, count: 2 })
+        );
+        assert!(owned.is_terminated());
+        fn reset(mut condition: impl Termination) {
+            condition.reset();
+        }
+        reset(&mut owned);
+        assert!(!owned.is_terminated());
+        let boxed: Box<dyn Termination> = Box::new(MaxMessages::new(3));
+        assert_eq!(check_twice(boxed), None);
     }
 }

@@ -82,3 +82,13 @@ impl<T: Tool + ?Sized> Tool for Box<T> {
         (**self).call(arguments).await
     }
 }
+
+#[async_trait]
+impl<T: Tool + ?Sized> Tool for &T {
+    fn spec(&self) -> ToolSpec {
+        (**self).spec()
+    }
+    async fn call(&self, arguments: &str) -> Result<String, ToolError> {
+        (**self).call(arguments).await
+    }
+}

@@ -10,11 +10,6 @@ use agent_core::{Content, Message, StopReason};
 /// `is_termination_msg`).
 pub type TerminationPredicate = Arc<dyn Fn(&Message) -> bool + Send + Sync>;
 
-/// AG2's default `is_termination_msg`: the message's text is exactly `TERMINATE`.
-pub fn is_terminate(message: &Message) -> bool {
-    matches!(&message.content, Content::Text { text } if &**text == "TERMINATE")
-}
-
 /// The turn cap: how many agent replies stop the chat, and the number the stop reason reports
 /// (a two-agent chat counts exchanges, AG2-style: `max_turns = N` allows `2N − 1` replies after
 /// the initiator's opening message).
@@ -73,7 +68,10 @@ impl Caps {
         delta: &[Message],
         condition: Option<StopReason>,
     ) -> Option<StopReason> {
-        counters.messages += delta.iter().filter(|m| counts_as_message(m)).count() as u64;
+        let counted = delta.iter().filter(|m| counts_as_message(m)).count();
+        counters.messages = counters
+            .messages
+            .saturating_add(u64::try_from(counted).unwrap_or(u64::MAX));
         let by_predicate = self.predicate.as_ref().and_then(|p| {
             delta
                 .iter()
@@ -84,8 +82,8 @@ impl Caps {
         });
         let by_count = self.max_messages.and_then(|max| {
             (counters.messages >= max).then_some(StopReason::MaxMessages {
-                max: max as usize,
-                count: counters.messages as usize,
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+                count: usize::try_from(counters.messages).unwrap_or(usize::MAX),
             })
         });
         if condition.is_none() && by_predicate.is_none() && by_count.is_none() {
@@ -113,11 +111,12 @@ impl Caps {
         speaker: usize,
         from_human: bool,
     ) -> Option<StopReason> {
-        counters.turns += 1;
+        // Saturating: counters can come from a saved state, and must never wrap past a cap.
+        counters.turns = counters.turns.saturating_add(1);
         if from_human {
             counters.consecutive.iter_mut().for_each(|c| *c = 0);
         } else if let Some(c) = counters.consecutive.get_mut(speaker) {
-            *c += 1;
+            *c = c.saturating_add(1);
         }
         let cap = self.max_turns?;
         (counters.turns >= cap.replies).then_some(StopReason::MaxTurns { max: cap.reported })
@@ -152,7 +151,7 @@ mod tests {
     fn simultaneous_hits_combine() {
         let caps = Caps {
             max_messages: Some(1),
-            predicate: Some(Arc::new(is_terminate)),
+            predicate: Some(Arc::new(Message::is_terminate)),
             ..Caps::default()
         };
         let mut counters = Counters::default();
@@ -195,9 +194,30 @@ mod tests {
     }
 
     #[test]
-    fn default_predicate_is_exact() {
-        assert!(is_terminate(&Message::assistant("a", "TERMINATE")));
-        assert!(!is_terminate(&Message::assistant("a", "TERMINATE.")));
-        assert!(!is_terminate(&Message::assistant("a", "terminate")));
+    fn counters_saturate_instead_of_wrapping_past_a_cap() {
+        let caps = Caps {
+            max_turns: Some(TurnCap {
+                replies: 3,
+                reported: 3,
+            }),
+            max_messages: Some(5),
+            auto_reply: vec![Some(2)],
+            ..Caps::default()
+        };
+        let mut counters = Counters {
+            turns: u32::MAX,
+            messages: u64::MAX,
+            consecutive: vec![u32::MAX],
+        };
+        assert_eq!(
+            caps.record_reply(&mut counters, 0, false),
+            Some(StopReason::MaxTurns { max: 3 })
+        );
+        assert_eq!(counters.turns, u32::MAX);
+        assert_eq!(counters.consecutive, vec![u32::MAX]);
+        assert_eq!(caps.auto_reply_reached(&counters, 0), Some(2));
+        let stop = caps.check_delta(&mut counters, &[Message::assistant("a", "x")], None);
+        assert!(matches!(stop, Some(StopReason::MaxMessages { max: 5, .. })));
+        assert_eq!(counters.messages, u64::MAX);
     }
 }

@@ -39,18 +39,71 @@ pub enum ChatConfigError {
         /// The participants' names.
         participants: Vec<String>,
     },
+    /// With handoff selection, an agent can hand off to someone who is not a participant
+    /// ([`Agent::handoff_targets`](agent_core::Agent::handoff_targets)).
+    #[error(
+        "agent '{agent}' can hand off to '{target}', which is not a participant (participants: {participants:?}); add '{target}' to the chat or remove the handoff"
+    )]
+    UnknownHandoffTarget {
+        /// The agent with the handoff.
+        agent: String,
+        /// The target that is not a participant.
+        target: String,
+        /// The participants' names.
+        participants: Vec<String>,
+    },
     /// A cap or attempt count was zero, which would stop (or never select) before anything happens.
     #[error("{what} must be at least 1; leave it unset for no cap")]
     Zero {
         /// The setting.
         what: &'static str,
     },
-    /// Two settings that cannot be combined.
-    #[error("{0}")]
-    Incompatible(String),
-    /// A saved state does not fit this chat.
-    #[error("saved chat state does not fit this chat: {0}")]
-    State(String),
+    /// Handoff selection was combined with a setting that does not apply to it: it follows the
+    /// agents' handoffs (and lets the same speaker continue when nobody hands off), so neither a
+    /// transition graph nor a repeat rule has any meaning there.
+    #[error(
+        "handoff selection follows the agents' handoffs and lets the same speaker continue when nobody hands off, so {setting} does not apply to it; remove {setting} or choose another speaker selection"
+    )]
+    IncompatibleWithHandoffs {
+        /// The builder setting: `.transitions(..)` or `.allow_repeat(..)` / `.allow_repeat_for(..)`.
+        setting: &'static str,
+    },
+    /// A saved state has a format version this build cannot read.
+    #[error(
+        "saved chat state has format version {found}, but this build reads version {supported}; save it again with a matching version"
+    )]
+    StateVersion {
+        /// The state's version.
+        found: u32,
+        /// The version this build reads ([`ChatState::VERSION`](super::ChatState::VERSION)).
+        supported: u32,
+    },
+    /// A saved state names an agent that is not a participant of this chat.
+    #[error(
+        "saved chat state names '{name}' as its {field}, who is not a participant (participants: {participants:?}); build the chat with the same participants it was saved from"
+    )]
+    StateUnknownAgent {
+        /// Where the name appears: `previous_speaker`, `pending_handoff` or
+        /// `consecutive_auto_replies`.
+        field: &'static str,
+        /// The name.
+        name: String,
+        /// The participants' names.
+        participants: Vec<String>,
+    },
+    /// A saved counter is larger than the saved thread allows: every counted turn, message or
+    /// auto-reply is a message of the thread, so none can exceed the thread's length.
+    #[error(
+        "saved chat state is inconsistent: its {counter} counter is {value}, but its thread has only {messages} messages, so it can be at most {messages}; the state was corrupted or edited — load an unmodified save_state()"
+    )]
+    StateCounterOutOfRange {
+        /// The counter (`turns`, `counted_messages`, or `consecutive_auto_replies['<agent>']`).
+        counter: String,
+        /// Its saved value.
+        value: u64,
+        /// The number of messages in the saved thread.
+        messages: u64,
+    },
 }
 
 /// What failed in a chat run.

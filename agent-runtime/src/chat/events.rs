@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use agent_core::{Budget, CallError, Completion, Message, StopReason, Usage};
+use agent_core::{CallError, Completion, Message, StopReason, Usage};
 use futures::Stream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use super::error::ChatError;
 use super::result::{ChatResult, Ledger, UsageReport};
-use crate::scheduler::CallObserver;
+use crate::scheduler::{CallInfo, CallObserver};
 
 /// One thing that happened in a chat run, in order.
 ///
@@ -104,7 +104,6 @@ impl ChatShared {
 pub(crate) struct AgentObserver {
     pub(crate) agent: Arc<str>,
     pub(crate) shared: Arc<ChatShared>,
-    pub(crate) budget: Budget,
     pub(crate) forward: Arc<[Arc<dyn CallObserver>]>,
 }
 
@@ -148,22 +147,28 @@ impl CallObserver for AgentObserver {
         });
     }
 
-    fn finished(&self, key: &str, result: Result<&Completion, &CallError>, attempts: u32) {
+    fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         for f in self.forward.iter() {
-            f.finished(key, result, attempts);
+            f.call_finished(info, result);
         }
         let usage = result.ok().and_then(|c| c.usage);
-        let cost = usage.map_or(0, |u| self.budget.cost_nanos(key, u));
+        // Usage "per model" is keyed by the model's id and priced once, by the scheduler: the
+        // quota key may be any label.
         let mut inner = self.shared.lock();
-        inner
-            .ledger
-            .record(&self.agent, key, usage, result.is_err(), attempts, cost);
+        inner.ledger.record(
+            &self.agent,
+            info.model,
+            usage,
+            result.is_err(),
+            info.attempts,
+            info.cost_nanos,
+        );
         if let Some(tx) = &inner.events {
             let _ = tx.send(ChatEvent::CallFinished {
                 agent: self.agent.clone(),
-                key: Arc::from(key),
+                key: Arc::from(info.key),
                 usage,
-                attempts,
+                attempts: info.attempts,
                 error: result.err().cloned(),
             });
         }

@@ -282,7 +282,9 @@ impl GroupChatBuilder {
     /// # Errors
     /// No participant, duplicate names, a participant named like the chat, unknown names in the
     /// transitions or repeat list, a zero cap or attempt count, handoff selection combined with
-    /// transitions or a repeat rule, or a saved state that does not fit.
+    /// transitions or a repeat rule, with handoff selection an agent whose
+    /// [`handoff_targets`](Agent::handoff_targets) name a non-participant, or a saved state that
+    /// does not fit.
     pub fn build(self) -> Result<GroupChat, ChatConfigError> {
         if self.agents.is_empty() {
             return Err(ChatConfigError::NoParticipants);
@@ -319,14 +321,26 @@ impl GroupChatBuilder {
         }
         if matches!(self.selection, SpeakerSelection::Handoffs) {
             if self.transitions.is_some() {
-                return Err(ChatConfigError::Incompatible(
-                    "handoff selection follows the agents' handoffs; a transition graph does not apply to it — remove .transitions(..) or choose another selection".into(),
-                ));
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".transitions(..)",
+                });
             }
             if self.repeat.is_some() {
-                return Err(ChatConfigError::Incompatible(
-                    "handoff selection lets the same speaker continue when nobody hands off; a repeat rule does not apply to it — remove .allow_repeat(..)".into(),
-                ));
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".allow_repeat(..) / .allow_repeat_for(..)",
+                });
+            }
+            // Handoffs are acted on only here; elsewhere a handoff message is just a message.
+            for agent in &self.agents {
+                for target in agent.handoff_targets() {
+                    if roster.index(&target).is_none() {
+                        return Err(ChatConfigError::UnknownHandoffTarget {
+                            agent: agent.name().to_owned(),
+                            target,
+                            participants: roster.owned_names(),
+                        });
+                    }
+                }
             }
         }
         let n = roster.len();
@@ -438,8 +452,9 @@ struct Thread {
 /// Each run appends the task, then repeats: pick a speaker, let it reply to the whole thread
 /// (agents apply their own history policy), append the reply, check the termination condition and
 /// the caps. It stops at the first of: the termination condition, `max_messages`, the
-/// termination predicate, `max_turns`, an agent's `max_consecutive_auto_reply`, the budget, no
-/// eligible speaker, an empty reply, or cancellation — and says which in
+/// termination predicate, a reply ending with a stop message (a human typing `exit`),
+/// `max_turns`, an agent's `max_consecutive_auto_reply`, the budget, no eligible speaker, an
+/// empty reply, or cancellation — and says which in
 /// [`ChatResult::stop_reason`].
 ///
 /// The chat keeps its thread and counters between runs: running it again (with a new task or
@@ -536,7 +551,6 @@ impl GroupChat {
                 let observer = Arc::new(AgentObserver {
                     agent: agent.clone(),
                     shared: self.shared.clone(),
-                    budget: self.budget.clone(),
                     forward: self.observers.clone(),
                 });
                 SchedulerContext::new(
@@ -722,7 +736,20 @@ impl GroupChat {
                 .iter_mut()
                 .for_each(|c| *c = 0);
             let messages = task.into_messages(&self.task_source);
-            if let Some(stop) = self.append(messages)? {
+            // A task written by a participant (a two-agent chat's initiator) is that
+            // participant's turn, so another one answers it, as in AG2, where the sender of the
+            // opening message is the last speaker. Handoff selection follows handoffs only.
+            let author = messages
+                .last()
+                .and_then(Message::source)
+                .and_then(|source| self.roster.index(source));
+            let stop = self.append(messages)?;
+            if let Some(author) = author
+                && !matches!(self.selection, SpeakerSelection::Handoffs)
+            {
+                self.thread.previous = Some(author);
+            }
+            if let Some(stop) = stop {
                 return Ok(stop);
             }
         }
@@ -785,7 +812,19 @@ impl GroupChat {
             let by_turns =
                 self.caps
                     .record_reply(&mut self.thread.counters, speaker, reply.from_human);
-            if let Some(stop) = self.append(reply.messages)? {
+            // A reply that ends with a stop message (a human typing `exit`) ends every chat.
+            let requested = match reply.messages.last().map(|m| &m.content) {
+                Some(Content::Stop { text }) => Some(StopReason::StopRequested {
+                    source: self.roster.name(speaker).to_string(),
+                    text: text.to_string(),
+                }),
+                _ => None,
+            };
+            let stop = match (self.append(reply.messages)?, requested) {
+                (Some(checked), Some(requested)) => StopReason::combine(vec![checked, requested]),
+                (checked, requested) => checked.or(requested),
+            };
+            if let Some(stop) = stop {
                 return Ok(stop);
             }
             if let Some(stop) = by_turns {
@@ -913,35 +952,66 @@ impl GroupChat {
                 .map(|(i, c)| (self.roster.name(i).to_string(), *c))
                 .collect(),
             rng: t.rng,
+            budget_used: Some(self.budget.used()),
         }
     }
 
     /// Replaces the thread, rotation and counters with a saved state, and adopts its conversation
-    /// id. The termination condition starts fresh.
+    /// id. The chat's budget is raised to the saved usage ([`Budget::restore_used`]: its ancestors
+    /// are charged too, and loading the same state twice charges once). The termination condition
+    /// starts fresh.
     ///
     /// # Errors
-    /// An unknown format version, or a state naming agents that are not participants.
+    /// An unknown format version, a state naming agents that are not participants, or a counter
+    /// larger than the saved thread allows (a corrupted or edited state). A rejected state
+    /// changes nothing.
     pub fn load_state(&mut self, state: ChatState) -> Result<(), ChatConfigError> {
         if state.version != ChatState::VERSION {
-            return Err(ChatConfigError::State(format!(
-                "format version {} is not supported (expected {})",
-                state.version,
-                ChatState::VERSION
-            )));
+            return Err(ChatConfigError::StateVersion {
+                found: state.version,
+                supported: ChatState::VERSION,
+            });
         }
-        let find = |name: &str| {
-            self.roster.index(name).ok_or_else(|| {
-                ChatConfigError::State(format!(
-                    "it names '{name}', who is not a participant (participants: {:?})",
-                    self.roster.owned_names()
-                ))
-            })
+        let find = |field: &'static str, name: &str| {
+            self.roster
+                .index(name)
+                .ok_or_else(|| ChatConfigError::StateUnknownAgent {
+                    field,
+                    name: name.to_owned(),
+                    participants: self.roster.owned_names(),
+                })
         };
-        let previous = state.previous_speaker.as_deref().map(find).transpose()?;
-        let handoff = state.pending_handoff.as_deref().map(find).transpose()?;
+        let previous = state
+            .previous_speaker
+            .as_deref()
+            .map(|n| find("previous_speaker", n))
+            .transpose()?;
+        let handoff = state
+            .pending_handoff
+            .as_deref()
+            .map(|n| find("pending_handoff", n))
+            .transpose()?;
+        let messages = u64::try_from(state.messages.len()).unwrap_or(u64::MAX);
+        let in_range = |counter: &str, value: u64| {
+            if value <= messages {
+                Ok(())
+            } else {
+                Err(ChatConfigError::StateCounterOutOfRange {
+                    counter: counter.to_owned(),
+                    value,
+                    messages,
+                })
+            }
+        };
+        in_range("turns", u64::from(state.turns))?;
+        in_range("counted_messages", state.counted_messages)?;
         let mut consecutive = vec![0; self.roster.len()];
         for (name, count) in &state.consecutive_auto_replies {
-            consecutive[find(name)?] = *count;
+            in_range(
+                &format!("consecutive_auto_replies['{name}']"),
+                u64::from(*count),
+            )?;
+            consecutive[find("consecutive_auto_replies", name)?] = *count;
         }
         self.thread = Thread {
             messages: state.messages,
@@ -956,6 +1026,9 @@ impl GroupChat {
         };
         if let Some(t) = &mut self.termination {
             t.reset();
+        }
+        if let Some(used) = state.budget_used {
+            self.budget.restore_used(used);
         }
         if *self.conversation != *state.conversation_id {
             self.conversation = Arc::from(state.conversation_id);

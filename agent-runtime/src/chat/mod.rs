@@ -25,7 +25,7 @@ mod task;
 mod two_agent;
 
 pub use cancel::CancelHandle;
-pub use caps::{TerminationPredicate, is_terminate};
+pub use caps::TerminationPredicate;
 pub use error::{ChatConfigError, ChatError, ChatErrorKind};
 pub use events::{ChatEvent, ChatEventStream};
 pub use group_chat::{DEFAULT_CHAT_NAME, GroupChat, GroupChatBuilder};

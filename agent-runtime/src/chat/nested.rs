@@ -124,19 +124,21 @@ impl Agent for NestedChatAgent {
             builder = builder.call_observer(observer.clone());
         }
         let mut chat = builder.build().map_err(|e| {
-            AgentError::Other(format!(
-                "nested chat of '{}' is misconfigured: {e}",
-                self.name
-            ))
+            AgentError::failed(
+                format!("nested chat of '{}' is misconfigured", self.name),
+                e,
+            )
         })?;
-        let result = chat.run(task).await.map_err(|e| {
-            AgentError::Other(format!("nested chat of '{}' failed: {e}", self.name))
-        })?;
+        let result = chat
+            .run(task)
+            .await
+            .map_err(|e| AgentError::failed(format!("nested chat of '{}' failed", self.name), e))?;
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(result.clone());
         let mut text = result.summary;
         match result.stop_reason {
             StopReason::Cancelled => return Err(AgentError::Call(CallError::Cancelled)),
-            StopReason::BudgetExhausted(e) if e.budget != child.name() => {
+            // By identity: an ancestor may have the nested agent's name.
+            StopReason::BudgetExhausted(e) if e.budget_id != child.id() => {
                 return Err(AgentError::Call(CallError::BudgetExhausted(e)));
             }
             StopReason::BudgetExhausted(e) => {

@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::budget::nanos_to_usd;
 use agent_core::{Message, StopReason, Usage};
 use serde::{Deserialize, Serialize};
-
-/// Nanodollars per dollar (costs add exactly as integers, as in the budget).
-const NANOS_PER_DOLLAR: f64 = 1e9;
 
 /// Model usage of one agent, one model, or a whole run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,23 +27,28 @@ pub struct CallUsage {
 }
 
 impl CallUsage {
-    /// Prompt plus completion tokens.
+    /// Prompt plus completion tokens (saturating at `u64::MAX`).
     pub fn total_tokens(&self) -> u64 {
-        self.prompt_tokens + self.completion_tokens
+        self.prompt_tokens.saturating_add(self.completion_tokens)
     }
 
     /// Cost in dollars.
     pub fn cost_usd(&self) -> f64 {
-        self.cost_nanos as f64 / NANOS_PER_DOLLAR
+        nanos_to_usd(self.cost_nanos)
     }
+}
 
-    fn add(&mut self, other: &CallUsage) {
-        self.calls += other.calls;
-        self.failed += other.failed;
-        self.attempts += other.attempts;
-        self.prompt_tokens += other.prompt_tokens;
-        self.completion_tokens += other.completion_tokens;
-        self.cost_nanos += other.cost_nanos;
+/// Adds field by field, saturating: a report must never wrap to a small number.
+impl std::ops::AddAssign for CallUsage {
+    fn add_assign(&mut self, other: CallUsage) {
+        self.calls = self.calls.saturating_add(other.calls);
+        self.failed = self.failed.saturating_add(other.failed);
+        self.attempts = self.attempts.saturating_add(other.attempts);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
     }
 }
 
@@ -125,14 +128,14 @@ impl Ledger {
             }
         };
         let usage = usage.unwrap_or_default();
-        entry.add(&CallUsage {
+        *entry += CallUsage {
             calls: 1,
             failed: u64::from(failed),
             attempts: u64::from(attempts),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             cost_nanos,
-        });
+        };
     }
 
     pub(crate) fn clear(&mut self) {
@@ -142,17 +145,9 @@ impl Ledger {
     pub(crate) fn report(&self) -> UsageReport {
         let mut report = UsageReport::default();
         for (agent, key, usage) in &self.entries {
-            report
-                .by_agent
-                .entry(agent.to_string())
-                .or_default()
-                .add(usage);
-            report
-                .by_model
-                .entry(key.to_string())
-                .or_default()
-                .add(usage);
-            report.total.add(usage);
+            *report.by_agent.entry(agent.to_string()).or_default() += *usage;
+            *report.by_model.entry(key.to_string()).or_default() += *usage;
+            report.total += *usage;
         }
         report
     }
@@ -178,5 +173,26 @@ mod tests {
         assert_eq!(r.by_model["m1"].cost_nanos, 6);
         assert_eq!(r.total.calls, 3);
         assert_eq!(r.total.attempts, 6);
+    }
+
+    #[test]
+    fn usage_sums_saturate_instead_of_overflowing() {
+        let mut sum = CallUsage {
+            calls: u64::MAX,
+            prompt_tokens: u64::MAX,
+            completion_tokens: 1,
+            cost_nanos: u64::MAX - 1,
+            ..CallUsage::default()
+        };
+        assert_eq!(sum.total_tokens(), u64::MAX);
+        sum += CallUsage {
+            calls: 1,
+            failed: 2,
+            cost_nanos: 5,
+            ..CallUsage::default()
+        };
+        assert_eq!(sum.calls, u64::MAX);
+        assert_eq!(sum.failed, 2);
+        assert_eq!(sum.cost_nanos, u64::MAX);
     }
 }

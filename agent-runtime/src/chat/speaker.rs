@@ -480,6 +480,7 @@ fn history_text(messages: &[Message]) -> String {
             Role::User => "user",
             Role::Assistant => "assistant",
             Role::Tool => "tool",
+            _ => "other",
         });
         out.push_str(who);
         out.push_str(": ");

@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use agent_core::Message;
+use agent_core::{BudgetUsage, Message};
 use serde::{Deserialize, Serialize};
 
 /// A snapshot of a chat between runs, serializable with serde.
 ///
-/// Holds the thread, the rotation (previous speaker, pending handoff, random selector state) and
-/// the counters (turns and messages since the last stop, consecutive auto-replies). Like
+/// Holds the thread, the rotation (previous speaker, pending handoff, random selector state), the
+/// counters (turns and messages since the last stop, consecutive auto-replies) and what the chat's
+/// budget had used, so a chat restored after a restart keeps spending from the same budget. Like
 /// AutoGen-agentchat's `save_state`, it does **not** hold the termination condition's internal
 /// state: conditions are reset whenever a chat stops, so a state saved after a stop loses nothing;
 /// one saved after a cancellation restarts the condition's counting. Agents keep their own state.
@@ -40,6 +41,12 @@ pub struct ChatState {
     pub consecutive_auto_replies: BTreeMap<String, u32>,
     /// The random selector's generator state.
     pub rng: u64,
+    /// What the chat's budget had used when it was saved (calls, tokens, dollars). Loading raises
+    /// the new chat's budget to it with [`Budget::restore_used`](agent_core::Budget::restore_used),
+    /// which also charges the new budget's ancestors. `None` (states saved before this field
+    /// existed) restores nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_used: Option<BudgetUsage>,
 }
 
 impl ChatState {

@@ -1,21 +1,24 @@
 //! Two-agent chats (AG2's `initiate_chat`): an initiator opens, then the two agents alternate.
 
-use agent_core::Agent;
+use agent_core::{Agent, Message};
 
-use super::caps::is_terminate;
 use super::group_chat::{GroupChat, GroupChatBuilder};
 
 impl GroupChat {
     /// A two-agent chat, AG2's `initiator.initiate_chat(recipient, message, max_turns=…)`.
     ///
-    /// The run's text task is the initiator's opening message (attributed to the initiator); the
-    /// recipient replies first, then they alternate. Preset, and overridable on the returned
-    /// builder:
+    /// The run's text task is the initiator's opening message (attributed to the initiator). A
+    /// task written by a participant counts as that participant's turn, so the recipient answers
+    /// it, then they alternate — in every run, not only the first. Preset, and overridable on the
+    /// returned builder:
     /// - `max_turns(N)` counts **exchanges**: at most `2N` messages in a run (the opening message,
     ///   then `2N − 1` replies), as in AG2; the stop reason reports `N`;
-    /// - the termination predicate is AG2's default: a message whose text is exactly
-    ///   `TERMINATE` (checked on the opening message too) stops with
+    /// - the termination predicate is AG2's default, [`Message::is_terminate`]: a text message
+    ///   that is exactly `TERMINATE` (checked on the opening message too) stops with
     ///   [`StopReason::TerminationMessage`](agent_core::StopReason::TerminationMessage);
+    /// - a reply ending with a stop message (a [`UserProxy`](agent_core::UserProxy) whose human
+    ///   types `exit`) stops with
+    ///   [`StopReason::StopRequested`](agent_core::StopReason::StopRequested), as in every chat;
     /// - each agent's `max_consecutive_auto_reply` applies, and
     ///   [`max_consecutive_auto_reply`](GroupChatBuilder::max_consecutive_auto_reply) sets a
     ///   default for both.
@@ -54,7 +57,7 @@ impl GroupChat {
             .participant(recipient)
             .participant(initiator)
             .task_source(source)
-            .is_termination_msg(is_terminate)
+            .is_termination_msg(Message::is_terminate)
             .count_exchanges()
     }
 }

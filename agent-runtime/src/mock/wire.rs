@@ -171,7 +171,8 @@ fn finish(reason: FinishReason) -> &'static str {
         FinishReason::Length => "length",
         FinishReason::ToolCalls => "tool_calls",
         FinishReason::ContentFilter => "content_filter",
-        FinishReason::Other => "stop",
+        // `Other` and reasons added later: the wire's plain end.
+        _ => "stop",
     }
 }
 

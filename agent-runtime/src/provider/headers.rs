@@ -33,8 +33,28 @@ pub const RETRY_AFTER: &str = "retry-after";
 /// `retry-after-ms` (milliseconds, possibly fractional).
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
-/// OpenAI sent `x-ratelimit-*-tokens_usage_based` in 2023–2025; read it when the plain name is absent.
-const USAGE_BASED_SUFFIX: &str = "_usage_based";
+/// Each rate-limit header with its `_usage_based` twin (OpenAI sent `x-ratelimit-*_usage_based`
+/// in 2023–2025; it is read when the plain name is absent), spelled out so that reading a
+/// response builds no strings: most responses lack most of these headers, and every one is read.
+const USAGE_BASED: [(&str, &str); 6] = [
+    (LIMIT_REQUESTS, "x-ratelimit-limit-requests_usage_based"),
+    (LIMIT_TOKENS, "x-ratelimit-limit-tokens_usage_based"),
+    (
+        REMAINING_REQUESTS,
+        "x-ratelimit-remaining-requests_usage_based",
+    ),
+    (REMAINING_TOKENS, "x-ratelimit-remaining-tokens_usage_based"),
+    (RESET_REQUESTS, "x-ratelimit-reset-requests_usage_based"),
+    (RESET_TOKENS, "x-ratelimit-reset-tokens_usage_based"),
+];
+
+/// The `_usage_based` twin of a rate-limit header name.
+fn usage_based(name: &str) -> Option<&'static str> {
+    USAGE_BASED
+        .iter()
+        .find(|(plain, _)| *plain == name)
+        .map(|(_, twin)| *twin)
+}
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 
@@ -169,7 +189,8 @@ fn fixed_point(value: u128, digits: u32) -> String {
 
 /// Reads the retry hint of a response: `retry-after-ms` (float milliseconds) first, then
 /// `retry-after` as seconds (integer or float) or an HTTP date relative to `now` — the order the
-/// official OpenAI SDK uses. Negative, unparsable or past values are ignored.
+/// official OpenAI SDK uses. Negative, unparsable or past values are ignored; hints above one day
+/// are capped at one day.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -181,6 +202,18 @@ fn fixed_point(value: u128, digits: u32) -> String {
 /// assert_eq!(parse_retry_after(Some("-1"), Some("garbage"), now), None);
 /// ```
 pub fn parse_retry_after(
+    retry_after_ms: Option<&str>,
+    retry_after: Option<&str>,
+    now: SystemTime,
+) -> Option<Duration> {
+    parse_retry_after_unclamped(retry_after_ms, retry_after, now).map(|d| d.min(MAX_RETRY_AFTER))
+}
+
+/// The longest retry hint taken from a provider. A hint is a hint: no provider means "come back
+/// in 300 billion years", and an unbounded value would overflow the scheduler's clock arithmetic.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn parse_retry_after_unclamped(
     retry_after_ms: Option<&str>,
     retry_after: Option<&str>,
     now: SystemTime,
@@ -222,8 +255,7 @@ fn non_negative_f64(text: &str) -> Option<f64> {
 /// assert_eq!(reading.limit_requests, None);
 /// ```
 pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> RateLimitReading {
-    let lookup =
-        |name: &str| header(name).or_else(|| header(&format!("{name}{USAGE_BASED_SUFFIX}")));
+    let lookup = |name: &str| header(name).or_else(|| usage_based(name).and_then(&header));
     let count = |name: &str| lookup(name).and_then(|v| v.trim().parse::<u64>().ok());
     let limit = |name: &str| count(name).filter(|&v| v > 0);
     let reset = |name: &str| lookup(name).and_then(parse_go_duration);
@@ -234,6 +266,9 @@ pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Rat
         limit_tokens: limit(LIMIT_TOKENS),
         remaining_tokens: count(REMAINING_TOKENS),
         reset_tokens: reset(RESET_TOKENS),
+        // The headers do not say; the provider that knows its endpoint sets them.
+        requests_window: None,
+        tokens_window: None,
         retry_after: parse_retry_after(
             header(RETRY_AFTER_MS),
             header(RETRY_AFTER),
@@ -539,6 +574,23 @@ mod tests {
     }
 
     #[test]
+    fn absurd_retry_hints_are_clamped_to_a_day() {
+        let now = SystemTime::UNIX_EPOCH;
+        assert_eq!(
+            parse_retry_after(None, Some("1e19"), now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after(Some("1e22"), None, now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(
+            parse_retry_after(None, Some("86400"), now),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
     fn go_durations_from_the_rate_limit_guide_and_issues_parse() {
         // rate-limits.md §1.1.4 samples, plus the composite forms Go produces.
         let cases = [
@@ -642,6 +694,7 @@ mod tests {
                 remaining_tokens: remaining,
                 reset_tokens: reset_ms.map(|m| Duration::from_millis(m / 3)),
                 retry_after: retry_ms.map(Duration::from_millis),
+                ..RateLimitReading::default()
             };
             let headers = reading_to_headers(&reading);
             let back = reading_from_headers(|name| {
@@ -699,6 +752,7 @@ mod tests {
                 remaining_tokens: Some(159_976),
                 reset_tokens: Some(ms(9)),
                 retry_after: None,
+                ..RateLimitReading::default()
             }
         );
         let guide = [
@@ -712,6 +766,27 @@ mod tests {
         let r = reading_from_headers(|n| guide.iter().find(|(k, _)| *k == n).map(|(_, v)| *v));
         assert_eq!(r.reset_tokens, Some(Duration::from_secs(360)));
         assert_eq!(r.remaining_requests, Some(59));
+    }
+
+    #[test]
+    fn every_rate_limit_header_has_its_usage_based_twin() {
+        let plain = [
+            LIMIT_REQUESTS,
+            LIMIT_TOKENS,
+            REMAINING_REQUESTS,
+            REMAINING_TOKENS,
+            RESET_REQUESTS,
+            RESET_TOKENS,
+        ];
+        for name in plain {
+            let twin: &'static str = usage_based(name).unwrap();
+            assert_eq!(twin, format!("{name}_usage_based"));
+            // Each twin is read when the plain header is absent.
+            let value = if name.contains("reset") { "2s" } else { "7" };
+            let r = reading_from_headers(|n| (n == twin).then_some(value));
+            assert_ne!(r, RateLimitReading::default(), "{twin} was not read");
+        }
+        assert_eq!(usage_based(RETRY_AFTER), None);
     }
 
     #[test]

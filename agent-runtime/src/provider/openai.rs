@@ -49,6 +49,9 @@ use super::{DEFAULT_TIMEOUT, STREAM_CUT, Secret, timeout_error};
 const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_ENV_MODEL: &str = "gpt-4o-mini";
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Azure reports `x-ratelimit-limit-requests` per 10 seconds: 20 on a 120 RPM deployment
+/// (rate-limits.md §1.2; aoai-simulated-api's `requests_per_10s`).
+const AZURE_REQUESTS_WINDOW: Duration = Duration::from_secs(10);
 
 /// Which kind of endpoint an [`OpenAiProvider`] talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,7 +86,7 @@ pub enum ProviderConfigError {
     /// OpenAI and Azure need a key.
     #[error("no API key for {base_url}: call .api_key(..) or set OPENAI_API_KEY")]
     MissingApiKey {
-        /// The endpoint that needs it.
+        /// The endpoint that needs it, without credentials (userinfo dropped, query values `***`).
         base_url: String,
     },
     /// The key cannot be sent in an HTTP header.
@@ -94,7 +97,7 @@ pub enum ProviderConfigError {
     /// The base URL does not parse or is not http(s).
     #[error("invalid base URL {url:?}: {reason} (expected e.g. http://localhost:11434/v1)")]
     InvalidBaseUrl {
-        /// The URL given.
+        /// The URL given, without credentials (userinfo dropped, query values `***`).
         url: String,
         /// What is wrong with it.
         reason: String,
@@ -102,7 +105,7 @@ pub enum ProviderConfigError {
     /// An Azure endpoint without deployment.
     #[error("{base_url} is an Azure OpenAI endpoint: call .azure(deployment, api_version)")]
     MissingAzureDeployment {
-        /// The endpoint.
+        /// The endpoint, without credentials (userinfo dropped, query values `***`).
         base_url: String,
     },
     /// A timeout of zero.
@@ -246,49 +249,56 @@ impl OpenAiProviderBuilder {
             .base_url
             .clone()
             .unwrap_or_else(|| OPENAI_BASE_URL.to_owned());
-        let url = reqwest::Url::parse(raw_base.trim()).map_err(|e| {
+        let mut url = reqwest::Url::parse(raw_base.trim()).map_err(|e| {
             ProviderConfigError::InvalidBaseUrl {
-                url: raw_base.clone(),
+                url: redacted_url(&raw_base),
                 reason: e.to_string(),
             }
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ProviderConfigError::InvalidBaseUrl {
-                url: raw_base,
+                url: redacted_url(&raw_base),
                 reason: format!("scheme {:?} is not http or https", url.scheme()),
             });
         }
         let host = url.host_str().unwrap_or_default().to_owned();
-        let base_url = raw_base.trim().trim_end_matches('/').to_owned();
+        let shown = shown_url(&url);
+        let url_secrets = url_secrets(&url);
+        // async-openai appends the route to the base as text, which would land after a `?`: the
+        // base URL's query (a proxy's `?key=`) travels with the request's own query instead.
+        let mut query: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        url.set_query(None);
+        url.set_fragment(None);
+        // Keeps the userinfo: reqwest turns it into basic auth when the request is sent.
+        let base_url = url.as_str().trim_end_matches('/').to_owned();
         let flavor = match self.flavor {
             Some(f) => f,
             None if host == "api.openai.com" => Flavor::OpenAi,
             None if host.ends_with(".openai.azure.com") => {
-                return Err(ProviderConfigError::MissingAzureDeployment { base_url });
+                return Err(ProviderConfigError::MissingAzureDeployment { base_url: shown });
             }
             None => Flavor::Compatible,
         };
         let key = self.api_key.filter(|k| !k.is_empty());
         if key.is_none() && flavor != Flavor::Compatible {
-            return Err(ProviderConfigError::MissingApiKey { base_url });
+            return Err(ProviderConfigError::MissingApiKey { base_url: shown });
         }
 
-        let (model, path_prefix, query) = match flavor {
+        let (model, path_prefix) = match flavor {
             Flavor::Azure => {
                 let Some((deployment, version)) = self.azure else {
-                    return Err(ProviderConfigError::MissingAzureDeployment { base_url });
+                    return Err(ProviderConfigError::MissingAzureDeployment { base_url: shown });
                 };
                 let model = self.model.unwrap_or_else(|| deployment.clone());
-                (
-                    model,
-                    format!("/openai/deployments/{deployment}"),
-                    vec![("api-version".to_owned(), version)],
-                )
+                query.push(("api-version".to_owned(), version));
+                (model, format!("/openai/deployments/{deployment}"))
             }
             _ => (
                 self.model.ok_or(ProviderConfigError::MissingModel)?,
                 String::new(),
-                Vec::new(),
             ),
         };
         if model.trim().is_empty() {
@@ -326,7 +336,7 @@ impl OpenAiProviderBuilder {
             .build()
             .map_err(|e| ProviderConfigError::HttpClient(e.to_string()))?;
         let config = WireConfig {
-            api_base: base_url.clone(),
+            api_base: base_url,
             path_prefix,
             headers: header_map,
             query,
@@ -335,17 +345,19 @@ impl OpenAiProviderBuilder {
         let client = Client::build(http.clone(), config).with_http_service(SingleAttempt {
             http,
             timeout: self.timeout,
+            requests_window: (flavor == Flavor::Azure).then_some(AZURE_REQUESTS_WINDOW),
         });
         Ok(OpenAiProvider {
             id: id.into(),
             model,
             flavor,
-            base_url,
             token_limit_field,
             stream_usage: self.stream_usage,
             client,
             errors: ErrorMapper {
                 secret: key,
+                url_secrets: url_secrets.into(),
+                endpoint: shown.into(),
                 timeout: self.timeout,
             },
         })
@@ -376,7 +388,6 @@ pub struct OpenAiProvider {
     id: Arc<str>,
     model: String,
     flavor: Flavor,
-    base_url: String,
     token_limit_field: TokenLimitField,
     stream_usage: bool,
     client: Client<WireConfig>,
@@ -389,7 +400,7 @@ impl fmt::Debug for OpenAiProvider {
             .field("id", &self.id)
             .field("model", &self.model)
             .field("flavor", &self.flavor)
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.errors.endpoint)
             .field("token_limit_field", &self.token_limit_field)
             .field("api_key", &self.errors.secret)
             .field("timeout", &self.errors.timeout)
@@ -415,9 +426,10 @@ impl OpenAiProvider {
         self.flavor
     }
 
-    /// The base URL requests go to.
+    /// The base URL requests go to, as it may be shown: without userinfo, query values as `***`
+    /// (a proxy URL can carry credentials).
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        &self.errors.endpoint
     }
 
     #[allow(deprecated)] // `max_tokens` and `seed` are deprecated by OpenAI but read by other servers.
@@ -612,8 +624,12 @@ fn wire_messages(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
                     })
                 }));
             }
-            Content::Text { .. } | Content::Handoff { .. } | Content::Stop { .. } => {
-                let text = message.text().unwrap_or_default().to_owned();
+            // Text, handoffs, stops, and content kinds added later: their text, if they have
+            // one (content with no text has nothing a chat-completion API could carry).
+            _ => {
+                let Some(text) = message.text().map(str::to_owned) else {
+                    continue;
+                };
                 out.push(match message.role {
                     Role::System => {
                         ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
@@ -628,13 +644,12 @@ fn wire_messages(messages: &[Message]) -> Vec<ChatCompletionRequestMessage> {
                             ..Default::default()
                         },
                     ),
-                    // A text from the tool role has no call to answer; the model reads it as input.
-                    Role::User | Role::Tool => {
-                        ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-                            content: ChatCompletionRequestUserMessageContent::Text(text),
-                            name: name.filter(|n| n != "user"),
-                        })
-                    }
+                    // User; a text from the tool role (which has no call to answer) and roles
+                    // added later: the model reads them as input.
+                    _ => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
+                        content: ChatCompletionRequestUserMessageContent::Text(text),
+                        name: name.filter(|n| n != "user"),
+                    }),
                 });
             }
         }
@@ -769,10 +784,15 @@ impl StreamAssembly {
     }
 }
 
-/// Turns async-openai errors into [`ModelError`]s, with the key scrubbed from every message.
+/// Turns async-openai errors into [`ModelError`]s, with the key and the base URL's credentials
+/// scrubbed from every message.
 #[derive(Clone)]
 struct ErrorMapper {
     secret: Option<Secret>,
+    /// The base URL's password and query values.
+    url_secrets: Arc<[Secret]>,
+    /// The base URL without credentials, for messages, `Debug` and [`OpenAiProvider::base_url`].
+    endpoint: Arc<str>,
     timeout: Duration,
 }
 
@@ -790,7 +810,7 @@ impl ErrorMapper {
                 },
                 Err(other) => ModelError::transient(other.to_string()),
             },
-            OpenAIError::Reqwest(e) => self.transport(&e),
+            OpenAIError::Reqwest(e) => self.transport(e),
             OpenAIError::ApiError(response) => headers::classify_body(
                 response.status_code.as_u16(),
                 RateLimitReading::default(),
@@ -817,12 +837,15 @@ impl ErrorMapper {
         self.redact(error)
     }
 
-    fn transport(&self, error: &reqwest::Error) -> ModelError {
+    fn transport(&self, error: reqwest::Error) -> ModelError {
         if error.is_timeout() {
             return timeout_error(self.timeout);
         }
+        // reqwest's message embeds the full request URL, credentials included; name the
+        // redacted endpoint instead.
+        let error = error.without_url();
         let mut detail = error.to_string();
-        let mut source = std::error::Error::source(error);
+        let mut source = std::error::Error::source(&error);
         while let Some(cause) = source {
             detail.push_str(": ");
             detail.push_str(&cause.to_string());
@@ -835,19 +858,24 @@ impl ErrorMapper {
         } else if error.is_builder() {
             return ModelError::InvalidRequest {
                 status: None,
-                message: detail,
+                message: format!("{detail} (base URL {})", self.endpoint),
             };
         } else {
             "the request failed before a response arrived"
         };
-        ModelError::transient(format!("{what} ({detail})"))
+        ModelError::transient(format!("{what} at {} ({detail})", self.endpoint))
     }
 
     fn redact(&self, error: ModelError) -> ModelError {
-        let Some(secret) = &self.secret else {
+        if self.secret.is_none() && self.url_secrets.is_empty() {
             return error;
+        }
+        let r = |m: String| {
+            self.secret
+                .iter()
+                .chain(self.url_secrets.iter())
+                .fold(m, |m, secret| secret.redact(&m))
         };
-        let r = |m: String| secret.redact(&m);
         match error {
             ModelError::RateLimited {
                 kind,
@@ -887,6 +915,88 @@ impl ErrorMapper {
     }
 }
 
+/// `raw` (a base URL that may not parse) with what can carry credentials hidden: everything up to
+/// the last `@` of the authority dropped, query values and any fragment replaced by `***`. Errs
+/// towards hiding too much: it is only ever shown.
+fn redacted_url(raw: &str) -> String {
+    let raw = raw.trim();
+    let (rest, fragment) = match raw.split_once('#') {
+        Some((rest, _)) => (rest, true),
+        None => (raw, false),
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (rest, None),
+    };
+    let start = base.find("://").map_or(0, |i| i + 3);
+    // A password may hold an unescaped `/` in text that did not parse, so the last `@` anywhere
+    // counts rather than the last one before the first `/`.
+    let host_start = base[start..].rfind('@').map_or(start, |i| start + i + 1);
+    let mut out = format!(
+        "{}{}",
+        &base[..start],
+        base[host_start..].trim_end_matches('/')
+    );
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(&redacted_query(query));
+    }
+    if fragment {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// A parsed base URL as it may be shown: no userinfo, no fragment, query values `***`.
+fn shown_url(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    // Both only fail for URLs that cannot have userinfo, which then have none to hide.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("");
+    shown.set_query(None);
+    shown.set_fragment(None);
+    let mut out = shown.as_str().trim_end_matches('/').to_owned();
+    if let Some(query) = url.query() {
+        out.push('?');
+        out.push_str(&redacted_query(query));
+    }
+    out
+}
+
+/// `a=1&b` as `a=***&***`: names stay (they help a reader), values go.
+fn redacted_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) => format!("{name}=***"),
+            None => "***".to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The base URL's password (as a serialized URL shows it) and query values (serialized and
+/// decoded), so a server or library that echoes the URL cannot show them. Values shorter than 4 characters
+/// are left alone: scrubbing them would mangle unrelated text (status codes, counts) and they are
+/// no credential worth hiding.
+fn url_secrets(url: &reqwest::Url) -> Vec<Secret> {
+    let mut values: Vec<String> = url.password().map(str::to_owned).into_iter().collect();
+    if let Some(query) = url.query() {
+        values.extend(
+            query
+                .split('&')
+                .filter_map(|pair| pair.split_once('=').map(|(_, v)| v.to_owned())),
+        );
+        values.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
+    }
+    values.retain(|v| v.chars().count() >= 4);
+    values.sort();
+    values.dedup();
+    // Longest first, so a secret that contains another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.into_iter().map(Secret::from).collect()
+}
+
 tokio::task_local! {
     /// The reading of the current call's successful response (errors carry theirs in
     /// [`HttpFailure`]).
@@ -921,6 +1031,8 @@ impl std::error::Error for HttpFailure {}
 struct SingleAttempt {
     http: reqwest::Client,
     timeout: Duration,
+    /// The endpoint's request-limit window when it is not a minute (Azure).
+    requests_window: Option<Duration>,
 }
 
 impl tower::Service<HttpRequestFactory> for SingleAttempt {
@@ -940,13 +1052,17 @@ impl tower::Service<HttpRequestFactory> for SingleAttempt {
         let slot = RESPONSE_READING.try_with(Arc::clone).ok();
         let http = self.http.clone();
         let timeout = self.timeout;
+        let requests_window = self.requests_window;
         Box::pin(async move {
             let request = factory.build().await?;
             let response = match tokio::time::timeout(timeout, http.execute(request)).await {
                 Err(_) => return Err(OpenAIError::Boxed(Box::new(HttpFailure::TimedOut))),
                 Ok(result) => result.map_err(OpenAIError::Reqwest)?,
             };
-            let reading = headers::reading_from_header_map(response.headers());
+            let mut reading = headers::reading_from_header_map(response.headers());
+            if reading.limit_requests.is_some() || reading.remaining_requests.is_some() {
+                reading.requests_window = requests_window;
+            }
             let status = response.status();
             if status.is_success() {
                 if let Some(slot) = slot {
@@ -1101,6 +1217,29 @@ mod tests {
             .unwrap();
         assert_eq!(azure.id(), "azure/gpt4o-prod");
         assert_eq!(azure.token_limit_field, TokenLimitField::MaxTokens);
+    }
+
+    #[test]
+    fn shown_urls_carry_no_credentials() {
+        assert_eq!(
+            redacted_url(" http://u:p@ss/word@proxy:8080/v1/?key=abc&flag#frag "),
+            "http://proxy:8080/v1?key=***&***#***"
+        );
+        assert_eq!(redacted_url("localhost:8000"), "localhost:8000");
+        assert_eq!(redacted_url("user:pw@host/v1"), "host/v1");
+        let url = reqwest::Url::parse("https://user:s%40cret@proxy.example/v1/?api-key=k3y-value")
+            .unwrap();
+        assert_eq!(shown_url(&url), "https://proxy.example/v1?api-key=***");
+        let secrets: Vec<String> = url_secrets(&url)
+            .iter()
+            .map(|s| s.expose().to_owned())
+            .collect();
+        assert_eq!(secrets, ["k3y-value", "s%40cret"], "longest first");
+        let plain = reqwest::Url::parse("http://localhost:11434/v1?a=1").unwrap();
+        assert!(
+            url_secrets(&plain).is_empty(),
+            "short values are not scrubbed"
+        );
     }
 
     #[test]

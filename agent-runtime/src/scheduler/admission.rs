@@ -25,7 +25,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
-use super::state::{Acquire, KeyBuckets, Lease, Present, QuotaState};
+use super::state::{Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after};
 
 /// Where admission takes quota from.
 #[derive(Debug, Clone)]
@@ -126,25 +126,35 @@ impl FairQueue {
         self.head().is_some_and(|h| h.id == id)
     }
 
-    /// Removes the head and moves its conversation to the back of the round.
-    fn pop_head(&mut self) {
-        let Some(class) = self.classes.first_mut() else {
+    /// Removes an admitted waiter and moves its conversation to the back of its round (it had its
+    /// turn). By id, not "whoever is head now": while a shared backend answers, a higher-priority
+    /// call or a retry at the front of the queue may have become head, and popping it would lose
+    /// that call and orphan this one's slot.
+    fn take(&mut self, conversation: &str, priority: u8, id: u64) {
+        let Some(ci) = self.classes.iter().position(|c| c.priority == priority) else {
             return;
         };
-        let Some(name) = class.ring.pop_front() else {
+        let class = &mut self.classes[ci];
+        let Some(q) = class.waiting.get_mut(conversation) else {
             return;
         };
-        if let Some(q) = class.waiting.get_mut(&name) {
-            q.pop_front();
-            self.len -= 1;
-            if q.is_empty() {
-                class.waiting.remove(&name);
-            } else {
-                class.ring.push_back(name);
-            }
+        let Some(pos) = q.iter().position(|s| s.id == id) else {
+            return;
+        };
+        q.remove(pos);
+        self.len -= 1;
+        let now_empty = q.is_empty();
+        if now_empty {
+            class.waiting.remove(conversation);
+        }
+        if let Some(at) = class.ring.iter().position(|n| &**n == conversation)
+            && let Some(name) = class.ring.remove(at)
+            && !now_empty
+        {
+            class.ring.push_back(name);
         }
         if class.ring.is_empty() {
-            self.classes.remove(0);
+            self.classes.remove(ci);
         }
     }
 
@@ -228,8 +238,6 @@ pub(crate) struct Admitted {
     pub(crate) probe: bool,
     /// The shared backend's lease.
     pub(crate) lease: Option<Lease>,
-    /// Which local buckets existed when the call was admitted (none with a shared backend).
-    pub(crate) sent: Present,
 }
 
 /// Why a call was not admitted.
@@ -264,6 +272,100 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => sleep_until(d).await,
         None => pending().await,
+    }
+}
+
+/// A shared backend's `acquire`, run as its own task so that it is never abandoned half-way: a
+/// grant whose caller left meanwhile (cancelled, dropped, timed out) is given back at once
+/// instead of holding its slot and tokens until the lease expires.
+struct RemoteAcquire {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<Acquire, StateError>>>,
+    release: Release,
+}
+
+/// What giving back an unwanted grant needs.
+#[derive(Clone)]
+struct Release {
+    state: Arc<dyn QuotaState>,
+    key: Arc<str>,
+    limits: Limits,
+}
+
+impl Release {
+    async fn run(self, lease: Lease) {
+        // The provider never saw the call: every reserved token goes back (the request does not,
+        // as with any settle).
+        let settlement = Settlement {
+            actual_tokens: 0,
+            refund_unused: true,
+        };
+        let _ = self
+            .state
+            .settle(&self.key, &self.limits, lease, settlement)
+            .await;
+    }
+}
+
+impl RemoteAcquire {
+    fn start(
+        state: &Arc<dyn QuotaState>,
+        key: &Arc<str>,
+        limits: Limits,
+        cost: Cost,
+        lease_ttl: Duration,
+    ) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let release = Release {
+            state: state.clone(),
+            key: key.clone(),
+            limits,
+        };
+        let task = release.clone();
+        tokio::spawn(async move {
+            let answer = task
+                .state
+                .acquire(&task.key, &task.limits, cost, lease_ttl)
+                .await;
+            if let Err(Ok(Acquire::Granted(lease))) = tx.send(answer) {
+                task.run(lease).await;
+            }
+        });
+        Self {
+            rx: Some(rx),
+            release,
+        }
+    }
+
+    async fn answer(mut self) -> Result<Acquire, StateError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Ok(Acquire::Wait {
+                retry_after: None,
+                dimension: Dimension::Paused,
+            });
+        };
+        let answer = rx.await;
+        self.rx = None;
+        answer.unwrap_or_else(|_| {
+            Err(StateError::Unavailable {
+                message: "the quota backend's acquire task stopped without an answer".into(),
+            })
+        })
+    }
+}
+
+impl Drop for RemoteAcquire {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        // After close(), either the task's send fails (and the task releases the grant) or the
+        // answer is already here (and released here): a grant is never lost in between.
+        rx.close();
+        if let Ok(Ok(Acquire::Granted(lease))) = rx.try_recv()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(self.release.clone().run(lease));
+        }
     }
 }
 
@@ -369,7 +471,6 @@ impl Key {
                     wait: Duration::ZERO,
                     probe,
                     lease: None,
-                    sent: inner.buckets.present(),
                 });
             }
             let slot = inner
@@ -397,7 +498,9 @@ impl Key {
         max_wait: Duration,
     ) -> Result<Admitted, Refusal> {
         let cost = waiting.ticket.cost;
-        let give_up_at = start + max_wait;
+        let give_up_at = instant_after(start, max_wait);
+        // What held the call last, for the error should it give up without a known wait.
+        let mut holding = Dimension::Paused;
         loop {
             let mut deadline = None;
             let mut ask_remote = None;
@@ -438,13 +541,17 @@ impl Key {
                         None if local => return Ok(self.grant(inner, waiting, start, now, None)),
                         None => ask_remote = Some(inner.limits),
                         Some(b) => {
-                            deadline = b.wait.map(|w| now + w);
-                            if let Some(d) = deadline.filter(|d| *d > give_up_at) {
+                            holding = b.dimension;
+                            // Compared before adding: a provider's pause may be years long.
+                            if let Some(w) = b.wait
+                                && w > give_up_at.saturating_duration_since(now)
+                            {
                                 return Err(Refusal::TooLong {
                                     dimension: b.dimension,
-                                    wait: d - start,
+                                    wait: (now - start).saturating_add(w),
                                 });
                             }
+                            deadline = b.wait.map(|w| instant_after(now, w));
                         }
                     }
                 }
@@ -463,6 +570,14 @@ impl Key {
                 () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
                 () = waiting.slot.notify.notified() => {}
                 () = sleep_until_opt(deadline) => {}
+                // Every waiter has a deadline: behind the head, or at the head waiting for an
+                // in-flight slot (no computable wait), it would otherwise wait forever.
+                () = sleep_until(give_up_at) => {
+                    return Err(Refusal::TooLong {
+                        dimension: holding,
+                        wait: max_wait,
+                    });
+                }
             }
         }
     }
@@ -485,10 +600,11 @@ impl Key {
             return Ok(Err(Instant::now()));
         };
         let cost = waiting.ticket.cost;
+        let pending = RemoteAcquire::start(state, &self.name, *limits, cost, *lease_ttl);
         let answer = tokio::select! {
             biased;
             () = cancelled(waiting.ticket.cancel) => return Err(Refusal::Cancelled),
-            a = state.acquire(&self.name, limits, cost, *lease_ttl) => a,
+            a = pending.answer() => a,
         };
         let now = Instant::now();
         let mut inner = self.lock();
@@ -516,20 +632,14 @@ impl Key {
                 (*poll, Dimension::Paused)
             }
         };
-        let next = now + wait;
-        if next > give_up_at {
+        if wait > give_up_at.saturating_duration_since(now) {
+            let wait = (now - start).saturating_add(wait);
             if let Some(error) = backend_error {
-                return Err(Refusal::BackendUnavailable {
-                    error,
-                    wait: next - start,
-                });
+                return Err(Refusal::BackendUnavailable { error, wait });
             }
-            return Err(Refusal::TooLong {
-                dimension,
-                wait: next - start,
-            });
+            return Err(Refusal::TooLong { dimension, wait });
         }
-        Ok(Err(next))
+        Ok(Err(instant_after(now, wait)))
     }
 
     fn backend_recovered(&self, inner: &mut KeyInner) {
@@ -546,21 +656,20 @@ impl Key {
         now: Instant,
         lease: Option<Lease>,
     ) -> Admitted {
-        inner.queue.pop_head();
+        inner.queue.take(
+            waiting.ticket.conversation,
+            waiting.ticket.priority,
+            waiting.slot.id,
+        );
         inner.queue.notify_head();
         waiting.done = true;
         let wait = now - start;
         inner.stats.admitted(waiting.ticket.cost, wait);
-        let sent = match lease {
-            None => inner.buckets.present(),
-            Some(_) => Present::default(),
-        };
         Admitted {
             at: now,
             wait,
             probe: waiting.probe,
             lease,
-            sent,
         }
     }
 }

@@ -45,13 +45,30 @@ fn merge(configured: Option<Rate>, reported: Option<u64>, period: Duration) -> O
 }
 
 /// Updates what the provider reported; true when the effective limits may have changed.
-pub(crate) fn learn(learned: &mut LearnedLimits, reading: &RateLimitReading) -> bool {
+///
+/// A limit whose reading states no window counts over the key's `period` (a minute unless
+/// configured: OpenAI's, and a compressed mock's when the key is configured with the mock's
+/// period). A reading that states its window (Azure counts requests per 10 s) is rescaled to the
+/// key's period.
+pub(crate) fn learn(
+    learned: &mut LearnedLimits,
+    reading: &RateLimitReading,
+    period: Duration,
+) -> bool {
     let before = *learned;
-    if reading.limit_requests.is_some() {
-        learned.requests = reading.limit_requests;
+    let requests = match reading.requests_window {
+        Some(_) => reading.requests_per(period),
+        None => reading.limit_requests,
+    };
+    let tokens = match reading.tokens_window {
+        Some(_) => reading.tokens_per(period),
+        None => reading.limit_tokens,
+    };
+    if requests.is_some() {
+        learned.requests = requests;
     }
-    if reading.limit_tokens.is_some() {
-        learned.tokens = reading.limit_tokens;
+    if tokens.is_some() {
+        learned.tokens = tokens;
     }
     before != *learned
 }
@@ -79,7 +96,8 @@ pub(crate) fn pause_after_429(
     let computed = match kind {
         RateLimitKind::Requests => refill(limits.requests, cost.requests),
         RateLimitKind::Tokens => refill(limits.tokens, cost.tokens),
-        RateLimitKind::Unknown => None,
+        // Unknown, and kinds added later: no bucket to compute from.
+        _ => None,
     };
     computed.unwrap_or(fallback)
 }
@@ -129,6 +147,30 @@ mod tests {
         assert!(
             effective_limits(&Quota::unlimited(), LearnedLimits::default(), false).is_unlimited()
         );
+    }
+
+    #[test]
+    fn a_per_ten_second_allowance_is_learned_as_its_per_minute_rate() {
+        // Azure: `x-ratelimit-limit-requests: 20` on a 120 RPM deployment (rate-limits.md §1.2).
+        let azure = RateLimitReading {
+            limit_requests: Some(20),
+            requests_window: Some(Duration::from_secs(10)),
+            limit_tokens: Some(20_000),
+            ..RateLimitReading::default()
+        };
+        let mut learned = LearnedLimits::default();
+        assert!(learn(&mut learned, &azure, Duration::from_secs(60)));
+        assert_eq!(learned.requests, Some(120));
+        assert_eq!(learned.tokens, Some(20_000));
+        let openai = RateLimitReading {
+            limit_requests: Some(500),
+            ..RateLimitReading::default()
+        };
+        assert!(learn(&mut learned, &openai, Duration::from_secs(60)));
+        assert_eq!(learned.requests, Some(500));
+        // No stated window: the limit is taken as counting over the key's own period.
+        assert!(!learn(&mut learned, &openai, Duration::from_secs(6)));
+        assert_eq!(learned.requests, Some(500));
     }
 
     #[test]

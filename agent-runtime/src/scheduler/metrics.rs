@@ -127,7 +127,8 @@ impl RateLimitCounts {
         match kind {
             RateLimitKind::Requests => self.requests += 1,
             RateLimitKind::Tokens => self.tokens += 1,
-            RateLimitKind::Unknown => self.unknown += 1,
+            // Unknown, and kinds added later.
+            _ => self.unknown += 1,
         }
     }
 
@@ -253,7 +254,7 @@ pub(crate) struct KeyCounters {
 impl KeyCounters {
     pub(crate) fn admitted(&mut self, cost: Cost, wait: Duration) {
         self.attempts += 1;
-        self.tokens_reserved += cost.tokens;
+        self.tokens_reserved = self.tokens_reserved.saturating_add(cost.tokens);
         self.in_flight += 1;
         self.wait.record(wait);
     }
@@ -289,6 +290,8 @@ pub(crate) struct CallRecord {
     pub(crate) rate_limited: u64,
     pub(crate) retries: u64,
     pub(crate) failed: bool,
+    /// What the budget was charged for the call (nanodollars), priced by the model's id.
+    pub(crate) cost_nanos: u64,
     /// Admission wait summed over the call's attempts.
     pub(crate) wait: Duration,
 }
@@ -345,8 +348,10 @@ impl Conversations {
         };
         entry.calls += 1;
         entry.attempts += record.attempts;
-        entry.prompt_tokens += record.prompt_tokens;
-        entry.completion_tokens += record.completion_tokens;
+        entry.prompt_tokens = entry.prompt_tokens.saturating_add(record.prompt_tokens);
+        entry.completion_tokens = entry
+            .completion_tokens
+            .saturating_add(record.completion_tokens);
         entry.rate_limited += record.rate_limited;
         entry.retries += record.retries;
         entry.failed += u64::from(record.failed);
@@ -375,13 +380,14 @@ impl Conversations {
                 } else {
                     e.calls += stats.calls;
                     e.attempts += stats.attempts;
-                    e.prompt_tokens += stats.prompt_tokens;
-                    e.completion_tokens += stats.completion_tokens;
+                    e.prompt_tokens = e.prompt_tokens.saturating_add(stats.prompt_tokens);
+                    e.completion_tokens =
+                        e.completion_tokens.saturating_add(stats.completion_tokens);
                     e.rate_limited += stats.rate_limited;
                     e.retries += stats.retries;
                     e.failed += stats.failed;
                     e.wait.count += stats.wait.count;
-                    e.wait.total += stats.wait.total;
+                    e.wait.total = e.wait.total.saturating_add(stats.wait.total);
                     e.wait.max = e.wait.max.max(stats.wait.max);
                     e.wait.p50 = e.wait.p50.max(stats.wait.p50);
                     e.wait.p99 = e.wait.p99.max(stats.wait.p99);

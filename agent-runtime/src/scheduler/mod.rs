@@ -57,7 +57,32 @@ pub trait CallObserver: Send + Sync {
     /// The call was admitted after waiting `wait`.
     fn admitted(&self, _key: &str, _wait: Duration) {}
     /// The call finished (successfully or not) after `attempts` provider attempts.
+    ///
+    /// Prefer [`call_finished`](Self::call_finished), which also says which model answered and
+    /// what the call cost; the scheduler calls that one, whose default forwards here.
     fn finished(&self, _key: &str, _result: Result<&Completion, &CallError>, _attempts: u32) {}
+
+    /// The call finished: `info` says where it was charged and what it cost (priced once, by the
+    /// scheduler, with the budget's prices for the model's id — not by the quota key, which may be
+    /// any label). The default calls [`finished`](Self::finished).
+    fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
+        self.finished(info.key, result, info.attempts);
+    }
+}
+
+/// What the scheduler knows about a finished call, for [`CallObserver::call_finished`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct CallInfo<'a> {
+    /// The quota key the call was admitted on.
+    pub key: &'a str,
+    /// The model's id ([`ChatModel::id`]): what the budget's price table is keyed by.
+    pub model: &'a str,
+    /// Provider attempts made.
+    pub attempts: u32,
+    /// What the budget was charged, in nanodollars: the reported usage priced for `model`, the
+    /// priced estimate when the provider reported none, 0 for attempts that failed.
+    pub cost_nanos: u64,
 }
 
 /// A quota key looked up once (see [`QuotaScheduler::key_handle`]): a chat's contexts keep one
@@ -328,11 +353,13 @@ impl QuotaSchedulerBuilder {
             quota.validate_for(key)?;
         }
         self.retry.validate()?;
-        if self.state.is_some() && (self.poll.is_zero() || self.lease_ttl.is_zero()) {
-            return Err(QuotaConfigError::ZeroPeriod {
-                key: String::new(),
-                what: "shared-state poll interval and lease TTL",
-            });
+        if self.state.is_some() {
+            if self.poll.is_zero() {
+                return Err(QuotaConfigError::ZeroPollInterval);
+            }
+            if self.lease_ttl.is_zero() {
+                return Err(QuotaConfigError::ZeroLeaseTtl);
+            }
         }
         Ok(self.assemble())
     }
@@ -373,6 +400,8 @@ enum Outcome<'r> {
         kind: RateLimitKind,
         retry_after: Option<Duration>,
         reading: Option<&'r RateLimitReading>,
+        /// The pause when neither the provider nor the buckets say one: this attempt's backoff.
+        fallback: Duration,
     },
     Transient,
     Rejected,
@@ -430,14 +459,21 @@ impl InFlight<'_> {
                 Outcome::Completed { reading, usage } => {
                     inner.stats.succeeded += 1;
                     if let Some(u) = usage {
-                        inner.stats.prompt_tokens += u.prompt_tokens;
-                        inner.stats.completion_tokens += u.completion_tokens;
+                        inner.stats.prompt_tokens =
+                            inner.stats.prompt_tokens.saturating_add(u.prompt_tokens);
+                        inner.stats.completion_tokens = inner
+                            .stats
+                            .completion_tokens
+                            .saturating_add(u.completion_tokens);
                     }
                     inner.breaker.success();
                     *reading
                 }
                 Outcome::RateLimited { kind, reading, .. } => {
                     inner.stats.rate_limited.add(*kind);
+                    // The provider answered: it is reachable, just busy. The pause, not the
+                    // breaker, handles a 429.
+                    inner.breaker.success();
                     *reading
                 }
                 Outcome::Transient => {
@@ -454,7 +490,8 @@ impl InFlight<'_> {
                 inner.breaker.success();
             }
             let learned = reading.is_some_and(|r| {
-                self.key.quota.learn_from_headers && feedback::learn(&mut inner.learned, r)
+                self.key.quota.learn_from_headers
+                    && feedback::learn(&mut inner.learned, r, self.key.quota.period)
             });
             // The provider answered (with or without headers): the probe has taught what it can.
             let probed = inner.probing
@@ -476,28 +513,39 @@ impl InFlight<'_> {
             if let Some(r) = reading {
                 match scheduler.backend {
                     Backend::Local => {
-                        let since = now.saturating_duration_since(self.admitted.at);
-                        inner
-                            .buckets
-                            .observe_since(now, &limits, r, since, self.admitted.sent);
+                        // The report is taken as of now, with no refill credited for the time
+                        // since admission and no extra unit for header rounding: crediting them
+                        // keeps the client ahead of a provider whose bucket started refilling
+                        // later (the first request's network delay), which cost an occasional
+                        // 429 with limits configured exactly (tests/tests/http_fanout.rs).
+                        // Conservative by one response latency of refill.
+                        inner.buckets.observe_since(
+                            now,
+                            &limits,
+                            r,
+                            Duration::ZERO,
+                            state::Present::default(),
+                        );
                     }
                     Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
                 }
             }
             if let Outcome::RateLimited {
-                kind, retry_after, ..
+                kind,
+                retry_after,
+                fallback,
+                ..
             } = &outcome
             {
-                let fallback = scheduler.backoff(1);
                 pause = feedback::pause_after_429(
                     *kind,
                     *retry_after,
                     reading,
                     &limits,
                     self.cost,
-                    fallback,
+                    *fallback,
                 );
-                inner.buckets.pause_until(now + pause);
+                inner.buckets.pause_until(state::instant_after(now, pause));
                 let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
                 if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
                     inner
@@ -536,6 +584,14 @@ struct RemoteSettle {
 }
 
 impl RemoteSettle {
+    /// Runs [`apply`](Self::apply) as its own task and waits for it: a caller that drops its
+    /// future meanwhile does not abort the settle (the slot would stay held until its lease
+    /// expired, and the token adjustment would be lost).
+    async fn apply_detached(self) {
+        // A panic in the backend only loses this settle; the lease expiry covers the slot.
+        let _ = tokio::spawn(self.apply()).await;
+    }
+
     async fn apply(self) {
         let name = &*self.key.name;
         let mut errors = 0u64;
@@ -553,7 +609,8 @@ impl RemoteSettle {
             errors += u64::from(self.state.pause_until(name, self.pause).await.is_err());
         }
         if errors > 0 {
-            self.key.lock().stats.backend_errors += errors;
+            let mut key = self.key.lock();
+            key.stats.backend_errors = key.stats.backend_errors.saturating_add(errors);
         }
     }
 }
@@ -631,7 +688,10 @@ impl Inner {
                 capacity,
             } => CallError::ExceedsQuota {
                 key: key.name.to_string(),
-                dimension: dimension.as_str(),
+                // `Limits::exceeded_by` only names buckets, which all map.
+                dimension: dimension
+                    .quota_dimension()
+                    .unwrap_or(agent_core::QuotaDimension::Tokens),
                 needed,
                 capacity,
             },
@@ -843,7 +903,13 @@ impl QuotaScheduler {
         record.failed = result.is_err();
         self.inner.conversations.record(conversation, &record);
         if let Some(o) = observer {
-            o.finished(&key.name, result.as_ref(), record.attempts as u32);
+            let info = CallInfo {
+                key: &key.name,
+                model: model.id(),
+                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
+                cost_nanos: record.cost_nanos,
+            };
+            o.call_finished(&info, result.as_ref());
         }
         result
     }
@@ -875,7 +941,7 @@ impl QuotaScheduler {
                 .await
                 .map_err(|r| inner.refusal(key, r))?;
             record.attempts += 1;
-            record.wait += admitted.wait;
+            record.wait = record.wait.saturating_add(admitted.wait);
             if let Some(o) = observer {
                 o.admitted(&key.name, admitted.wait);
             }
@@ -911,23 +977,32 @@ impl QuotaScheduler {
                         reading: completion.rate_limits.as_ref(),
                     };
                     let (r, _, remote) = in_flight.finish(outcome);
-                    if let Some(remote) = remote {
-                        // Boxed: keeps the remote calls' state out of the local path's future.
-                        Box::pin(remote.apply()).await;
-                    }
+                    // The budget is settled before anything is awaited: a caller dropping the
+                    // future during the remote settle must not refund a call that was made.
                     match (r, usage) {
                         (Some(r), Some(u)) => {
+                            let cost_nanos = budget.cost_nanos(model.id(), u);
+                            record.cost_nanos = cost_nanos;
                             r.settle(Charge {
                                 calls: 1,
                                 tokens: u.total(),
-                                cost_nanos: budget.cost_nanos(model.id(), u),
+                                cost_nanos,
                             });
-                            record.prompt_tokens += u.prompt_tokens;
-                            record.completion_tokens += u.completion_tokens;
+                            record.prompt_tokens =
+                                record.prompt_tokens.saturating_add(u.prompt_tokens);
+                            record.completion_tokens =
+                                record.completion_tokens.saturating_add(u.completion_tokens);
                         }
                         // Without reported usage the estimate stands as the charge.
-                        (Some(r), None) => r.commit(),
+                        (Some(r), None) => {
+                            record.cost_nanos = r.reserved().cost_nanos;
+                            r.commit();
+                        }
                         (None, _) => {}
+                    }
+                    if let Some(remote) = remote {
+                        // Boxed: keeps the remote calls' state out of the local path's future.
+                        Box::pin(remote.apply_detached()).await;
                     }
                     tracing::debug!(
                         prompt_tokens = usage.map(|u| u.prompt_tokens),
@@ -946,13 +1021,15 @@ impl QuotaScheduler {
                         kind,
                         retry_after,
                         reading: reading.as_deref(),
+                        // Grows with the attempt, so hint-less 429s back off exponentially.
+                        fallback: inner.backoff(attempt),
                     };
                     let (r, pause, remote) = in_flight.finish(outcome);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     record.rate_limited += 1;
                     tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
@@ -969,11 +1046,11 @@ impl QuotaScheduler {
                 }
                 Err(e @ ModelError::Transient { .. }) => {
                     let (r, _, remote) = in_flight.finish(Outcome::Transient);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     e
                 }
@@ -981,11 +1058,11 @@ impl QuotaScheduler {
                     // Quota exhausted, request too large, invalid request, malformed response:
                     // the same request would fail again, so it is never retried.
                     let (r, _, remote) = in_flight.finish(Outcome::Rejected);
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply()).await;
-                    }
                     if let Some(r) = r {
                         r.settle(failed_attempt);
+                    }
+                    if let Some(remote) = remote {
+                        Box::pin(remote.apply_detached()).await;
                     }
                     return Err(CallError::Model(e));
                 }
@@ -1006,7 +1083,15 @@ impl QuotaScheduler {
                             last: error,
                         });
                     }
-                    Some(retry_after.unwrap_or_else(|| inner.backoff(attempt)))
+                    match retry_after {
+                        // Like a 429's pause: a hint beyond max_admission_wait returns the error
+                        // rather than sleeping a day ("no hangs").
+                        Some(hint) if *hint > inner.max_admission_wait => {
+                            return Err(CallError::Model(error));
+                        }
+                        Some(hint) => Some(*hint),
+                        None => Some(inner.backoff(attempt)),
+                    }
                 }
                 // A 429 paused the key; the retry waits for the pause in the queue.
                 _ => None,

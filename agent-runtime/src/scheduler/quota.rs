@@ -354,6 +354,21 @@ impl Dimension {
     }
 }
 
+impl Dimension {
+    /// The dimension as [`CallError::ExceedsQuota`](agent_core::CallError::ExceedsQuota) reports
+    /// it; `None` for the in-flight cap and the pause, which no single call can exceed.
+    pub const fn quota_dimension(self) -> Option<agent_core::QuotaDimension> {
+        use agent_core::QuotaDimension as Q;
+        Some(match self {
+            Dimension::Requests => Q::Requests,
+            Dimension::Tokens => Q::Tokens,
+            Dimension::RequestsPerDay => Q::RequestsPerDay,
+            Dimension::TokensPerDay => Q::TokensPerDay,
+            Dimension::InFlight | Dimension::Paused => return None,
+        })
+    }
+}
+
 impl std::fmt::Display for Dimension {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -380,6 +395,16 @@ pub enum QuotaConfigError {
         /// Which limit.
         dimension: &'static str,
     },
+    /// The shared-state poll interval is zero: a waiting call would ask the backend in a busy loop.
+    #[error(
+        "the scheduler's poll_interval must be longer than zero with a shared quota state (default 50 ms)"
+    )]
+    ZeroPollInterval,
+    /// The shared-state lease TTL is zero: every in-flight slot would expire as it is granted.
+    #[error(
+        "the scheduler's lease_ttl must be longer than zero with a shared quota state (default 10 min; renewals keep long calls alive)"
+    )]
+    ZeroLeaseTtl,
     /// The retry policy is inconsistent.
     #[error("invalid retry policy: {reason}")]
     InvalidRetryPolicy {

@@ -278,7 +278,7 @@ impl Breaker {
         let probe_failed = matches!(self.circuit, Circuit::HalfOpen { .. });
         if probe_failed || self.consecutive >= policy.breaker_threshold {
             self.circuit = Circuit::Open {
-                until: now + policy.breaker_cooldown,
+                until: super::state::instant_after(now, policy.breaker_cooldown),
             };
         }
     }

@@ -187,6 +187,17 @@ impl<S: QuotaState + ?Sized> QuotaState for Box<S> {
     }
 }
 
+/// `now + d`, or a far-future instant when that is not representable. Every instant offset by a
+/// configured or provider-supplied duration goes through here: `Instant + Duration` panics on
+/// overflow, and a provider's `retry-after` or a user's `Duration::MAX` must never panic a call.
+pub(crate) fn instant_after(now: Instant, d: Duration) -> Instant {
+    // Thirty years is what tokio itself uses as "far future".
+    const FAR: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(FAR))
+        .unwrap_or(now)
+}
+
 /// Why a key cannot admit a call now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Blocked {
@@ -366,7 +377,9 @@ impl KeyBuckets {
         }
     }
 
-    /// Which of the request and token buckets exist now.
+    /// Which of the request and token buckets exist now (the scheduler reports with
+    /// `Present::default()`, see `InFlight::finish`; the tests exercise the rounding allowance).
+    #[cfg(test)]
     pub(crate) fn present(&self) -> Present {
         Present {
             requests: self.buckets[0].is_some(),
@@ -501,7 +514,7 @@ impl QuotaState for InMemoryState {
     }
 
     async fn pause_until(&self, key: &str, retry_after: Duration) -> Result<(), StateError> {
-        let until = Instant::now() + retry_after;
+        let until = instant_after(Instant::now(), retry_after);
         self.with_key(key, |k| k.pause_until(until));
         Ok(())
     }

@@ -8,6 +8,10 @@
 //!
 //! Arithmetic is exact integers: one token is `period_ns` units and the bucket refills `capacity`
 //! units per nanosecond, so "Please try again in t" and the reset headers carry no float error.
+//! Every operation saturates: within the bounds [`SimConfig::validate`](super::SimConfig::validate)
+//! allows (a period of at most a year, any `u64` limit) nothing comes near `i128::MAX` and the
+//! results are exact; beyond them (a bucket built directly, a refill after centuries) the bucket
+//! clamps instead of panicking.
 
 use std::time::Duration;
 
@@ -26,22 +30,26 @@ pub(crate) struct ProviderBucket {
 
 impl ProviderBucket {
     pub(crate) fn new(capacity: u64, period: Duration, start_empty: bool, now: Instant) -> Self {
+        // Duration::MAX is below 2^96 ns, so the period always fits in i128.
         let period_ns = period.as_nanos().max(1);
-        let level = if start_empty {
-            0
-        } else {
-            i128::from(capacity) * period_ns as i128
-        };
-        Self {
+        let mut bucket = Self {
             capacity,
             period_ns,
-            level,
+            level: 0,
             updated: now,
+        };
+        if !start_empty {
+            bucket.level = bucket.full();
         }
+        bucket
+    }
+
+    fn period(&self) -> i128 {
+        i128::try_from(self.period_ns).unwrap_or(i128::MAX)
     }
 
     fn units(&self, tokens: u64) -> i128 {
-        i128::from(tokens) * self.period_ns as i128
+        i128::from(tokens).saturating_mul(self.period())
     }
 
     fn full(&self) -> i128 {
@@ -53,14 +61,16 @@ impl ProviderBucket {
     }
 
     pub(crate) fn refill(&mut self, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_nanos() as i128;
-        self.level = (self.level + elapsed * i128::from(self.capacity)).min(self.full());
+        let elapsed = i128::try_from(now.saturating_duration_since(self.updated).as_nanos())
+            .unwrap_or(i128::MAX);
+        let refilled = elapsed.saturating_mul(i128::from(self.capacity));
+        self.level = self.level.saturating_add(refilled).min(self.full());
         self.updated = now;
     }
 
     /// Whole tokens available now (never negative).
     pub(crate) fn available(&self) -> u64 {
-        u64::try_from((self.level / self.period_ns as i128).max(0)).unwrap_or(u64::MAX)
+        u64::try_from((self.level / self.period()).max(0)).unwrap_or(u64::MAX)
     }
 
     /// Tokens in use, as OpenAI's "Used U" counts them: capacity minus whole tokens available.
@@ -76,12 +86,18 @@ impl ProviderBucket {
     pub(crate) fn take(&mut self, tokens: u64) {
         // Bounded below by one bucket of debt so endless rejected retries cannot push the
         // recovery time to infinity.
-        self.level = (self.level - self.units(tokens)).max(-self.full());
+        self.level = self
+            .level
+            .saturating_sub(self.units(tokens))
+            .max(-self.full());
     }
 
     /// Returns `tokens` (a refund), never above capacity.
     pub(crate) fn give_back(&mut self, tokens: u64) {
-        self.level = (self.level + self.units(tokens)).min(self.full());
+        self.level = self
+            .level
+            .saturating_add(self.units(tokens))
+            .min(self.full());
     }
 
     /// Time until `tokens` are available, rounded up to the millisecond as OpenAI reports it.
@@ -95,11 +111,11 @@ impl ProviderBucket {
     }
 
     fn time_to(&self, target: i128) -> Duration {
-        let deficit = target - self.level;
+        let deficit = target.saturating_sub(self.level);
         if deficit <= 0 || self.capacity == 0 {
             return Duration::ZERO;
         }
-        let nanos = (deficit as u128).div_ceil(u128::from(self.capacity));
+        let nanos = deficit.unsigned_abs().div_ceil(u128::from(self.capacity));
         let millis = nanos.div_ceil(NANOS_PER_MS);
         Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
     }
@@ -146,5 +162,37 @@ mod tests {
         assert_eq!(e.wait_for(1), Duration::from_secs(66));
         e.set_capacity(5);
         assert_eq!(e.capacity(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_capacities_and_periods_saturate_instead_of_overflowing() {
+        let now = Instant::now();
+        for period in [
+            Duration::MAX,
+            Duration::from_secs(365 * 24 * 3600),
+            Duration::from_nanos(1),
+        ] {
+            for start_empty in [false, true] {
+                let mut b = ProviderBucket::new(u64::MAX, period, start_empty, now);
+                b.take(u64::MAX);
+                b.take(u64::MAX);
+                assert!(!b.has(1), "{period:?}");
+                let _ = (b.wait_for(u64::MAX), b.time_to_full(), b.used());
+                tokio::time::advance(Duration::from_secs(3600)).await;
+                b.refill(Instant::now());
+                b.give_back(u64::MAX);
+                b.give_back(u64::MAX);
+                b.set_capacity(u64::MAX);
+                b.refill(Instant::now() + Duration::from_secs(u64::MAX / 4));
+                assert!(b.has(u64::MAX), "a long refill fills it: {period:?}");
+            }
+        }
+        // Within the bounds SimConfig allows, the arithmetic stays exact.
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let mut b = ProviderBucket::new(u64::MAX, year, false, now);
+        assert_eq!(b.available(), u64::MAX);
+        b.take(u64::MAX);
+        assert_eq!(b.available(), 0);
+        assert_eq!(b.time_to_full(), year);
     }
 }

@@ -155,13 +155,44 @@ pub enum SimConfigError {
     /// A fault fires "every 0 requests".
     #[error("fault `{0}` is set to every 0 requests; use 1 for every request or None to disable")]
     ZeroFaultInterval(&'static str),
+    /// A value beyond what the simulator models (a period over a year, a latency over a day, a
+    /// reply of more than a million tokens).
+    #[error("`{field}` is larger than the simulator supports; use at most {max}")]
+    TooLarge {
+        /// The [`SimConfig`] field.
+        field: &'static str,
+        /// The largest accepted value.
+        max: &'static str,
+    },
 }
 
 impl SimConfig {
+    /// The longest `period`: a year (a daily limit fits; anything longer is no rate limit). It
+    /// keeps the buckets' exact arithmetic far from overflow for any `u64` limit.
+    pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
+    /// The longest `latency` and `per_token_latency`: a day (use `Faults::hang_every` for a
+    /// server that never answers).
+    pub const MAX_LATENCY: Duration = Duration::from_secs(24 * 3600);
+    /// The longest normal reply, in tokens (each reply is built in memory).
+    pub const MAX_REPLY_TOKENS: u32 = 1_000_000;
+
     /// Checks that the configuration can work.
     pub fn validate(&self) -> Result<(), SimConfigError> {
         if self.period.is_zero() {
             return Err(SimConfigError::ZeroPeriod);
+        }
+        let too_large = |field, max| Err(SimConfigError::TooLarge { field, max });
+        if self.period > Self::MAX_PERIOD {
+            return too_large("period", "365 days");
+        }
+        if self.latency > Self::MAX_LATENCY {
+            return too_large("latency", "1 day");
+        }
+        if self.per_token_latency > Self::MAX_LATENCY {
+            return too_large("per_token_latency", "1 day");
+        }
+        if self.reply_tokens > Self::MAX_REPLY_TOKENS {
+            return too_large("reply_tokens", "1000000");
         }
         if self.rpm == Some(0) {
             return Err(SimConfigError::ZeroLimit("requests"));

@@ -128,6 +128,7 @@ fn who(last: Option<&Message>) -> String {
             (None, Role::User) => "user".to_owned(),
             (None, Role::Assistant) => "assistant".to_owned(),
             (None, Role::Tool) => "tool".to_owned(),
+            (None, _) => "someone".to_owned(),
         },
         None => "nobody".to_owned(),
     }

@@ -140,7 +140,8 @@ impl Admission {
     /// Latency of the whole reply: first token plus every generated token.
     pub(crate) fn total_latency(&self) -> Duration {
         let tokens = u32::try_from(self.reply.completion_tokens()).unwrap_or(u32::MAX);
-        self.latency + self.per_token_latency.saturating_mul(tokens)
+        self.latency
+            .saturating_add(self.per_token_latency.saturating_mul(tokens))
     }
 }
 
@@ -373,7 +374,7 @@ impl Simulation {
                 .max_completion_tokens
                 .unwrap_or(config.default_max_tokens),
         );
-        let cost = prompt_tokens + max_completion;
+        let cost = prompt_tokens.saturating_add(max_completion);
 
         if let Some(tokens) = state.tokens.as_ref().filter(|b| cost > b.capacity()) {
             let limit = tokens.capacity();

@@ -385,3 +385,62 @@ async fn service_times_sum_the_latency_model_of_every_admitted_reply() {
     assert_eq!(stats.min_service_us, 12_000);
     assert_eq!(stats.service_us, 27_000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn extreme_configs_are_refused_or_run_exactly() {
+    let refused = [
+        (SimConfig::default().with_period(Duration::MAX), "period"),
+        (
+            SimConfig::default().with_latency(Duration::MAX, Duration::ZERO),
+            "latency",
+        ),
+        (
+            SimConfig::default().with_latency(Duration::ZERO, Duration::MAX),
+            "per_token_latency",
+        ),
+        (
+            SimConfig::default().with_reply_tokens(u32::MAX),
+            "reply_tokens",
+        ),
+    ];
+    for (config, field) in refused {
+        match SimulatedProvider::new(config) {
+            Err(e @ SimConfigError::TooLarge { field: f, .. }) => {
+                assert_eq!(f, field);
+                assert!(e.to_string().contains(field), "{e}");
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+
+    // The largest limits over the longest period: admitted and reported exactly.
+    let provider = instant(
+        SimConfig::default()
+            .with_period(SimConfig::MAX_PERIOD)
+            .with_rpm(u64::MAX)
+            .with_tpm(u64::MAX)
+            .with_charge_rejected(true)
+            .with_refund_unused(true),
+    );
+    let done = provider.complete(hi()).await.unwrap();
+    let reading = done.rate_limits.unwrap();
+    assert_eq!(reading.limit_requests, Some(u64::MAX));
+    assert_eq!(reading.remaining_requests, Some(u64::MAX - 1));
+    provider.simulation().set_limits(Some(1), Some(1)).unwrap();
+    tokio::time::advance(SimConfig::MAX_PERIOD).await;
+    let err = provider.complete(hi()).await.unwrap_err();
+    assert!(matches!(err, ModelError::RequestTooLarge { .. }), "{err:?}");
+    provider
+        .simulation()
+        .set_limits(Some(u64::MAX), Some(u64::MAX))
+        .unwrap();
+    // The rejected request took the one request there was; at u64::MAX a year it is back
+    // within the millisecond OpenAI rounds to.
+    let (kind, wait, _) = rate_limited(provider.complete(hi()).await);
+    assert_eq!(
+        (kind, wait),
+        (RateLimitKind::Requests, Duration::from_millis(1))
+    );
+    tokio::time::advance(wait).await;
+    provider.complete(hi()).await.unwrap();
+}

@@ -478,11 +478,13 @@ impl QuotaState for RedisQuotaState {
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
         match self
-            .guarded(
-                self.inner
-                    .scripts
-                    .settle(&mut conn, &keys, lease.id, &deltas),
-            )
+            .guarded(self.inner.scripts.settle(
+                &mut conn,
+                &keys,
+                lease.id,
+                limits.start_empty,
+                &deltas,
+            ))
             .await
         {
             Ok(_) => Ok(()),
@@ -537,9 +539,13 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        self.guarded(self.inner.scripts.observe(&mut conn, &keys, &remaining))
-            .await
-            .map_err(|error| self.unavailable(&error))
+        self.guarded(
+            self.inner
+                .scripts
+                .observe(&mut conn, &keys, limits.start_empty, &remaining),
+        )
+        .await
+        .map_err(|error| self.unavailable(&error))
     }
 }
 
@@ -671,7 +677,10 @@ impl Health {
         let from = {
             let mut state = self.lock();
             if to == RedisMode::LocalShare {
-                state.next_probe = Some(Instant::now() + config.probe_interval);
+                state.next_probe = Some(crate::scheduler::state::instant_after(
+                    Instant::now(),
+                    config.probe_interval,
+                ));
             }
             std::mem::replace(&mut state.mode, to)
         };

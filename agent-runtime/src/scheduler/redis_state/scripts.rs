@@ -206,11 +206,16 @@ impl Scripts {
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
         lease_id: u64,
+        start_empty: bool,
         deltas: &[(BucketArg, i64)],
     ) -> RedisResult<bool> {
         let mut inv = self.settle.prepare_invoke();
         keys.push(&mut inv);
-        inv.arg(lease_id).arg(deltas.len());
+        // Every script reads a missing bucket the same way (full, or empty with start_empty):
+        // otherwise a settle or observe after an idle key expired would refill it.
+        inv.arg(lease_id)
+            .arg(u8::from(start_empty))
+            .arg(deltas.len());
         for (bucket, delta) in deltas {
             bucket.push(&mut inv, *delta as f64);
         }
@@ -253,11 +258,12 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
+        start_empty: bool,
         remaining: &[(BucketArg, u64)],
     ) -> RedisResult<()> {
         let mut inv = self.observe.prepare_invoke();
         keys.push(&mut inv);
-        inv.arg(remaining.len());
+        inv.arg(u8::from(start_empty)).arg(remaining.len());
         for (bucket, left) in remaining {
             bucket.push(&mut inv, *left as f64);
         }
