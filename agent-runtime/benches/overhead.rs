@@ -115,6 +115,7 @@ fn main() {
     let runtime = runtime();
     // `--single KIND CONVERSATIONS TURNS`: one configuration only (what callgrind runs).
     let args: Vec<String> = std::env::args().collect();
+    // `--sizes`: the size of the call future, whose moves and box show in the profile.
     if args.iter().any(|a| a == "--sizes") {
         use agent_core::{Budget, CallKind, ChatRequest, Message, TurnContext};
         use agent_runtime::scheduler::ModelCall;

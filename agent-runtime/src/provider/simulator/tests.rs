@@ -363,6 +363,30 @@ fn invalid_configs_are_refused_at_construction() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn service_times_sum_the_latency_model_of_every_admitted_reply() {
+    // 10 ms to the first token, 1 ms per token; replies of 5 tokens unless cut shorter.
+    let model = SimulatedProvider::new(
+        SimConfig::default()
+            .with_rpm(2)
+            .with_reply_tokens(5)
+            .with_latency(Duration::from_millis(10), Duration::from_millis(1)),
+    )
+    .unwrap();
+    assert_eq!(model.simulation().stats().min_service_us, 0);
+    model.complete(hi()).await.unwrap();
+    model
+        .complete(hi().with_max_completion_tokens(2))
+        .await
+        .unwrap();
+    // The third is refused: no service time for it.
+    assert!(model.complete(hi()).await.is_err());
+    let stats = model.simulation().stats();
+    assert_eq!(stats.max_service_us, 15_000);
+    assert_eq!(stats.min_service_us, 12_000);
+    assert_eq!(stats.service_us, 27_000);
+}
+
+#[tokio::test(start_paused = true)]
 async fn extreme_configs_are_refused_or_run_exactly() {
     let refused = [
         (SimConfig::default().with_period(Duration::MAX), "period"),
