@@ -1,23 +1,27 @@
 //! The quota scheduler: the one pipeline every model call passes through.
 //!
 //! `budget → quota admission → provider → reconcile`, with exactly one retry loop around the
-//! provider stage. Each stage has its module:
+//! provider stage. `attempt` runs one call through the stages, a method each; each stage's
+//! machinery has its module:
 //!
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
 //! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
 //! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
-//! - provider — [`ChatModel::complete`], called only here;
-//! - `feedback` — limits learned from headers and 429 pauses; [`retry`] — backoff, retry budget
-//!   and circuit breaker; [`metrics`] — the [`SchedulerSnapshot`].
+//! - provider — [`ChatModel::complete`], called only in `attempt`;
+//! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
+//!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
+//!   the [`SchedulerSnapshot`].
 //!
 //! See `docs/quota.md` for the semantics and the reasons behind them.
 
 mod admission;
+mod attempt;
 mod bucket;
 mod feedback;
 pub mod metrics;
 pub mod quota;
+mod reconcile;
 pub mod retry;
 pub mod state;
 
@@ -38,7 +42,7 @@ use std::time::Duration;
 
 use agent_core::{
     Budget, CallError, CallKind, Charge, CharsPerToken, ChatModel, ChatRequest, Completion,
-    ModelError, RateLimitKind, RateLimitReading, Reservation, TokenEstimator, Usage,
+    ModelError, RateLimitKind, TokenEstimator, Usage,
 };
 use futures::future::Either;
 use rand::rngs::SmallRng;
@@ -47,7 +51,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use admission::{Admitted, Backend, Key, Refusal, Ticket, cancelled};
+use admission::{Backend, Key, Refusal, Ticket};
+use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
@@ -390,271 +395,6 @@ impl QuotaSchedulerBuilder {
     }
 }
 
-/// How an attempt that reached the provider ended, for the reconcile stage.
-enum Outcome<'r> {
-    Completed {
-        usage: Option<Usage>,
-        reading: Option<&'r RateLimitReading>,
-    },
-    RateLimited {
-        kind: RateLimitKind,
-        retry_after: Option<Duration>,
-        reading: Option<&'r RateLimitReading>,
-        /// The pause when neither the provider nor the buckets say one: this attempt's backoff.
-        fallback: Duration,
-    },
-    Transient,
-    Rejected,
-}
-
-/// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
-/// future was dropped mid-call), it keeps everything charged (the provider may have done the
-/// work) and frees the in-flight slot.
-struct InFlight<'a> {
-    scheduler: &'a Inner,
-    key: &'a Arc<Key>,
-    cost: Cost,
-    admitted: Admitted,
-    reservation: Option<Reservation>,
-    done: bool,
-}
-
-impl InFlight<'_> {
-    fn settlement(&self, actual_tokens: u64) -> Settlement {
-        Settlement {
-            actual_tokens,
-            refund_unused: self.key.quota.refund_unused,
-        }
-    }
-
-    /// Reconciles quota to the outcome, learns from the provider, updates the breaker and
-    /// counters. Returns the reservation (to settle), the pause a 429 imposed, and what a shared
-    /// backend still has to be told. Synchronous, so the local path's future stays small.
-    fn finish(
-        mut self,
-        outcome: Outcome<'_>,
-    ) -> (Option<Reservation>, Duration, Option<RemoteSettle>) {
-        self.done = true;
-        let actual = match &outcome {
-            Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
-            // The provider rejected the attempt before generating: no tokens were used.
-            _ => 0,
-        };
-        let settlement = self.settlement(actual);
-        let scheduler = self.scheduler;
-        let mut pause = Duration::ZERO;
-        let (limits, reading) = {
-            let mut inner = self.key.lock();
-            let inner = &mut *inner;
-            // An unlimited key's success touches no bucket and no timer: spare the clock read.
-            let timeless = inner.limits.is_unlimited()
-                && matches!(outcome, Outcome::Completed { reading: None, .. });
-            let now = if timeless {
-                self.admitted.at
-            } else {
-                Instant::now()
-            };
-            inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
-            let reading = match &outcome {
-                Outcome::Completed { reading, usage } => {
-                    inner.stats.succeeded += 1;
-                    if let Some(u) = usage {
-                        inner.stats.prompt_tokens =
-                            inner.stats.prompt_tokens.saturating_add(u.prompt_tokens);
-                        inner.stats.completion_tokens = inner
-                            .stats
-                            .completion_tokens
-                            .saturating_add(u.completion_tokens);
-                    }
-                    inner.breaker.success();
-                    *reading
-                }
-                Outcome::RateLimited { kind, reading, .. } => {
-                    inner.stats.rate_limited.add(*kind);
-                    // The provider answered: it is reachable, just busy. The pause, not the
-                    // breaker, handles a 429.
-                    inner.breaker.success();
-                    *reading
-                }
-                Outcome::Transient => {
-                    inner.stats.transient_errors += 1;
-                    inner.breaker.failure(now, &scheduler.retry);
-                    None
-                }
-                Outcome::Rejected => {
-                    inner.breaker.success();
-                    None
-                }
-            };
-            if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
-                inner.breaker.success();
-            }
-            let learned = reading.is_some_and(|r| {
-                self.key.quota.learn_from_headers
-                    && feedback::learn(&mut inner.learned, r, self.key.quota.period)
-            });
-            // The provider answered (with or without headers): the probe has taught what it can.
-            let probed = inner.probing
-                && matches!(
-                    outcome,
-                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
-                );
-            if probed {
-                inner.probing = false;
-            }
-            if learned || probed {
-                inner.limits =
-                    feedback::effective_limits(&self.key.quota, inner.learned, inner.probing);
-            }
-            let limits = inner.limits;
-            if let Backend::Local = scheduler.backend {
-                inner.buckets.settle(now, &limits, self.cost, settlement);
-            }
-            if let Some(r) = reading {
-                match scheduler.backend {
-                    Backend::Local => {
-                        // The report is taken as of now, with no refill credited for the time
-                        // since admission and no extra unit for header rounding: crediting them
-                        // keeps the client ahead of a provider whose bucket started refilling
-                        // later (the first request's network delay), which cost an occasional
-                        // 429 with limits configured exactly (tests/tests/http_fanout.rs).
-                        // Conservative by one response latency of refill.
-                        inner.buckets.observe_since(
-                            now,
-                            &limits,
-                            r,
-                            Duration::ZERO,
-                            state::Present::default(),
-                        );
-                    }
-                    Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
-                }
-            }
-            if let Outcome::RateLimited {
-                kind,
-                retry_after,
-                fallback,
-                ..
-            } = &outcome
-            {
-                pause = feedback::pause_after_429(
-                    *kind,
-                    *retry_after,
-                    reading,
-                    &limits,
-                    self.cost,
-                    *fallback,
-                );
-                inner.buckets.pause_until(state::instant_after(now, pause));
-                let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
-                if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
-                    inner
-                        .buckets
-                        .after_429(now, &limits, *kind, self.cost, told);
-                }
-            }
-            inner.queue.notify_head();
-            (limits, reading)
-        };
-        let remote = match &scheduler.backend {
-            Backend::Local => None,
-            Backend::Shared { state, .. } => Some(RemoteSettle {
-                state: state.clone(),
-                key: self.key.clone(),
-                lease: self.admitted.lease,
-                limits,
-                settlement,
-                reading: reading.cloned(),
-                pause,
-            }),
-        };
-        (self.reservation.take(), pause, remote)
-    }
-}
-
-/// What a shared backend must be told after an attempt (settle, observe, pause).
-struct RemoteSettle {
-    state: Arc<dyn QuotaState>,
-    key: Arc<Key>,
-    lease: Option<Lease>,
-    limits: Limits,
-    settlement: Settlement,
-    reading: Option<RateLimitReading>,
-    pause: Duration,
-}
-
-impl RemoteSettle {
-    /// Runs [`apply`](Self::apply) as its own task and waits for it: a caller that drops its
-    /// future meanwhile does not abort the settle (the slot would stay held until its lease
-    /// expired, and the token adjustment would be lost).
-    async fn apply_detached(self) {
-        // A panic in the backend only loses this settle; the lease expiry covers the slot.
-        let _ = tokio::spawn(self.apply()).await;
-    }
-
-    async fn apply(self) {
-        let name = &*self.key.name;
-        let mut errors = 0u64;
-        if let Some(lease) = self.lease {
-            let r = self
-                .state
-                .settle(name, &self.limits, lease, self.settlement)
-                .await;
-            errors += u64::from(r.is_err());
-        }
-        if let Some(r) = &self.reading {
-            errors += u64::from(self.state.observe(name, &self.limits, r).await.is_err());
-        }
-        if !self.pause.is_zero() {
-            errors += u64::from(self.state.pause_until(name, self.pause).await.is_err());
-        }
-        if errors > 0 {
-            let mut key = self.key.lock();
-            key.stats.backend_errors = key.stats.backend_errors.saturating_add(errors);
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        if let Some(r) = self.reservation.take() {
-            r.commit();
-        }
-        let settlement = self.settlement(self.cost.tokens);
-        let mut inner = self.key.lock();
-        inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
-        if self.admitted.probe {
-            inner.breaker.probe_abandoned();
-        }
-        match &self.scheduler.backend {
-            Backend::Local => {
-                let limits = inner.limits;
-                inner
-                    .buckets
-                    .settle(Instant::now(), &limits, self.cost, settlement);
-            }
-            Backend::Shared { state, .. } => {
-                // Drop cannot await: settle on the runtime if there is one; otherwise the
-                // backend's lease expiry returns the slot.
-                if let (Some(lease), Ok(handle)) =
-                    (self.admitted.lease, tokio::runtime::Handle::try_current())
-                {
-                    let state = state.clone();
-                    let key = self.key.name.clone();
-                    let limits = inner.limits;
-                    handle.spawn(async move {
-                        let _ = state.settle(&key, &limits, lease, settlement).await;
-                    });
-                }
-            }
-        }
-        inner.queue.notify_head();
-    }
-}
-
 impl Inner {
     fn key(&self, name: &str) -> Arc<Key> {
         // Poisoning cannot leave the map half-updated (an insert either happened or not).
@@ -882,24 +622,26 @@ impl QuotaScheduler {
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
         let mut record = CallRecord::default();
-        let result = self
-            .attempts(
-                model,
-                &request,
-                key,
-                budget,
-                charge,
-                Ticket {
-                    cost,
-                    conversation,
-                    priority,
-                    retry: false,
-                    cancel,
-                },
-                observer,
-                &mut record,
-            )
-            .await;
+        let result = CallAttempts {
+            scheduler: &self.inner,
+            model,
+            request: &request,
+            key,
+            budget,
+            charge,
+            ticket: Ticket {
+                cost,
+                conversation,
+                priority,
+                retry: false,
+                cancel,
+            },
+            observer,
+            record: &mut record,
+            attempt: 0,
+        }
+        .run()
+        .await;
         record.failed = result.is_err();
         self.inner.conversations.record(conversation, &record);
         if let Some(o) = observer {
@@ -912,205 +654,5 @@ impl QuotaScheduler {
             o.call_finished(&info, result.as_ref());
         }
         result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn attempts(
-        &self,
-        model: &dyn ChatModel,
-        request: &ChatRequest,
-        key: &Arc<Key>,
-        budget: &Budget,
-        charge: Charge,
-        mut ticket: Ticket<'_>,
-        observer: Option<&dyn CallObserver>,
-        record: &mut CallRecord,
-    ) -> Result<Completion, CallError> {
-        let inner = &*self.inner;
-        let policy = &inner.retry;
-        // Budget first: a spent budget fails here and never waits for quota.
-        let mut reservation = Some(budget.try_reserve(charge)?);
-        if let Some(o) = observer {
-            o.queued(&key.name);
-        }
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let admitted = key
-                .admit(&inner.backend, ticket, policy, inner.max_admission_wait)
-                .await
-                .map_err(|r| inner.refusal(key, r))?;
-            record.attempts += 1;
-            record.wait = record.wait.saturating_add(admitted.wait);
-            if let Some(o) = observer {
-                o.admitted(&key.name, admitted.wait);
-            }
-            tracing::debug!(
-                attempt,
-                wait_us = admitted.wait.as_micros() as u64,
-                reserved_tokens = ticket.cost.tokens,
-                "admitted"
-            );
-            let in_flight = InFlight {
-                scheduler: inner,
-                key,
-                cost: ticket.cost,
-                admitted,
-                reservation: reservation.take(),
-                done: false,
-            };
-            let result = tokio::select! {
-                biased;
-                r = model.complete(request.clone()) => r,
-                () = cancelled(ticket.cancel) => return Err(CallError::Cancelled),
-            };
-            let failed_attempt = Charge {
-                calls: 1,
-                tokens: 0,
-                cost_nanos: 0,
-            };
-            let error = match result {
-                Ok(completion) => {
-                    let usage = completion.usage;
-                    let outcome = Outcome::Completed {
-                        usage,
-                        reading: completion.rate_limits.as_ref(),
-                    };
-                    let (r, _, remote) = in_flight.finish(outcome);
-                    // The budget is settled before anything is awaited: a caller dropping the
-                    // future during the remote settle must not refund a call that was made.
-                    match (r, usage) {
-                        (Some(r), Some(u)) => {
-                            let cost_nanos = budget.cost_nanos(model.id(), u);
-                            record.cost_nanos = cost_nanos;
-                            r.settle(Charge {
-                                calls: 1,
-                                tokens: u.total(),
-                                cost_nanos,
-                            });
-                            record.prompt_tokens =
-                                record.prompt_tokens.saturating_add(u.prompt_tokens);
-                            record.completion_tokens =
-                                record.completion_tokens.saturating_add(u.completion_tokens);
-                        }
-                        // Without reported usage the estimate stands as the charge.
-                        (Some(r), None) => {
-                            record.cost_nanos = r.reserved().cost_nanos;
-                            r.commit();
-                        }
-                        (None, _) => {}
-                    }
-                    if let Some(remote) = remote {
-                        // Boxed: keeps the remote calls' state out of the local path's future.
-                        Box::pin(remote.apply_detached()).await;
-                    }
-                    tracing::debug!(
-                        prompt_tokens = usage.map(|u| u.prompt_tokens),
-                        completion_tokens = usage.map(|u| u.completion_tokens),
-                        "completed"
-                    );
-                    return Ok(completion);
-                }
-                Err(ModelError::RateLimited {
-                    kind,
-                    retry_after,
-                    reading,
-                    message,
-                }) => {
-                    let outcome = Outcome::RateLimited {
-                        kind,
-                        retry_after,
-                        reading: reading.as_deref(),
-                        // Grows with the attempt, so hint-less 429s back off exponentially.
-                        fallback: inner.backoff(attempt),
-                    };
-                    let (r, pause, remote) = in_flight.finish(outcome);
-                    if let Some(r) = r {
-                        r.settle(failed_attempt);
-                    }
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply_detached()).await;
-                    }
-                    record.rate_limited += 1;
-                    tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
-                    let error = ModelError::RateLimited {
-                        kind,
-                        retry_after,
-                        reading,
-                        message,
-                    };
-                    if pause > inner.max_admission_wait {
-                        return Err(CallError::Model(error));
-                    }
-                    error
-                }
-                Err(e @ ModelError::Transient { .. }) => {
-                    let (r, _, remote) = in_flight.finish(Outcome::Transient);
-                    if let Some(r) = r {
-                        r.settle(failed_attempt);
-                    }
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply_detached()).await;
-                    }
-                    e
-                }
-                Err(e) => {
-                    // Quota exhausted, request too large, invalid request, malformed response:
-                    // the same request would fail again, so it is never retried.
-                    let (r, _, remote) = in_flight.finish(Outcome::Rejected);
-                    if let Some(r) = r {
-                        r.settle(failed_attempt);
-                    }
-                    if let Some(remote) = remote {
-                        Box::pin(remote.apply_detached()).await;
-                    }
-                    return Err(CallError::Model(e));
-                }
-            };
-            if attempt >= policy.max_attempts {
-                return Err(CallError::RetriesExhausted {
-                    attempts: attempt,
-                    last: error,
-                });
-            }
-            let backoff = match &error {
-                ModelError::Transient { retry_after, .. } => {
-                    let allowed = key.lock().retry_budget.withdraw(Instant::now(), policy);
-                    if !allowed {
-                        tracing::debug!("retry budget spent");
-                        return Err(CallError::RetriesExhausted {
-                            attempts: attempt,
-                            last: error,
-                        });
-                    }
-                    match retry_after {
-                        // Like a 429's pause: a hint beyond max_admission_wait returns the error
-                        // rather than sleeping a day ("no hangs").
-                        Some(hint) if *hint > inner.max_admission_wait => {
-                            return Err(CallError::Model(error));
-                        }
-                        Some(hint) => Some(*hint),
-                        None => Some(inner.backoff(attempt)),
-                    }
-                }
-                // A 429 paused the key; the retry waits for the pause in the queue.
-                _ => None,
-            };
-            {
-                let mut k = key.lock();
-                k.stats.retries += 1;
-            }
-            record.retries += 1;
-            // Every attempt that reaches the provider is a model call in the budget.
-            reservation = Some(budget.try_reserve(charge)?);
-            if let Some(backoff) = backoff {
-                tokio::select! {
-                    biased;
-                    () = cancelled(ticket.cancel) => return Err(CallError::Cancelled),
-                    () = Box::pin(tokio::time::sleep(backoff)) => {}
-                }
-            }
-            ticket.retry = true;
-        }
     }
 }

@@ -1,0 +1,268 @@
+//! One call's way through the pipeline, stage by stage, with the only retry loop:
+//! budget ([`CallAttempts::reserve`]) → quota admission ([`CallAttempts::admit`]) → provider
+//! ([`CallAttempts::send`]) → reconcile ([`CallAttempts::reconcile`]) → retry decision
+//! ([`CallAttempts::retry_delay`]) and back to the budget.
+//!
+//! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
+//! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
+//! one stage instead of the loop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{
+    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation,
+};
+use tokio::time::Instant;
+
+use super::admission::{Key, Ticket, cancelled};
+use super::metrics::CallRecord;
+use super::reconcile::{InFlight, Outcome};
+use super::{CallObserver, Inner};
+
+/// What the reconcile stage decided about a failed attempt.
+pub(super) enum Next {
+    /// Try again (subject to the retry decision): the error the attempt ended with.
+    Retry(ModelError),
+    /// Stop: the call fails with this error.
+    Fail(CallError),
+}
+
+/// A budget charge for an attempt that reached the provider and failed: one call, no tokens.
+const FAILED_ATTEMPT: Charge = Charge {
+    calls: 1,
+    tokens: 0,
+    cost_nanos: 0,
+};
+
+/// The state one call carries through its attempts.
+pub(super) struct CallAttempts<'s, 'c> {
+    pub(super) scheduler: &'s Inner,
+    pub(super) model: &'c dyn ChatModel,
+    pub(super) request: &'c ChatRequest,
+    pub(super) key: &'s Arc<Key>,
+    pub(super) budget: &'c Budget,
+    /// What one attempt reserves from the budget (the estimate).
+    pub(super) charge: Charge,
+    pub(super) ticket: Ticket<'c>,
+    pub(super) observer: Option<&'c dyn CallObserver>,
+    pub(super) record: &'c mut CallRecord,
+    /// Attempts admitted so far (1-based once the first is).
+    pub(super) attempt: u32,
+}
+
+impl<'s> CallAttempts<'s, '_> {
+    /// Runs the call to its end: the completion, or the error that ends it.
+    pub(super) async fn run(mut self) -> Result<Completion, CallError> {
+        // Budget first: a spent budget fails here and never waits for quota.
+        let mut reservation = self.reserve()?;
+        if let Some(o) = self.observer {
+            o.queued(&self.key.name);
+        }
+        loop {
+            let in_flight = self.admit(reservation).await?;
+            let result = self.send().await?;
+            let error = match self.reconcile(in_flight, result).await {
+                Ok(completion) => return Ok(completion),
+                Err(Next::Fail(error)) => return Err(error),
+                Err(Next::Retry(error)) => error,
+            };
+            let delay = self.retry_delay(error)?;
+            self.key.lock().stats.retries += 1;
+            self.record.retries += 1;
+            // Every attempt that reaches the provider is a model call in the budget.
+            reservation = self.reserve()?;
+            if let Some(delay) = delay {
+                tokio::select! {
+                    biased;
+                    () = cancelled(self.ticket.cancel) => return Err(CallError::Cancelled),
+                    () = Box::pin(tokio::time::sleep(delay)) => {}
+                }
+            }
+            self.ticket.retry = true;
+        }
+    }
+
+    /// Budget stage: reserves one attempt's estimate from the budget and its ancestors.
+    fn reserve(&self) -> Result<Reservation, CallError> {
+        Ok(self.budget.try_reserve(self.charge)?)
+    }
+
+    /// Admission stage: waits for the key's quota in the fair queue. The returned guard holds
+    /// the quota (and the budget reservation) until the reconcile stage settles it; dropped
+    /// before that, it keeps everything charged and frees the in-flight slot.
+    async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s>, CallError> {
+        let scheduler = self.scheduler;
+        self.attempt += 1;
+        let admitted = self
+            .key
+            .admit(
+                &scheduler.backend,
+                self.ticket,
+                &scheduler.retry,
+                scheduler.max_admission_wait,
+            )
+            .await
+            .map_err(|r| scheduler.refusal(self.key, r))?;
+        self.record.attempts += 1;
+        self.record.wait = self.record.wait.saturating_add(admitted.wait);
+        if let Some(o) = self.observer {
+            o.admitted(&self.key.name, admitted.wait);
+        }
+        tracing::debug!(
+            attempt = self.attempt,
+            wait_us = admitted.wait.as_micros() as u64,
+            reserved_tokens = self.ticket.cost.tokens,
+            "admitted"
+        );
+        Ok(InFlight {
+            scheduler,
+            key: self.key,
+            cost: self.ticket.cost,
+            admitted,
+            reservation: Some(reservation),
+            done: false,
+        })
+    }
+
+    /// Provider stage: one attempt. Cancellation ends the call here; the caller's in-flight
+    /// guard, dropped with it, keeps the attempt charged (the provider may have done the work).
+    async fn send(&self) -> Result<Result<Completion, ModelError>, CallError> {
+        tokio::select! {
+            biased;
+            r = self.model.complete(self.request.clone()) => Ok(r),
+            () = cancelled(self.ticket.cancel) => Err(CallError::Cancelled),
+        }
+    }
+
+    /// Reconcile stage: settles quota and budget to the attempt's outcome and decides whether a
+    /// failed attempt may be retried.
+    async fn reconcile(
+        &mut self,
+        in_flight: InFlight<'s>,
+        result: Result<Completion, ModelError>,
+    ) -> Result<Completion, Next> {
+        let error = match result {
+            Ok(completion) => return Ok(self.completed(in_flight, completion).await),
+            Err(error) => error,
+        };
+        let outcome = match &error {
+            ModelError::RateLimited {
+                kind,
+                retry_after,
+                reading,
+                ..
+            } => Outcome::RateLimited {
+                kind: *kind,
+                retry_after: *retry_after,
+                reading: reading.as_deref(),
+                // Grows with the attempt, so hint-less 429s back off exponentially.
+                fallback: self.scheduler.backoff(self.attempt),
+            },
+            ModelError::Transient { .. } => Outcome::Transient,
+            // Quota exhausted, request too large, invalid request, malformed response: the same
+            // request would fail again, so it is never retried.
+            _ => Outcome::Rejected,
+        };
+        let (reservation, pause, remote) = in_flight.finish(outcome);
+        if let Some(r) = reservation {
+            r.settle(FAILED_ATTEMPT);
+        }
+        if let Some(remote) = remote {
+            // Boxed: keeps the remote calls' state out of the local path's future.
+            Box::pin(remote.apply_detached()).await;
+        }
+        match error {
+            ModelError::RateLimited { kind, .. } => {
+                self.record.rate_limited += 1;
+                tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
+                if pause > self.scheduler.max_admission_wait {
+                    return Err(Next::Fail(CallError::Model(error)));
+                }
+                Err(Next::Retry(error))
+            }
+            ModelError::Transient { .. } => Err(Next::Retry(error)),
+            _ => Err(Next::Fail(CallError::Model(error))),
+        }
+    }
+
+    /// The reconcile stage for a completed attempt: the budget is settled to the reported usage
+    /// before anything is awaited, so a caller dropping the future during a shared backend's
+    /// settle cannot refund a call that was made.
+    async fn completed(&mut self, in_flight: InFlight<'s>, completion: Completion) -> Completion {
+        let usage = completion.usage;
+        let outcome = Outcome::Completed {
+            usage,
+            reading: completion.rate_limits.as_ref(),
+        };
+        let (reservation, _, remote) = in_flight.finish(outcome);
+        match (reservation, usage) {
+            (Some(r), Some(u)) => {
+                let cost_nanos = self.budget.cost_nanos(self.model.id(), u);
+                self.record.cost_nanos = cost_nanos;
+                r.settle(Charge {
+                    calls: 1,
+                    tokens: u.total(),
+                    cost_nanos,
+                });
+                self.record.prompt_tokens =
+                    self.record.prompt_tokens.saturating_add(u.prompt_tokens);
+                self.record.completion_tokens = self
+                    .record
+                    .completion_tokens
+                    .saturating_add(u.completion_tokens);
+            }
+            // Without reported usage the estimate stands as the charge.
+            (Some(r), None) => {
+                self.record.cost_nanos = r.reserved().cost_nanos;
+                r.commit();
+            }
+            (None, _) => {}
+        }
+        if let Some(remote) = remote {
+            Box::pin(remote.apply_detached()).await;
+        }
+        tracing::debug!(
+            prompt_tokens = usage.map(|u| u.prompt_tokens),
+            completion_tokens = usage.map(|u| u.completion_tokens),
+            "completed"
+        );
+        completion
+    }
+
+    /// Retry decision for a retryable error: how long to wait before queueing again (`None`: a
+    /// 429 paused the key, and the retry waits for the pause in the queue), or the error that
+    /// ends the call (attempts or the retry budget spent, a hint beyond `max_admission_wait`).
+    fn retry_delay(&self, error: ModelError) -> Result<Option<Duration>, CallError> {
+        let scheduler = self.scheduler;
+        let policy = &scheduler.retry;
+        if self.attempt >= policy.max_attempts {
+            return Err(CallError::RetriesExhausted {
+                attempts: self.attempt,
+                last: error,
+            });
+        }
+        let ModelError::Transient { retry_after, .. } = &error else {
+            return Ok(None);
+        };
+        if !self
+            .key
+            .lock()
+            .retry_budget
+            .withdraw(Instant::now(), policy)
+        {
+            tracing::debug!("retry budget spent");
+            return Err(CallError::RetriesExhausted {
+                attempts: self.attempt,
+                last: error,
+            });
+        }
+        match *retry_after {
+            // Like a 429's pause: a hint beyond max_admission_wait returns the error rather than
+            // sleeping a day ("no hangs").
+            Some(hint) if hint > scheduler.max_admission_wait => Err(CallError::Model(error)),
+            Some(hint) => Ok(Some(hint)),
+            None => Ok(Some(scheduler.backoff(self.attempt))),
+        }
+    }
+}

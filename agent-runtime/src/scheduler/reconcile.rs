@@ -1,0 +1,279 @@
+//! The reconcile stage: what an attempt that reached the provider leaves behind — quota
+//! settled to actual usage, limits learned from the provider's reading, a 429's pause, the
+//! breaker and the counters — for the in-memory state at once and for a shared backend after.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{RateLimitKind, RateLimitReading, Reservation, Usage};
+use tokio::time::Instant;
+
+use super::admission::{Admitted, Backend, Key};
+use super::quota::{Cost, Limits};
+use super::state::{self, Lease, QuotaState, Settlement};
+use super::{Inner, feedback};
+
+/// How an attempt that reached the provider ended, for the reconcile stage.
+pub(super) enum Outcome<'r> {
+    Completed {
+        usage: Option<Usage>,
+        reading: Option<&'r RateLimitReading>,
+    },
+    RateLimited {
+        kind: RateLimitKind,
+        retry_after: Option<Duration>,
+        reading: Option<&'r RateLimitReading>,
+        /// The pause when neither the provider nor the buckets say one: this attempt's backoff.
+        fallback: Duration,
+    },
+    Transient,
+    Rejected,
+}
+
+/// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
+/// future was dropped mid-call), it keeps everything charged (the provider may have done the
+/// work) and frees the in-flight slot.
+pub(super) struct InFlight<'a> {
+    pub(super) scheduler: &'a Inner,
+    pub(super) key: &'a Arc<Key>,
+    pub(super) cost: Cost,
+    pub(super) admitted: Admitted,
+    pub(super) reservation: Option<Reservation>,
+    pub(super) done: bool,
+}
+
+impl InFlight<'_> {
+    fn settlement(&self, actual_tokens: u64) -> Settlement {
+        Settlement {
+            actual_tokens,
+            refund_unused: self.key.quota.refund_unused,
+        }
+    }
+
+    /// Reconciles quota to the outcome, learns from the provider, updates the breaker and
+    /// counters. Returns the reservation (to settle), the pause a 429 imposed, and what a shared
+    /// backend still has to be told. Synchronous, so the local path's future stays small.
+    pub(super) fn finish(
+        mut self,
+        outcome: Outcome<'_>,
+    ) -> (Option<Reservation>, Duration, Option<RemoteSettle>) {
+        self.done = true;
+        let actual = match &outcome {
+            Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
+            // The provider rejected the attempt before generating: no tokens were used.
+            _ => 0,
+        };
+        let settlement = self.settlement(actual);
+        let scheduler = self.scheduler;
+        let mut pause = Duration::ZERO;
+        let (limits, reading) = {
+            let mut inner = self.key.lock();
+            let inner = &mut *inner;
+            // An unlimited key's success touches no bucket and no timer: spare the clock read.
+            let timeless = inner.limits.is_unlimited()
+                && matches!(outcome, Outcome::Completed { reading: None, .. });
+            let now = if timeless {
+                self.admitted.at
+            } else {
+                Instant::now()
+            };
+            inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
+            let reading = match &outcome {
+                Outcome::Completed { reading, usage } => {
+                    inner.stats.succeeded += 1;
+                    if let Some(u) = usage {
+                        inner.stats.prompt_tokens =
+                            inner.stats.prompt_tokens.saturating_add(u.prompt_tokens);
+                        inner.stats.completion_tokens = inner
+                            .stats
+                            .completion_tokens
+                            .saturating_add(u.completion_tokens);
+                    }
+                    inner.breaker.success();
+                    *reading
+                }
+                Outcome::RateLimited { kind, reading, .. } => {
+                    inner.stats.rate_limited.add(*kind);
+                    // The provider answered: it is reachable, just busy. The pause, not the
+                    // breaker, handles a 429.
+                    inner.breaker.success();
+                    *reading
+                }
+                Outcome::Transient => {
+                    inner.stats.transient_errors += 1;
+                    inner.breaker.failure(now, &scheduler.retry);
+                    None
+                }
+                Outcome::Rejected => {
+                    inner.breaker.success();
+                    None
+                }
+            };
+            if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
+                inner.breaker.success();
+            }
+            let learned = reading.is_some_and(|r| {
+                self.key.quota.learn_from_headers
+                    && feedback::learn(&mut inner.learned, r, self.key.quota.period)
+            });
+            // The provider answered (with or without headers): the probe has taught what it can.
+            let probed = inner.probing
+                && matches!(
+                    outcome,
+                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
+                );
+            if probed {
+                inner.probing = false;
+            }
+            if learned || probed {
+                inner.limits =
+                    feedback::effective_limits(&self.key.quota, inner.learned, inner.probing);
+            }
+            let limits = inner.limits;
+            if let Backend::Local = scheduler.backend {
+                inner.buckets.settle(now, &limits, self.cost, settlement);
+            }
+            if let Some(r) = reading {
+                match scheduler.backend {
+                    Backend::Local => {
+                        // The report is taken as of now, with no refill credited for the time
+                        // since admission and no extra unit for header rounding: crediting them
+                        // keeps the client ahead of a provider whose bucket started refilling
+                        // later (the first request's network delay), which cost an occasional
+                        // 429 with limits configured exactly (tests/tests/http_fanout.rs).
+                        // Conservative by one response latency of refill.
+                        inner.buckets.observe_since(
+                            now,
+                            &limits,
+                            r,
+                            Duration::ZERO,
+                            state::Present::default(),
+                        );
+                    }
+                    Backend::Shared { .. } => inner.buckets.observe(now, &limits, r),
+                }
+            }
+            if let Outcome::RateLimited {
+                kind,
+                retry_after,
+                fallback,
+                ..
+            } = &outcome
+            {
+                pause = feedback::pause_after_429(
+                    *kind,
+                    *retry_after,
+                    reading,
+                    &limits,
+                    self.cost,
+                    *fallback,
+                );
+                inner.buckets.pause_until(state::instant_after(now, pause));
+                let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
+                if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
+                    inner
+                        .buckets
+                        .after_429(now, &limits, *kind, self.cost, told);
+                }
+            }
+            inner.queue.notify_head();
+            (limits, reading)
+        };
+        let remote = match &scheduler.backend {
+            Backend::Local => None,
+            Backend::Shared { state, .. } => Some(RemoteSettle {
+                state: state.clone(),
+                key: self.key.clone(),
+                lease: self.admitted.lease,
+                limits,
+                settlement,
+                reading: reading.cloned(),
+                pause,
+            }),
+        };
+        (self.reservation.take(), pause, remote)
+    }
+}
+
+/// What a shared backend must be told after an attempt (settle, observe, pause).
+pub(super) struct RemoteSettle {
+    state: Arc<dyn QuotaState>,
+    key: Arc<Key>,
+    lease: Option<Lease>,
+    limits: Limits,
+    settlement: Settlement,
+    reading: Option<RateLimitReading>,
+    pause: Duration,
+}
+
+impl RemoteSettle {
+    /// Runs [`apply`](Self::apply) as its own task and waits for it: a caller that drops its
+    /// future meanwhile does not abort the settle (the slot would stay held until its lease
+    /// expired, and the token adjustment would be lost).
+    pub(super) async fn apply_detached(self) {
+        // A panic in the backend only loses this settle; the lease expiry covers the slot.
+        let _ = tokio::spawn(self.apply()).await;
+    }
+
+    async fn apply(self) {
+        let name = &*self.key.name;
+        let mut errors = 0u64;
+        if let Some(lease) = self.lease {
+            let r = self
+                .state
+                .settle(name, &self.limits, lease, self.settlement)
+                .await;
+            errors += u64::from(r.is_err());
+        }
+        if let Some(r) = &self.reading {
+            errors += u64::from(self.state.observe(name, &self.limits, r).await.is_err());
+        }
+        if !self.pause.is_zero() {
+            errors += u64::from(self.state.pause_until(name, self.pause).await.is_err());
+        }
+        if errors > 0 {
+            let mut key = self.key.lock();
+            key.stats.backend_errors = key.stats.backend_errors.saturating_add(errors);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(r) = self.reservation.take() {
+            r.commit();
+        }
+        let settlement = self.settlement(self.cost.tokens);
+        let mut inner = self.key.lock();
+        inner.stats.in_flight = inner.stats.in_flight.saturating_sub(1);
+        if self.admitted.probe {
+            inner.breaker.probe_abandoned();
+        }
+        match &self.scheduler.backend {
+            Backend::Local => {
+                let limits = inner.limits;
+                inner
+                    .buckets
+                    .settle(Instant::now(), &limits, self.cost, settlement);
+            }
+            Backend::Shared { state, .. } => {
+                // Drop cannot await: settle on the runtime if there is one; otherwise the
+                // backend's lease expiry returns the slot.
+                if let (Some(lease), Ok(handle)) =
+                    (self.admitted.lease, tokio::runtime::Handle::try_current())
+                {
+                    let state = state.clone();
+                    let key = self.key.name.clone();
+                    let limits = inner.limits;
+                    handle.spawn(async move {
+                        let _ = state.settle(&key, &limits, lease, settlement).await;
+                    });
+                }
+            }
+        }
+        inner.queue.notify_head();
+    }
+}
