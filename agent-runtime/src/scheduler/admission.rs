@@ -465,7 +465,9 @@ impl Key {
                     .try_acquire(start, &inner.limits, ticket.cost, self.quota.guard)
                     .is_ok()
             {
-                inner.stats.admitted(ticket.cost, Duration::ZERO);
+                inner
+                    .stats
+                    .admitted(ticket.cost, Duration::ZERO, ticket.retry);
                 return Ok(Admitted {
                     at: start,
                     wait: Duration::ZERO,
@@ -664,7 +666,9 @@ impl Key {
         inner.queue.notify_head();
         waiting.done = true;
         let wait = now - start;
-        inner.stats.admitted(waiting.ticket.cost, wait);
+        inner
+            .stats
+            .admitted(waiting.ticket.cost, wait, waiting.ticket.retry);
         Admitted {
             at: now,
             wait,

@@ -8,7 +8,8 @@
 //! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
 //! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
-//! - provider — [`ChatModel::complete`], called only in `attempt`;
+//! - provider — [`ChatModel::complete`], called only in `attempt`, within the attempt's
+//!   [`Deadlines`] (`deadline`);
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -18,6 +19,7 @@
 mod admission;
 mod attempt;
 mod bucket;
+mod deadline;
 mod feedback;
 pub mod metrics;
 pub mod quota;
@@ -28,6 +30,7 @@ pub mod state;
 #[cfg(feature = "redis")]
 pub mod redis_state;
 
+pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
@@ -131,6 +134,8 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
+    pub deadlines: Option<Deadlines>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -142,6 +147,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("deadlines", &self.deadlines)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +173,7 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            deadlines: None,
         }
     }
 
@@ -195,6 +202,15 @@ impl<'a> ModelCall<'a> {
     #[must_use]
     pub fn with_observer(mut self, observer: &'a dyn CallObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Sets the deadlines of this call's attempts, overriding the key's and the scheduler's.
+    /// Zero durations are not refused here (a call has no build step): an attempt with a zero
+    /// deadline times out at once and the call fails after its retries.
+    #[must_use]
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = Some(deadlines);
         self
     }
 }
@@ -236,6 +252,8 @@ struct Inner {
     backend: Backend,
     conversations: Conversations,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: HashMap<String, Deadlines>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -268,6 +286,8 @@ pub struct QuotaSchedulerBuilder {
     poll: Duration,
     max_tracked_conversations: usize,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: Vec<(String, Deadlines)>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -288,6 +308,8 @@ impl Default for QuotaSchedulerBuilder {
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
+            deadlines: Deadlines::DEFAULT,
+            key_deadlines: Vec::new(),
         }
     }
 }
@@ -351,8 +373,27 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
+    /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the deadlines of the attempts on quota key `key` (a provider's model id, or a label),
+    /// overriding [`deadlines`](Self::deadlines); a call's own
+    /// [`ModelCall::with_deadlines`] overrides both.
+    pub fn key_deadlines(mut self, key: impl Into<String>, deadlines: Deadlines) -> Self {
+        self.key_deadlines.push((key.into(), deadlines));
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<QuotaScheduler, QuotaConfigError> {
+        self.deadlines.validate()?;
+        for (_, deadlines) in &self.key_deadlines {
+            deadlines.validate()?;
+        }
         self.default_quota.validate_for("(default)")?;
         for (key, quota) in &self.quotas {
             quota.validate_for(key)?;
@@ -390,6 +431,8 @@ impl QuotaSchedulerBuilder {
                 backend,
                 conversations: Conversations::new(self.max_tracked_conversations),
                 max_admission_wait: self.max_admission_wait,
+                deadlines: self.deadlines,
+                key_deadlines: self.key_deadlines.into_iter().collect(),
             }),
         }
     }
@@ -413,6 +456,20 @@ impl Inner {
             .entry(Arc::from(name))
             .or_insert_with(|| Arc::new(Key::new(name, quota, &self.retry)))
             .clone()
+    }
+
+    /// The deadlines of a call on `key`: its own, else the key's, else the scheduler's.
+    fn deadlines(&self, key: &str, call: Option<Deadlines>) -> Deadlines {
+        call.unwrap_or_else(|| {
+            // Most schedulers configure none per key: skip the hashing.
+            if self.key_deadlines.is_empty() {
+                return self.deadlines;
+            }
+            self.key_deadlines
+                .get(key)
+                .copied()
+                .unwrap_or(self.deadlines)
+        })
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -604,8 +661,10 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            deadlines,
             ..
         } = call;
+        let deadlines = self.inner.deadlines(&key.name, deadlines);
         let prompt = self.inner.estimator.prompt_tokens(&request);
         let completion_cap = u64::from(
             request
@@ -639,6 +698,8 @@ impl QuotaScheduler {
             observer,
             record: &mut record,
             attempt: 0,
+            deadlines,
+            expired: false,
         }
         .run()
         .await;

@@ -27,6 +27,9 @@ pub(super) enum Outcome<'r> {
         fallback: Duration,
     },
     Transient,
+    /// Abandoned at its deadline: a transient failure whose reservation stays charged (the
+    /// provider may have done the work).
+    TimedOut,
     Rejected,
 }
 
@@ -60,6 +63,7 @@ impl InFlight<'_> {
         self.done = true;
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
+            Outcome::TimedOut => self.cost.tokens,
             // The provider rejected the attempt before generating: no tokens were used.
             _ => 0,
         };
@@ -99,8 +103,9 @@ impl InFlight<'_> {
                     inner.breaker.success();
                     *reading
                 }
-                Outcome::Transient => {
+                Outcome::Transient | Outcome::TimedOut => {
                     inner.stats.transient_errors += 1;
+                    inner.stats.timeouts += u64::from(matches!(outcome, Outcome::TimedOut));
                     inner.breaker.failure(now, &scheduler.retry);
                     None
                 }
@@ -109,7 +114,7 @@ impl InFlight<'_> {
                     None
                 }
             };
-            if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
+            if self.admitted.probe && !matches!(outcome, Outcome::Transient | Outcome::TimedOut) {
                 inner.breaker.success();
             }
             let learned = reading.is_some_and(|r| {
