@@ -19,6 +19,7 @@ use super::admission::{Key, Ticket, cancelled};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
+use super::retry::WhenOpen;
 use super::{CallObserver, Inner, feedback};
 
 /// What the reconcile stage decided about a failed attempt.
@@ -282,12 +283,14 @@ impl<'s> CallAttempts<'s, '_> {
         let ModelError::Transient { retry_after, .. } = &error else {
             return Ok(None);
         };
-        if !self
-            .key
-            .lock()
-            .retry_budget
-            .withdraw(Instant::now(), policy)
-        {
+        let granted = {
+            let mut inner = self.key.lock();
+            // While the breaker holds the key's calls back, a retry queues behind its probe and
+            // adds no load: the budget, which exists to cap load, is not drawn on.
+            (policy.when_open == WhenOpen::Wait && inner.breaker.is_tripped())
+                || inner.retry_budget.withdraw(Instant::now(), policy)
+        };
+        if !granted {
             tracing::debug!("retry budget spent");
             return Err(CallError::RetriesExhausted {
                 attempts: self.attempt,

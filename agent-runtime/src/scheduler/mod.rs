@@ -35,7 +35,7 @@ pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
-pub use retry::{CircuitState, RetryPolicy};
+pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 
 use std::collections::HashMap;
@@ -595,7 +595,8 @@ impl QuotaScheduler {
     ///
     /// Errors: [`CallError::BudgetExhausted`] before anything is queued when the budget (or an
     /// ancestor's) cannot cover the call; [`CallError::ExceedsQuota`] at once when the call can
-    /// never fit a bucket; [`CallError::CircuitOpen`] while the key's breaker is open;
+    /// never fit a bucket; [`CallError::CircuitOpen`] when the key's breaker stays open beyond the
+    /// call's admission wait (or at once with [`WhenOpen::FailFast`]);
     /// [`CallError::Model`] for provider errors that are never retried (quota exhausted, request
     /// too large, invalid request) and for waits beyond `max_admission_wait`;
     /// [`CallError::RetriesExhausted`] when attempts or the retry budget run out;
