@@ -39,6 +39,7 @@ pub const DEFAULT_TASK: &str = "Plan a one-day visit to Lisbon for a first-time 
 ///     .with_concurrency(50);
 /// assert!(config.validate().is_ok());
 /// assert!(FanoutConfig::default().with_max_messages(1).validate().is_err());
+/// assert!(FanoutConfig::default().with_conversations(usize::MAX).validate().is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -135,8 +136,23 @@ impl FanoutConfig {
     }
 
     /// Checks that the configuration can run: at least one conversation and one agent, room for
-    /// one reply after the task message, and a concurrency of at least 1.
+    /// one reply after the task message, a concurrency of at least 1, and no count beyond
+    /// [`MAX_CONVERSATIONS`], [`MAX_AGENTS`] or [`MAX_MESSAGES`] (a run sized by a typo must fail
+    /// here, not abort on allocation).
     pub fn validate(&self) -> Result<(), FanoutConfigError> {
+        for (what, value, max) in [
+            (
+                "conversations",
+                self.conversations as u64,
+                MAX_CONVERSATIONS,
+            ),
+            ("agents", self.agents as u64, MAX_AGENTS),
+            ("max_messages", self.max_messages, MAX_MESSAGES),
+        ] {
+            if value > max {
+                return Err(FanoutConfigError::TooLarge { what, value, max });
+            }
+        }
         if self.conversations == 0 {
             return Err(FanoutConfigError::Zero {
                 what: "conversations",
@@ -164,6 +180,15 @@ impl FanoutConfig {
     }
 }
 
+/// The most conversations one run may hold (each keeps its report and a task handle).
+pub const MAX_CONVERSATIONS: u64 = 1_000_000;
+
+/// The most agents one conversation may have.
+pub const MAX_AGENTS: u64 = 10_000;
+
+/// The most messages one conversation may run to.
+pub const MAX_MESSAGES: u64 = 1_000_000;
+
 /// A [`FanoutConfig`] that cannot run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -173,6 +198,16 @@ pub enum FanoutConfigError {
     Zero {
         /// The setting.
         what: &'static str,
+    },
+    /// A count is beyond what one run can hold.
+    #[error("fanout {what} is {value}, above the maximum of {max}")]
+    TooLarge {
+        /// The setting.
+        what: &'static str,
+        /// The value given.
+        value: u64,
+        /// The largest accepted.
+        max: u64,
     },
     /// `max_messages` leaves no room for a reply.
     #[error(

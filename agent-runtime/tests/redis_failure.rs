@@ -25,12 +25,13 @@ use scheduler_support::{ExactEstimator, TimedModel, request};
 /// Nothing listens on port 1, so connecting is refused at once.
 const UNREACHABLE: &str = "redis://127.0.0.1:1";
 
+/// A state on an unreachable Redis, connected lazily (an eager `connect` refuses to start a
+/// fail-closed state on it: see `fail_closed_connect_is_a_clear_error_at_once`).
 async fn unreachable(policy: RedisFailurePolicy) -> RedisQuotaState {
-    RedisQuotaState::connect(
+    RedisQuotaState::connect_lazy(
         UNREACHABLE,
         RedisQuotaConfig::default().with_failure_policy(policy),
     )
-    .await
     .unwrap()
 }
 
@@ -195,12 +196,49 @@ async fn a_bad_url_or_setting_fails_at_connect_without_echoing_the_password() {
 }
 
 #[tokio::test]
-async fn the_password_never_shows_in_debug_output_or_errors() {
-    let state = RedisQuotaState::connect(
+async fn fail_closed_connect_is_a_clear_error_at_once_and_fail_open_starts_on_its_share() {
+    let start = std::time::Instant::now();
+    let err = RedisQuotaState::connect(
         "redis://user:hunter2@127.0.0.1:1/0",
         RedisQuotaConfig::default(),
     )
     .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RedisQuotaError::Unreachable { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("cannot use Redis at 127.0.0.1:1: "),
+        "{text}"
+    );
+    assert!(text.contains("RedisFailurePolicy::FailOpen"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!format!("{err:?}").contains("hunter2"));
+    // Bounded by the command timeout (500 ms), not the scheduler's 15-minute admission wait.
+    assert!(start.elapsed() < Duration::from_secs(10));
+
+    let state = RedisQuotaState::connect(
+        UNREACHABLE,
+        RedisQuotaConfig::default().with_failure_policy(RedisFailurePolicy::fail_open(2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        state.mode(),
+        RedisMode::LocalShare,
+        "the switch shows at once"
+    );
+    assert_eq!(state.metrics().mode_switches, 1);
+}
+
+#[tokio::test]
+async fn the_password_never_shows_in_debug_output_or_errors() {
+    let state = RedisQuotaState::connect_lazy(
+        "redis://user:hunter2@127.0.0.1:1/0",
+        RedisQuotaConfig::default(),
+    )
     .unwrap();
     let debug = format!("{state:?}");
     assert!(!debug.contains("hunter2"), "{debug}");
@@ -240,6 +278,13 @@ impl PrivateRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()?;
+        // Ready once it accepts connections (an eager fail-closed connect needs it up).
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         Some(Self {
             port,
             child: Some(child),

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, ModelError, Usage,
-    async_trait,
+    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, ModelError, Usage, async_trait,
 };
 use agent_runtime::scheduler::{
     CircuitState, ModelCall, Quota, QuotaScheduler, RetryPolicy, WhenOpen,
@@ -93,13 +92,22 @@ async fn forty_calls_survive_a_two_second_outage_by_waiting_for_the_circuit() {
     let results =
         futures::future::join_all(names.iter().map(|n| s.call(call(&model, n, &budget)))).await;
     let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
     let k = &s.snapshot().keys["m"];
     assert_eq!(k.succeeded, 40);
     assert_eq!(k.attempts, k.calls + k.retries, "{k:?}");
     // The breaker kept the outage from multiplying load: the first wave, about one probe per
     // cool-down (2 s / 0.5 s), then each call's one successful attempt — not 40 × 6 attempts.
-    assert!(model.requests() <= 40 + 6 + 40, "{} requests", model.requests());
+    assert!(
+        model.requests() <= 40 + 6 + 40,
+        "{} requests",
+        model.requests()
+    );
     assert_eq!(k.circuit, Some(CircuitState::Closed));
 }
 
@@ -146,7 +154,11 @@ async fn a_call_waiting_for_the_circuit_is_cancellable_and_bounded_by_the_admiss
     );
     assert!(matches!(result, Err(CallError::Cancelled)), "{result:?}");
     assert_eq!(start.elapsed(), Duration::from_secs(5));
-    assert_eq!(model.requests(), 1, "nothing reached the provider while open");
+    assert_eq!(
+        model.requests(),
+        1,
+        "nothing reached the provider while open"
+    );
 
     // A circuit open longer than the admission wait fails at once, saying when to retry.
     let s = scheduler(

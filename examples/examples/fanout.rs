@@ -35,6 +35,8 @@ use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod support;
+
 /// N group chats sharing one quota against an endpoint; prints a JSON report.
 #[derive(Debug, Parser)]
 #[command(name = "fanout")]
@@ -80,17 +82,21 @@ struct Args {
     redis_url: Option<String>,
 }
 
+/// The longest rate period accepted: a year (providers use a minute).
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Args::parse()).await {
+    let args: Args = match support::parse("fanout") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    support::init_tracing();
+    match run(args).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fanout: {e}");
-            ExitCode::from(2)
+            ExitCode::from(support::USAGE)
         }
     }
 }
@@ -98,8 +104,24 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let period = Duration::try_from_secs_f64(args.period_seconds)
         .ok()
-        .filter(|p| !p.is_zero())
-        .ok_or("--period-seconds must be a positive number of seconds")?;
+        .filter(|p| !p.is_zero() && *p <= MAX_PERIOD)
+        .ok_or_else(|| {
+            format!(
+                "--period-seconds {} is not a period: give a number of seconds above 0 and at most {} (a year)",
+                args.period_seconds,
+                MAX_PERIOD.as_secs()
+            )
+        })?;
+    // Sizes first: nothing is built (no connection, no allocation) for a run that cannot be.
+    let mut config = FanoutConfig::default()
+        .with_conversations(args.conversations)
+        .with_agents(args.agents)
+        .with_max_messages(args.max_messages)
+        .with_max_completion_tokens(Some(args.max_completion_tokens));
+    if let Some(n) = args.concurrency {
+        config = config.with_concurrency(n);
+    }
+    config.validate()?;
     let rpm = args.rpm.filter(|&n| n > 0);
     let tpm = args.tpm.filter(|&n| n > 0);
 
@@ -139,22 +161,15 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         quota = quota.tokens(n);
     }
     let mut scheduler = QuotaScheduler::builder().quota(&key, quota);
+    let mut shared = None;
     if let Some(url) = &args.redis_url {
+        // Connects now: an unreachable Redis or a refused password ends the run here, in one line.
         let redis = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
         eprintln!("fanout: quota shared through Redis at {}", redis.endpoint());
-        scheduler = scheduler.state(Arc::new(redis));
+        scheduler = scheduler.state(Arc::new(redis.clone()));
+        shared = Some(redis);
     }
     let scheduler = scheduler.build()?;
-
-    let mut config = FanoutConfig::default()
-        .with_conversations(args.conversations)
-        .with_agents(args.agents)
-        .with_max_messages(args.max_messages)
-        .with_max_completion_tokens(Some(args.max_completion_tokens));
-    if let Some(n) = args.concurrency {
-        config = config.with_concurrency(n);
-    }
-    config.validate()?;
     eprintln!(
         "fanout: {} conversations × {} agents × {} messages on {key}; limits per {:?}: rpm {}, tpm {}",
         config.conversations,
@@ -177,6 +192,20 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     if !args.per_conversation {
         report.per_conversation.clear();
+    }
+    if let Some(redis) = &shared {
+        // Every switch was also logged as it happened (warn, shown by default).
+        let m = redis.metrics();
+        if m.mode_switches > 0 || m.restarts_detected > 0 {
+            eprintln!(
+                "fanout: Redis at {} failed during the run: {} failure-policy switches, {} admissions refused, {} restarts detected; now {:?}",
+                redis.endpoint(),
+                m.mode_switches,
+                m.refused_admissions,
+                m.restarts_detected,
+                m.mode
+            );
+        }
     }
     if let Some(e) = &report.first_error {
         eprintln!(

@@ -12,23 +12,39 @@
 //! research reply says so on its last line and the outer chat goes on.
 
 use std::error::Error;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use agent_core::{Budget, BudgetLimits, LlmAgent, Message};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::{GroupChat, NestedChatAgent, Task};
 use agent_runtime::provider::{SimConfig, env_or_simulated};
+use clap::Parser;
+
+mod support;
 
 const OUTER_CALLS: u64 = 8;
 const INNER_CALLS: u64 = 3;
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+/// A group chat with a nested chat inside.
+///
+/// Takes no arguments: OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL name an endpoint;
+/// without them an in-process simulator answers.
+#[derive(Debug, Parser)]
+#[command(name = "nested")]
+struct Args {}
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Args {} = match support::parse("nested") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    support::init_tracing();
+    support::exit("nested", run().await)
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let model = env_or_simulated(SimConfig::default())?;
     let agent = |name: &str, role: &str| {
         LlmAgent::builder(name, model.clone())

@@ -12,6 +12,7 @@
 //! a request carries 7 messages, which is the editor's second turn.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use agent_core::termination::TextMention;
 use agent_core::{Budget, BudgetLimits, LlmAgent};
@@ -19,14 +20,29 @@ use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 use agent_runtime::scheduler::Quota;
+use clap::Parser;
+
+mod support;
+
+/// A writer, a critic and an editor in one group chat.
+///
+/// Takes no arguments: OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL name an endpoint;
+/// without them an in-process simulator answers.
+#[derive(Debug, Parser)]
+#[command(name = "quickstart")]
+struct Args {}
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
+    let Args {} = match support::parse("quickstart") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    support::init_tracing();
+    support::exit("quickstart", run().await)
+}
 
+async fn run() -> Result<(), Box<dyn Error>> {
     // OPENAI_API_KEY / OPENAI_BASE_URL name an endpoint; otherwise the simulator answers.
     let model = env_or_simulated(SimConfig::default().with_terminate_after(7))?;
 

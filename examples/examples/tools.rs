@@ -12,13 +12,17 @@
 //! reads the same sentence as an instruction.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use agent_core::{Content, LlmAgent, ToolRegistry, TypedTool};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
+use clap::Parser;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+mod support;
 
 /// Arguments of `get_weather`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -43,13 +47,25 @@ struct Celsius {
     celsius: f64,
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+/// An agent calling tools.
+///
+/// Takes no arguments: OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL name an endpoint;
+/// without them an in-process simulator answers.
+#[derive(Debug, Parser)]
+#[command(name = "tools")]
+struct Args {}
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Args {} = match support::parse("tools") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    support::init_tracing();
+    support::exit("tools", run().await)
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let model = env_or_simulated(SimConfig::default())?;
 
     let tools = ToolRegistry::new()

@@ -9,19 +9,35 @@
 //! ```
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use agent_core::{Budget, BudgetLimits, HumanInputMode, LlmAgent, UserProxy};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
+use clap::Parser;
+
+mod support;
+
+/// An assistant and a user proxy in a two-agent chat.
+///
+/// Takes no arguments: OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL name an endpoint;
+/// without them an in-process simulator answers.
+#[derive(Debug, Parser)]
+#[command(name = "two_agent")]
+struct Args {}
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> ExitCode {
+    let Args {} = match support::parse("two_agent") {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    support::init_tracing();
+    support::exit("two_agent", run().await)
+}
 
+async fn run() -> Result<(), Box<dyn Error>> {
     let model = env_or_simulated(SimConfig::default())?;
 
     let assistant = LlmAgent::builder("assistant", model.clone())

@@ -443,8 +443,7 @@ impl Key {
             let circuit_wait = 'circuit: {
                 let mut inner = self.lock();
                 let inner = &mut *inner;
-                if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(ticket.cost)
-                {
+                if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(ticket.cost) {
                     inner.stats.exceeds_quota += 1;
                     return Err(Refusal::Exceeds {
                         dimension,

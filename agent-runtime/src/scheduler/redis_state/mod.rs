@@ -26,6 +26,7 @@
 //! ```
 
 mod config;
+mod restart;
 mod scripts;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 pub use config::{RedisFailurePolicy, RedisQuotaConfig};
+use restart::Continuity;
 use scripts::{AcquireReply, BucketArg, QuotaKeys, Scripts};
 
 use super::quota::{Cost, Dimension, Limits, Rate};
@@ -72,6 +74,17 @@ pub enum RedisQuotaError {
     InvalidConfig {
         /// Which setting and why.
         reason: String,
+    },
+    /// Redis did not answer at connect time (down, wrong address, wrong password) and the
+    /// failure policy is fail-closed, so no call could be admitted.
+    #[error(
+        "cannot use Redis at {endpoint}: {message}; the shared quota fails closed, so no call would be admitted: start Redis, check the URL and password, or choose RedisFailurePolicy::FailOpen"
+    )]
+    Unreachable {
+        /// Host and port (no credentials).
+        endpoint: String,
+        /// What happened.
+        message: String,
     },
     /// A Redis command failed or timed out.
     #[error("Redis at {endpoint} failed: {message}")]
@@ -115,6 +128,9 @@ pub struct RedisQuotaMetrics {
     pub refused_admissions: u64,
     /// Leases renewed because their call outlived a third of the lease TTL.
     pub lease_renewals: u64,
+    /// Restarts of the Redis server noticed (its run id changed; each one logged with
+    /// `tracing::warn!`). See `docs/redis.md`, "Restarts".
+    pub restarts_detected: u64,
 }
 
 /// A quota's state as Redis holds it right now (for dashboards and tests).
@@ -152,6 +168,8 @@ struct Inner {
     local: InMemoryState,
     /// Renewal tasks of leases held by this process, by (quota key, lease id).
     renewers: Mutex<HashMap<(String, u64), AbortHandle>>,
+    /// What tells a restarted or flushed Redis from a quiet one.
+    continuity: Continuity,
 }
 
 impl fmt::Debug for RedisQuotaState {
@@ -169,10 +187,50 @@ impl RedisQuotaState {
     /// `rediss://…` for TLS (certificates checked against the system's roots), or
     /// `redis+unix:///path`.
     ///
-    /// The connection is made lazily and re-made after failures, so this succeeds while Redis is
-    /// still down (admissions then follow the failure policy); it fails only on an unusable URL
-    /// or configuration.
+    /// Connects at once and asks the server for its run id (within the command timeout): with
+    /// [`RedisFailurePolicy::FailClosed`] an unreachable server or refused credentials is a
+    /// [`RedisQuotaError::Unreachable`] here, not a silent wait at the first call; with
+    /// `FailOpen` the state starts on the local share (logged) and joins the shared quota when
+    /// Redis answers. After that the connection is re-made after failures. It also fails on an
+    /// unusable URL or configuration.
     pub async fn connect(url: &str, config: RedisQuotaConfig) -> Result<Self, RedisQuotaError> {
+        let state = Self::connect_lazy(url, config)?;
+        let inner = &state.inner;
+        let mut conn = inner.conn.clone();
+        let ping = tokio::time::timeout(
+            inner.config.command_timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await;
+        let error = match ping {
+            Ok(Ok(_)) => {
+                state.read_run_id().await;
+                return Ok(state);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no answer within the command timeout ({:?})",
+                inner.config.command_timeout
+            ),
+        };
+        match inner.config.failure_policy {
+            RedisFailurePolicy::FailClosed => Err(RedisQuotaError::Unreachable {
+                endpoint: inner.endpoint.clone(),
+                message: error,
+            }),
+            // Starts on the local share; the switch is logged and counted like any other.
+            RedisFailurePolicy::FailOpen { .. } => {
+                inner.health.failed(&inner.endpoint, &error, &inner.config);
+                Ok(state)
+            }
+        }
+    }
+
+    /// Like [`connect`](Self::connect), but connects at the first command instead of now: for a
+    /// process that may start before its Redis does. Admissions while Redis is unreachable follow
+    /// the failure policy (a fail-closed state keeps calls waiting, up to the scheduler's
+    /// `max_admission_wait`). Fails only on an unusable URL or configuration.
+    pub fn connect_lazy(url: &str, config: RedisQuotaConfig) -> Result<Self, RedisQuotaError> {
         config
             .validate()
             .map_err(|reason| RedisQuotaError::InvalidConfig { reason })?;
@@ -207,8 +265,36 @@ impl RedisQuotaState {
                 health: Health::default(),
                 local: InMemoryState::new(),
                 renewers: Mutex::default(),
+                continuity: Continuity::default(),
             }),
         })
+    }
+
+    /// Reads the server's run id: one other than the one read before is a restart. Best
+    /// effort: a managed server that hides `INFO` only loses this way of noticing a restart (the
+    /// empty start after recent activity does not need it).
+    async fn read_run_id(&self) {
+        let mut conn = self.inner.conn.clone();
+        let info = tokio::time::timeout(
+            self.inner.config.command_timeout,
+            redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut conn),
+        )
+        .await;
+        if let Ok(Ok(info)) = info
+            && let Some(run_id) = restart::parse_run_id(&info)
+            && self.inner.continuity.run_id_changed(run_id)
+        {
+            self.inner
+                .health
+                .restarts_detected
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                endpoint = %self.inner.endpoint,
+                "Redis restarted (its run id changed) and lost the quota state it held; quota keys used within their period start again with empty buckets, so the restart cannot overshoot the provider's limit"
+            );
+        }
     }
 
     /// Connects to the URL in the `REDIS_URL` environment variable.
@@ -372,8 +458,23 @@ impl RedisQuotaState {
     }
 
     /// Runs one Redis operation under the command timeout and records the outcome; the error is
-    /// returned as text (it is only ever logged or shown).
+    /// returned as text (it is only ever logged or shown). When Redis answers after failing, it
+    /// may have restarted meanwhile: its run id is checked before returning.
     async fn guarded<T>(&self, op: impl Future<Output = RedisResult<T>>) -> Result<T, String> {
+        let (result, recovered) = self.command(op).await;
+        if recovered {
+            // Boxed: the rare path, kept out of every command's future.
+            Box::pin(self.read_run_id()).await;
+        }
+        result
+    }
+
+    /// One command under the timeout, counted and fed to the mode tracking; also says whether
+    /// its success ended a failure.
+    async fn command<T>(
+        &self,
+        op: impl Future<Output = RedisResult<T>>,
+    ) -> (Result<T, String>, bool) {
         let health = &self.inner.health;
         health.commands.fetch_add(1, Ordering::Relaxed);
         let timeout = self.inner.config.command_timeout;
@@ -385,11 +486,14 @@ impl RedisQuotaState {
                 "no answer within the command timeout ({timeout:?})"
             )),
         };
-        match &result {
+        let recovered = match &result {
             Ok(_) => health.succeeded(&self.inner.endpoint),
-            Err(error) => health.failed(&self.inner.endpoint, error, &self.inner.config),
-        }
-        result
+            Err(error) => {
+                health.failed(&self.inner.endpoint, error, &self.inner.config);
+                false
+            }
+        };
+        (result, recovered)
     }
 }
 
@@ -409,13 +513,18 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
+        let now = Instant::now();
+        let shared = self.inner.continuity.limits_for(key, limits, now);
         let reply = self
             .guarded(
                 self.inner
                     .scripts
-                    .acquire(&mut conn, &keys, limits, cost, lease_ttl),
+                    .acquire(&mut conn, &keys, &shared, cost, lease_ttl),
             )
             .await;
+        if reply.is_ok() {
+            self.inner.continuity.seen(key, now);
+        }
         match reply {
             Ok(AcquireReply::Granted { lease_id }) => {
                 self.spawn_renewer(key, lease_id, lease_ttl);
@@ -477,14 +586,18 @@ impl QuotaState for RedisQuotaState {
             .collect();
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
+        let now = Instant::now();
+        let start_empty = self
+            .inner
+            .continuity
+            .limits_for(key, limits, now)
+            .start_empty;
         match self
-            .guarded(self.inner.scripts.settle(
-                &mut conn,
-                &keys,
-                lease.id,
-                limits.start_empty,
-                &deltas,
-            ))
+            .guarded(
+                self.inner
+                    .scripts
+                    .settle(&mut conn, &keys, lease.id, start_empty, &deltas),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -539,10 +652,16 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
+        let now = Instant::now();
+        let start_empty = self
+            .inner
+            .continuity
+            .limits_for(key, limits, now)
+            .start_empty;
         self.guarded(
             self.inner
                 .scripts
-                .observe(&mut conn, &keys, limits.start_empty, &remaining),
+                .observe(&mut conn, &keys, start_empty, &remaining),
         )
         .await
         .map_err(|error| self.unavailable(&error))
@@ -615,6 +734,7 @@ struct Health {
     local_admissions: AtomicU64,
     refused_admissions: AtomicU64,
     lease_renewals: AtomicU64,
+    restarts_detected: AtomicU64,
 }
 
 #[derive(Default)]
@@ -649,10 +769,12 @@ impl Health {
             local_admissions: self.local_admissions.load(Ordering::Relaxed),
             refused_admissions: self.refused_admissions.load(Ordering::Relaxed),
             lease_renewals: self.lease_renewals.load(Ordering::Relaxed),
+            restarts_detected: self.restarts_detected.load(Ordering::Relaxed),
         }
     }
 
-    fn succeeded(&self, endpoint: &str) {
+    /// Redis answered; true when this ends a failure (the mode switched back to shared).
+    fn succeeded(&self, endpoint: &str) -> bool {
         let from = {
             let mut state = self.lock();
             state.next_probe = None;
@@ -666,6 +788,7 @@ impl Health {
                 "Redis answers again; admission is back on the shared quota"
             );
         }
+        from != RedisMode::Shared
     }
 
     fn failed(&self, endpoint: &str, error: &str, config: &RedisQuotaConfig) {

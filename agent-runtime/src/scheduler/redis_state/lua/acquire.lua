@@ -5,7 +5,8 @@
 --       then n x (name, cap, period_ms, cost)
 -- Returns {1, now_us, lease_id}            granted; the lease is recorded under lease_id, which is
 --                                          the grant's server time in µs (made unique)
---         {0, now_us, dimension, wait_us}  not now; nothing changed except pruned leases
+--         {0, now_us, dimension, wait_us}  not now; nothing changed except pruned leases and
+--                                          buckets started empty (stored so they refill)
 --         {-1, now_us, dimension, cap}     the cost exceeds the capacity: never admissible
 local lease_ttl = tonumber(ARGV[1])
 local max_in_flight = tonumber(ARGV[2])
@@ -26,7 +27,7 @@ if paused and tonumber(paused) > now_ms then
   wait, dimension = tonumber(paused) - now_ms, 'paused'
 end
 for _, s in ipairs(specs) do
-  s.level, s.rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, empty)
+  s.level, s.rate, s.fresh = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, empty)
   if s.level < s.amount then
     local w = (s.amount - s.level) / s.rate
     if w > wait then
@@ -42,6 +43,17 @@ if wait <= 0 and max_in_flight > 0 and redis.call('ZCARD', KEYS[2]) >= max_in_fl
   wait, dimension = math.max(0.001, tonumber(first[2]) - now_ms), 'in_flight'
 end
 if wait > 0 then
+  -- An empty start refills from now: store it, or every ask would find it empty again.
+  local fresh_ttl = 0
+  for _, s in ipairs(specs) do
+    if s.fresh then
+      store_bucket(KEYS[1], s.name, s.level, now_ms)
+      fresh_ttl = math.max(fresh_ttl, time_to_full(s.cap, s.rate, s.level))
+    end
+  end
+  if fresh_ttl > 0 then
+    keep_for(KEYS[1], fresh_ttl)
+  end
   return {0, now_us, dimension, math.ceil(wait * 1000)}
 end
 

@@ -23,15 +23,16 @@ end
 
 -- The level of one bucket at `now_ms`, after continuous refill (never above capacity; negative
 -- after an extra charge, which later callers then wait out). A bucket not stored yet starts full,
--- or empty when `empty` (the quota's `start_empty`).
+-- or empty when `empty` (the quota's `start_empty`, or state lost to a restart); the third value
+-- is then true: the caller must store it, or an empty start would never refill.
 local function load_bucket(key, name, cap, period_ms, now_ms, empty)
   local rate = cap / period_ms
   local v = redis.call('HMGET', key, name .. ':l', name .. ':t')
   if not v[1] or not v[2] then
     if empty then
-      return 0, rate
+      return 0, rate, true
     end
-    return cap, rate
+    return cap, rate, false
   end
   local elapsed = now_ms - tonumber(v[2])
   if elapsed < 0 then
