@@ -183,12 +183,14 @@ async fn attempts_and_the_retry_budget_bound_retries() {
     );
     assert_eq!(failing.count(), 3);
 
-    // A budget of 2 retries per window (no ratio), breaker out of the way: the first call uses
-    // both retries, later calls in the window get none.
+    // A budget of 2 retries per window (no ratio), breaker out of the way and failing fast: the
+    // first call uses both retries, later calls in the window get none. (Waiting for the
+    // breaker, the default, a spent budget opens the circuit instead: scheduler_outage.rs.)
     let s = scheduler(
         RetryPolicy::default()
             .budget(0.0, 2, Duration::from_secs(60))
-            .breaker(1_000, Duration::from_secs(1)),
+            .breaker(1_000, Duration::from_secs(1))
+            .when_open(WhenOpen::FailFast),
     );
     let failing = TimedModel::new(ScriptedModel::new("m").with_responder(|_| Err(server_error())));
     let err = call(&s, &failing, "a", &budget).await.unwrap_err();

@@ -176,3 +176,23 @@ async fn a_call_waiting_for_the_circuit_is_cancellable_and_bounded_by_the_admiss
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert!(retry_after > Duration::from_secs(60));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spent_retry_budget_opens_the_circuit_and_the_retry_waits_instead_of_failing() {
+    // Two retries per minute, a breaker that would need 1,000 failures: only the budget can stop
+    // the retries.
+    let policy = RetryPolicy::default()
+        .budget(0.0, 2, Duration::from_secs(60))
+        .breaker(1_000, Duration::from_secs(1));
+    let s = scheduler(policy, Duration::from_secs(60));
+    let model = Outage::for_(Duration::from_millis(2_500));
+    let budget = Budget::unlimited();
+    s.call(call(&model, "c", &budget)).await.unwrap();
+    let k = &s.snapshot().keys["m"];
+    assert_eq!(k.succeeded, 1);
+    assert!(k.attempts <= 6, "{k:?}");
+    assert_eq!(k.attempts, k.calls + k.retries);
+    // Attempts 1–3 fail (two retries from the budget); the fourth waits for the circuit's
+    // cool-down instead of failing the call, and probes.
+    assert!(model.requests() >= 4, "{}", model.requests());
+}

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+pub mod broken;
 mod wire;
 
 use std::net::SocketAddr;

@@ -285,10 +285,25 @@ impl<'s> CallAttempts<'s, '_> {
         };
         let granted = {
             let mut inner = self.key.lock();
-            // While the breaker holds the key's calls back, a retry queues behind its probe and
-            // adds no load: the budget, which exists to cap load, is not drawn on.
-            (policy.when_open == WhenOpen::Wait && inner.breaker.is_tripped())
-                || inner.retry_budget.withdraw(Instant::now(), policy)
+            let now = Instant::now();
+            match policy.when_open {
+                // While the breaker holds the key's calls back, a retry queues behind its probe
+                // and adds no load: the budget, which exists to cap load, is not drawn on. A
+                // spent budget means the provider fails more than it allows retrying: the
+                // circuit opens and the retry waits for the probe, instead of its call failing
+                // (an outage costs time, not conversations).
+                WhenOpen::Wait => {
+                    if !inner.breaker.is_tripped() && !inner.retry_budget.withdraw(now, policy) {
+                        inner.breaker.trip(now, policy);
+                        tracing::info!(
+                            key = &*self.key.name,
+                            "retry budget spent: the circuit opens and retries wait for a probe"
+                        );
+                    }
+                    true
+                }
+                _ => inner.retry_budget.withdraw(now, policy),
+            }
         };
         if !granted {
             tracing::debug!("retry budget spent");

@@ -172,7 +172,8 @@ pub enum WhenOpen {
     /// Wait (cancellable, within the scheduler's `max_admission_wait`) until the cool-down ends
     /// and a half-open probe has closed the circuit, then go: an outage shorter than the wait
     /// limit costs time, not calls. While open, retries do not draw on the retry budget (they
-    /// queue behind the probe and add no load). A call whose wait limit ends before the
+    /// queue behind the probe and add no load), and a retry that finds the budget spent opens
+    /// the circuit rather than failing its call. A call whose wait limit ends before the
     /// cool-down fails at once with `CallError::CircuitOpen`.
     #[default]
     Wait,
@@ -317,6 +318,14 @@ impl Breaker {
                 until: super::state::instant_after(now, policy.breaker_cooldown),
             };
         }
+    }
+
+    /// Opens the circuit now, whatever the run of failures: the key's retry budget is spent, so
+    /// the provider is failing more than the budget allows retrying.
+    pub(crate) fn trip(&mut self, now: Instant, policy: &RetryPolicy) {
+        self.circuit = Circuit::Open {
+            until: super::state::instant_after(now, policy.breaker_cooldown),
+        };
     }
 
     /// The probe was cancelled before it told anything: let another call probe.
