@@ -119,3 +119,76 @@ pub async fn warm_up(model: &Arc<dyn ChatModel>, scheduler: &QuotaScheduler) -> 
     scheduler.call(call).await?;
     Ok(())
 }
+
+/// A private `redis-server` on a free port (`--save "" --appendonly no`: it forgets everything
+/// when stopped, as a restarted cache does), stopped on drop. The shared Redis of `REDIS_URL` is
+/// never touched.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one on a free port; `None` (after printing why) when no `redis-server` binary is
+    /// installed, so the calling test can skip.
+    pub fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let redis = Self::start_on(port);
+        if redis.is_none() {
+            eprintln!("skipping: no redis-server binary");
+        }
+        redis
+    }
+
+    /// Starts one on `port` and waits until it accepts connections; `None` when it cannot run.
+    pub fn start_on(port: u16) -> Option<Self> {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Self {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(redis);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data is gone) and starts a new one on the same port: a restart.
+    pub fn restart(&mut self) -> Option<()> {
+        self.stop();
+        let restarted = Self::start_on(self.port)?;
+        *self = restarted;
+        Some(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

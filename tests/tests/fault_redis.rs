@@ -1,0 +1,116 @@
+//! A shared quota across a Redis restart: two processes (two schedulers, each with its own
+//! connection) share 60 requests per 6 s through a private `redis-server`, which is killed and
+//! restarted empty mid-run. The provider (the mock, limited to the same 60 per 6 s) must see no
+//! 429: the processes notice the lost state and start its buckets empty instead of full. Also:
+//! connecting to an unreachable Redis fails at once in fail-closed mode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_runtime::fanout::{FanoutConfig, run_fanout};
+use agent_runtime::provider::SimConfig;
+use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaError, RedisQuotaState};
+use agent_runtime::scheduler::{Quota, QuotaScheduler};
+use turnstile_tests::{PERIOD, PrivateRedis, fast_retries, provider, start_mock, warm_up};
+
+const RPM: u64 = 60;
+
+async fn process(redis: &PrivateRedis, key: &str) -> (RedisQuotaState, QuotaScheduler) {
+    let state = RedisQuotaState::connect(
+        &redis.url(),
+        RedisQuotaConfig::default().with_key_prefix("fault-redis"),
+    )
+    .await
+    .unwrap();
+    let scheduler = QuotaScheduler::builder()
+        .quota(key, Quota::per_period(PERIOD).requests(RPM))
+        .retry(fast_retries())
+        .state(Arc::new(state.clone()))
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    (state, scheduler)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_run_causes_no_provider_429() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let server = start_mock(SimConfig::default().with_rpm(RPM).with_period(PERIOD))
+        .await
+        .unwrap();
+    let model = provider(&server).unwrap();
+    let key = model.id().to_owned();
+    let (state_a, a) = process(&redis, &key).await;
+    let (state_b, b) = process(&redis, &key).await;
+    warm_up(&model, &a).await.unwrap();
+
+    // 2 × 10 conversations × 5 calls = 100 calls: the first period's 60, then 10 a second.
+    let workload = FanoutConfig::default()
+        .with_conversations(10)
+        .with_agents(2)
+        .with_max_messages(6);
+    let run = |scheduler: QuotaScheduler| {
+        let (model, workload) = (model.clone(), workload.clone());
+        tokio::spawn(async move { run_fanout(model, scheduler, &workload, |_| {}).await })
+    };
+    let (run_a, run_b) = (run(a), run(b));
+    // Mid-run, with the provider's bucket drained: Redis restarts and forgets every bucket.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    redis.restart().expect("redis-server restarts");
+
+    let hang = Duration::from_secs(120);
+    for run in [run_a, run_b] {
+        let report = tokio::time::timeout(hang, run)
+            .await
+            .expect("the run hung")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (report.completed, report.failed),
+            (10, 0),
+            "first error: {:?}",
+            report.first_error
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(
+        stats.rate_limited_requests + stats.rate_limited_tokens,
+        0,
+        "the provider answered 429s: {stats:?}"
+    );
+    assert_eq!(stats.admitted, 1 + 100);
+    // Both processes noticed the restart (their run id changed) and said so.
+    for state in [&state_a, &state_b] {
+        assert_eq!(
+            state.metrics().restarts_detected,
+            1,
+            "{:?}",
+            state.metrics()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_is_one_clear_error_at_connect() {
+    // A port nothing listens on (taken, then released).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = RedisQuotaState::connect(
+        &format!("redis://:secret@127.0.0.1:{port}"),
+        RedisQuotaConfig::default(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, RedisQuotaError::Unreachable { .. }),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains('\n') && !text.contains("secret"), "{text}");
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+}
