@@ -2,6 +2,7 @@
 //! on stderr (`NAME: …`), a non-zero exit code, nothing on stdout, and never a panic, an abort or
 //! a Debug form. Builds the examples first (`cargo build --examples`); skips with a message when
 //! that fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -4,6 +4,7 @@
 //!
 //! Real sockets, so real time: each test is wrapped in a generous outer timeout that only fails
 //! a hang; nothing asserts how long a call took.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::sync::Arc;
 use std::time::Duration;

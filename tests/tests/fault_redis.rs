@@ -3,6 +3,7 @@
 //! restarted empty mid-run. The provider (the mock, limited to the same 60 per 6 s) must see no
 //! 429: the processes notice the lost state and start its buckets empty instead of full. Also:
 //! connecting to an unreachable Redis fails at once in fail-closed mode.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
 
 use std::sync::Arc;
 use std::time::Duration;
