@@ -30,8 +30,8 @@ use agent_core::ChatModel;
 use agent_runtime::QuotaScheduler;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
-use agent_runtime::scheduler::Quota;
 use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
+use agent_runtime::scheduler::{Deadlines, Quota};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -80,9 +80,13 @@ struct Args {
     /// model (counters in the report stay this process's own).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Deadline of each provider attempt, in seconds (connect, first byte, whole reply); a
+    /// timed-out attempt is retried.
+    #[arg(long, default_value_t = 600.0)]
+    attempt_deadline_seconds: f64,
 }
 
-/// The longest rate period accepted: a year (providers use a minute).
+/// The longest period or deadline accepted: a year (providers use a minute).
 const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 #[tokio::main]
@@ -102,16 +106,8 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let period = Duration::try_from_secs_f64(args.period_seconds)
-        .ok()
-        .filter(|p| !p.is_zero() && *p <= MAX_PERIOD)
-        .ok_or_else(|| {
-            format!(
-                "--period-seconds {} is not a period: give a number of seconds above 0 and at most {} (a year)",
-                args.period_seconds,
-                MAX_PERIOD.as_secs()
-            )
-        })?;
+    let period = seconds("--period-seconds", args.period_seconds)?;
+    let deadline = seconds("--attempt-deadline-seconds", args.attempt_deadline_seconds)?;
     // Sizes first: nothing is built (no connection, no allocation) for a run that cannot be.
     let mut config = FanoutConfig::default()
         .with_conversations(args.conversations)
@@ -160,7 +156,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if let Some(n) = tpm {
         quota = quota.tokens(n);
     }
-    let mut scheduler = QuotaScheduler::builder().quota(&key, quota);
+    let mut scheduler = QuotaScheduler::builder()
+        .quota(&key, quota)
+        .deadlines(Deadlines::new(deadline));
     let mut shared = None;
     if let Some(url) = &args.redis_url {
         // Connects now: an unreachable Redis or a refused password ends the run here, in one line.
@@ -219,6 +217,19 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A duration flag: a number of seconds above 0 and at most a year.
+fn seconds(flag: &str, value: f64) -> Result<Duration, String> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= MAX_PERIOD)
+        .ok_or_else(|| {
+            format!(
+                "{flag} {value} is out of range: give a number of seconds above 0 and at most {} (a year)",
+                MAX_PERIOD.as_secs()
+            )
+        })
 }
 
 struct Progress {

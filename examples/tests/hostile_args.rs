@@ -122,6 +122,14 @@ fn fanout_refuses_hostile_arguments_in_one_line() {
         (&["--period-seconds", "-1"], "-1"),
         (&["--period-seconds", "nan"], "period-seconds"),
         (&["--period-seconds", "inf"], "period-seconds"),
+        (
+            &["--attempt-deadline-seconds", "0"],
+            "attempt-deadline-seconds",
+        ),
+        (
+            &["--attempt-deadline-seconds", "1e300"],
+            "attempt-deadline-seconds",
+        ),
         (&["--bogus"], "--bogus"),
         (&["--base-url", "not a url"], "not a url"),
         (&["--redis-url", "http://example.invalid"], "Redis URL"),

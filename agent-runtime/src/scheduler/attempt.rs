@@ -106,7 +106,11 @@ impl<'s> CallAttempts<'s, '_> {
                 &scheduler.backend,
                 self.ticket,
                 &scheduler.retry,
-                scheduler.max_admission_wait,
+                // The admission wait is the call's, across its attempts: a call waiting out an
+                // outage, attempt after attempt, still ends within it.
+                scheduler
+                    .max_admission_wait
+                    .saturating_sub(self.record.wait),
             )
             .await
             .map_err(|r| scheduler.refusal(self.key, r))?;
@@ -302,7 +306,7 @@ impl<'s> CallAttempts<'s, '_> {
                     }
                     true
                 }
-                _ => inner.retry_budget.withdraw(now, policy),
+                WhenOpen::FailFast => inner.retry_budget.withdraw(now, policy),
             }
         };
         if !granted {

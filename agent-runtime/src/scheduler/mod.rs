@@ -365,9 +365,9 @@ impl QuotaSchedulerBuilder {
         self
     }
 
-    /// The longest a call waits for admission (default 15 min). A call that would wait longer —
-    /// a daily cap, a long provider pause — fails at once with a rate-limit error saying when to
-    /// retry, instead of hanging.
+    /// The longest a call waits for admission (default 15 min), summed over its attempts. A call
+    /// that would wait longer — a daily cap, a long provider pause, an outage that keeps its
+    /// circuit open — fails at once with an error saying when to retry, instead of hanging.
     pub fn max_admission_wait(mut self, wait: Duration) -> Self {
         self.max_admission_wait = wait;
         self
