@@ -192,3 +192,25 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// Waits for a fanout run spawned as a task (at most `hang`, which only a hang exceeds) and
+/// checks that all `conversations` completed; returns its report.
+pub async fn completed_run(
+    run: tokio::task::JoinHandle<
+        Result<agent_runtime::fanout::FanoutReport, agent_runtime::fanout::FanoutConfigError>,
+    >,
+    conversations: usize,
+    hang: Duration,
+) -> Result<agent_runtime::fanout::FanoutReport, Error> {
+    let report = tokio::time::timeout(hang, run)
+        .await
+        .map_err(|_| format!("the run did not end within {hang:?}"))???;
+    if (report.completed, report.failed) != (conversations, 0) {
+        return Err(format!(
+            "{} of {conversations} conversations completed, {} failed; first error: {:?}",
+            report.completed, report.failed, report.first_error
+        )
+        .into());
+    }
+    Ok(report)
+}

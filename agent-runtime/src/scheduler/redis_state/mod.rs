@@ -586,11 +586,10 @@ impl QuotaState for RedisQuotaState {
             .collect();
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        let now = Instant::now();
         let start_empty = self
             .inner
             .continuity
-            .limits_for(key, limits, now)
+            .limits_for(key, limits, Instant::now())
             .start_empty;
         match self
             .guarded(
@@ -652,11 +651,10 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        let now = Instant::now();
         let start_empty = self
             .inner
             .continuity
-            .limits_for(key, limits, now)
+            .limits_for(key, limits, Instant::now())
             .start_empty;
         self.guarded(
             self.inner
