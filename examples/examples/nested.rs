@@ -36,12 +36,7 @@ struct Args {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Args {} = match support::parse("nested") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    support::init_tracing();
-    support::exit("nested", run().await)
+    support::main("nested", |Args {}| run()).await
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {

@@ -34,12 +34,7 @@ struct Args {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Args {} = match support::parse("quickstart") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    support::init_tracing();
-    support::exit("quickstart", run().await)
+    support::main("quickstart", |Args {}| run()).await
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {

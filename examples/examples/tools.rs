@@ -57,12 +57,7 @@ struct Args {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Args {} = match support::parse("tools") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    support::init_tracing();
-    support::exit("tools", run().await)
+    support::main("tools", |Args {}| run()).await
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {

@@ -29,12 +29,7 @@ struct Args {}
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Args {} = match support::parse("two_agent") {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    support::init_tracing();
-    support::exit("two_agent", run().await)
+    support::main("two_agent", |Args {}| run()).await
 }
 
 async fn run() -> Result<(), Box<dyn Error>> {

@@ -53,6 +53,21 @@ pub(crate) fn init_tracing() {
         .init();
 }
 
+/// The whole `main` of example `name`: parses its arguments ([`parse`]), starts logging
+/// ([`init_tracing`]), runs `run` with them and ends as [`exit`] does.
+pub(crate) async fn main<A: Parser, F, E>(name: &str, run: impl FnOnce(A) -> F) -> ExitCode
+where
+    F: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let args = match parse(name) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    init_tracing();
+    exit(name, run(args).await)
+}
+
 /// Ends example `name`: success, or its error on one line (`NAME: ERROR`, Display, never Debug)
 /// and exit code 1.
 pub(crate) fn exit(name: &str, result: Result<(), impl Display>) -> ExitCode {
