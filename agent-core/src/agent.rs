@@ -89,8 +89,8 @@ pub enum CallError {
         /// The bucket's capacity.
         capacity: u64,
     },
-    /// The quota key's circuit breaker is open after repeated failures; calls fail fast until it
-    /// half-opens.
+    /// The quota key's circuit breaker is open after repeated failures, and stays open longer
+    /// than the call may wait for it (or the scheduler fails fast while it is open).
     #[error(
         "circuit open for quota '{key}' after repeated provider failures; retry after {retry_after:?}"
     )]
