@@ -154,7 +154,14 @@ impl<'s> CallAttempts<'s, '_> {
         let attempt =
             tokio::time::timeout(deadlines.attempt, self.model.complete(self.request.clone()));
         let mut attempt = std::pin::pin!(attempt);
-        let mut patience = std::pin::pin!(tokio::time::sleep(deadlines.probe));
+        // No timer at all for the usual call, which is not a probe.
+        let mut patience = std::pin::pin!(async move {
+            if probing {
+                tokio::time::sleep(deadlines.probe).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
         loop {
             tokio::select! {
                 biased;
