@@ -164,3 +164,32 @@ async fn forty_conversations_complete_across_a_two_second_provider_outage() {
         "the run finished on the restarted provider"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_providers_own_timeouts_end_a_stall_without_the_scheduler() {
+    // Idle timeout: the headers came, the body stalls.
+    let stalled = BrokenServer::start(Misbehaviour::StallAfterHeaders)
+        .await
+        .unwrap();
+    // Response timeout: nothing at all comes.
+    let silent = BrokenServer::start(Misbehaviour::NeverAnswer)
+        .await
+        .unwrap();
+    for server in [&stalled, &silent] {
+        let provider = OpenAiProvider::builder()
+            .base_url(server.base_url())
+            .model(MODEL)
+            .timeout(Duration::from_millis(300))
+            .idle_timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let request = agent_core::ChatRequest::new(vec![agent_core::Message::user("hi")]);
+        let result = tokio::time::timeout(HANG, provider.complete(request))
+            .await
+            .expect("the provider hung");
+        assert!(
+            matches!(result, Err(ModelError::Transient { status: None, .. })),
+            "{result:?}"
+        );
+    }
+}

@@ -1224,6 +1224,15 @@ mod tests {
             ),
             ProviderConfigError::ZeroTimeout("request")
         ));
+        assert!(matches!(
+            build(
+                OpenAiProvider::builder()
+                    .model("m")
+                    .api_key("k")
+                    .idle_timeout(Duration::ZERO)
+            ),
+            ProviderConfigError::ZeroTimeout("idle")
+        ));
         let azure = OpenAiProvider::builder()
             .base_url("https://res.openai.azure.com/")
             .azure("gpt4o-prod", "2024-10-21")
