@@ -214,6 +214,15 @@ impl Termination for Or {
         }
         self.fired = None;
     }
+
+    /// Any child's exits: `a | b` stops wherever either does. (`And` keeps the default, none: a
+    /// handoff alone does not stop it.)
+    fn handoff_exits(&self) -> Vec<String> {
+        self.children
+            .iter()
+            .flat_map(|c| c.handoff_exits())
+            .collect()
+    }
 }
 
 impl fmt::Debug for Or {

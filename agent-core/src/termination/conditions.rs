@@ -457,8 +457,29 @@ impl HandoffTo {
                 source: source_of(m),
             })
     }
+}
 
-    fn forget(&mut self) {}
+impl Termination for HandoffTo {
+    fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
+        if let Some(reason) = &self.fired {
+            return Some(reason.clone());
+        }
+        let reason = self.evaluate(delta)?;
+        self.fired = Some(reason.clone());
+        Some(reason)
+    }
+
+    fn is_terminated(&self) -> bool {
+        self.fired.is_some()
+    }
+
+    fn reset(&mut self) {
+        self.fired = None;
+    }
+
+    fn handoff_exits(&self) -> Vec<String> {
+        vec![self.target.to_string()]
+    }
 }
 
 /// Stops when a stop message ([`Content::Stop`]) is seen (AutoGen's `StopMessageTermination`).
@@ -621,7 +642,6 @@ latched!(
     Timeout,
     External,
     SourceMatch,
-    HandoffTo,
     StopMessage,
     ToolExecuted,
     TextMessageFrom,

@@ -284,6 +284,16 @@ pub trait Termination: Send + Sync {
 
     /// Forgets all accumulated state.
     fn reset(&mut self);
+
+    /// Handoff targets this condition stops on by itself, whatever else happened (default:
+    /// none). A chat with handoff selection accepts, at `build()`, an agent that can hand off to a
+    /// non-participant only when its condition exits on that target — AutoGen's
+    /// human-in-the-loop swarm hands off to `"user"` and stops with [`HandoffTo`]`("user")`.
+    ///
+    /// [`HandoffTo`]: crate::termination::HandoffTo
+    fn handoff_exits(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl<T: Termination + ?Sized> Termination for Box<T> {
@@ -295,6 +305,9 @@ impl<T: Termination + ?Sized> Termination for Box<T> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn handoff_exits(&self) -> Vec<String> {
+        (**self).handoff_exits()
     }
 }
 
@@ -309,6 +322,9 @@ impl<T: Termination + ?Sized> Termination for &mut T {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn handoff_exits(&self) -> Vec<String> {
+        (**self).handoff_exits()
     }
 }
 

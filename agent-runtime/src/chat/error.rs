@@ -141,6 +141,13 @@ pub enum ChatErrorKind {
     /// Reading the human's choice for manual speaker selection failed.
     #[error("manual speaker selection could not read input: {0}")]
     Input(AgentError),
+    /// The run was given no task (an empty message list or [`Task::Resume`](super::Task::Resume))
+    /// but the chat has no thread to resume: running the agents on an empty thread would spend
+    /// calls on nothing (AutoGen: "Task list cannot be empty").
+    #[error(
+        "the task is empty and the chat has no conversation to resume; pass a task (text or at least one message), or resume only a chat that has run before"
+    )]
+    NothingToResume,
     /// A chat built during the run (nested or sequential) was misconfigured.
     #[error(transparent)]
     Config(#[from] ChatConfigError),

@@ -330,10 +330,17 @@ impl GroupChatBuilder {
                     setting: ".allow_repeat(..) / .allow_repeat_for(..)",
                 });
             }
-            // Handoffs are acted on only here; elsewhere a handoff message is just a message.
+            // Handoffs are acted on only here; elsewhere a handoff message is just a message. A
+            // target outside the chat is fine when the termination condition stops there (a
+            // handoff to the human: AutoGen's `HandoffTermination(target="user")`).
+            let exits = self
+                .termination
+                .as_ref()
+                .map(|t| t.handoff_exits())
+                .unwrap_or_default();
             for agent in &self.agents {
                 for target in agent.handoff_targets() {
-                    if roster.index(&target).is_none() {
+                    if roster.index(&target).is_none() && !exits.contains(&target) {
                         return Err(ChatConfigError::UnknownHandoffTarget {
                             agent: agent.name().to_owned(),
                             target,
@@ -701,6 +708,12 @@ impl GroupChat {
                 let _ = tx.send(ChatEvent::Message(m.clone()));
             }
         }
+        // The condition is asked before the handoff target is resolved: a handoff that stops the
+        // chat (to "user", say) need not name a participant.
+        let condition = self.termination.as_mut().and_then(|t| t.check(delta));
+        let stop = self
+            .caps
+            .check_delta(&mut self.thread.counters, delta, condition);
         if matches!(self.selection, SpeakerSelection::Handoffs)
             && let Some(target) = delta.iter().rev().find_map(|m| match &m.content {
                 Content::Handoff { target, .. } => Some(target),
@@ -709,6 +722,7 @@ impl GroupChat {
         {
             match self.roster.index(target) {
                 Some(i) => self.thread.handoff = Some(i),
+                None if stop.is_some() => {}
                 None => {
                     return Err(Box::new(ChatErrorKind::UnknownSpeaker {
                         context: "handoff",
@@ -718,15 +732,15 @@ impl GroupChat {
                 }
             }
         }
-        let condition = self.termination.as_mut().and_then(|t| t.check(delta));
-        Ok(self
-            .caps
-            .check_delta(&mut self.thread.counters, delta, condition))
+        Ok(stop)
     }
 
     async fn drive(&mut self, task: Task) -> Result<StopReason, Box<ChatErrorKind>> {
         if self.termination.as_ref().is_some_and(|t| t.is_terminated()) {
             return Ok(StopReason::AlreadyTerminated);
+        }
+        if task.is_resume() && self.thread.messages.is_empty() {
+            return Err(Box::new(ChatErrorKind::NothingToResume));
         }
         if !task.is_resume() {
             // A new task is a new chat in AG2's sense: auto-reply counters start over.
