@@ -6,9 +6,13 @@ mod support;
 
 use std::sync::Arc;
 
-use agent_core::termination::{HandoffTo, TextMention};
+use agent_core::history::LastN;
+use agent_core::termination::{HandoffTo, MaxMessages, TextMention};
 use agent_core::{LlmAgent, Message, ScriptedModel, StopReason, TerminationExt, ToolCall};
-use agent_runtime::chat::{ChatConfigError, ChatErrorKind, GroupChat, SpeakerSelection, Task};
+use agent_runtime::chat::{
+    ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerChoice,
+    SpeakerSelection, Task, Transitions,
+};
 use support::{Echo, HandOff, sources};
 
 #[tokio::test]
@@ -115,4 +119,153 @@ async fn an_undeclared_handoff_to_a_stranger_still_fails_with_the_name() {
         err.kind(),
         ChatErrorKind::UnknownSpeaker { context: "handoff", name, .. } if name == "legal"
     ));
+}
+
+fn four() -> [Echo; 4] {
+    ["agent1", "agent2", "agent3", "agent4"].map(Echo::new)
+}
+
+#[tokio::test]
+async fn candidate_function_narrows_each_turn_and_one_candidate_makes_no_call() {
+    // AutoGen's test_selector_group_chat_custom_candidate_func, with its exact sequence.
+    let selector = ScriptedModel::new("test/selector").text("agent3");
+    let mut chat = GroupChat::builder()
+        .participants(four())
+        .speaker_selection(SpeakerSelection::Llm(LlmSelector::new(selector.clone())))
+        .candidate_func(|input: &SelectorInput<'_>| {
+            let last = input.messages.last().and_then(Message::source);
+            match last {
+                None => vec!["agent1".into()],
+                Some("agent1") => vec!["agent2".into()],
+                Some("agent2") => vec!["agent2".into(), "agent3".into()],
+                Some("agent3") => vec!["agent4".into()],
+                Some(_) => vec!["agent1".into()],
+            }
+        })
+        .termination(MaxMessages::new(6))
+        .build()
+        .unwrap();
+    let r = chat.run("task").await.unwrap();
+    assert_eq!(
+        sources(&r.messages),
+        ["user", "agent1", "agent2", "agent3", "agent4", "agent1"]
+    );
+    assert_eq!(
+        r.stop_reason.to_string(),
+        "Maximum number of messages 6 reached, current message count: 6"
+    );
+    // Only the two-candidate turn asked the model, and it was offered exactly those two.
+    let requests = selector.requests();
+    assert_eq!(requests.len(), 1);
+    let prompt = requests[0].messages[0].text().unwrap();
+    assert!(
+        prompt.contains("from ['agent2', 'agent3'] to play"),
+        "{prompt}"
+    );
+}
+
+#[tokio::test]
+async fn candidate_function_applies_on_the_first_turn_and_rejects_empty_and_strangers() {
+    let mut chat = GroupChat::builder()
+        .participants(four())
+        .candidate_func(|_: &SelectorInput<'_>| vec!["agent3".into()])
+        .max_turns(2)
+        .build()
+        .unwrap();
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "agent3", "agent3"]);
+
+    let mut empty = GroupChat::builder()
+        .participants(four())
+        .candidate_func(|_: &SelectorInput<'_>| Vec::new())
+        .build()
+        .unwrap();
+    let err = empty.run("go").await.unwrap_err();
+    assert!(matches!(err.kind(), ChatErrorKind::NoCandidates), "{err}");
+
+    let mut stranger = GroupChat::builder()
+        .participants(four())
+        .candidate_func(|_: &SelectorInput<'_>| vec!["zed".into()])
+        .build()
+        .unwrap();
+    let err = stranger.run("go").await.unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        ChatErrorKind::UnknownSpeaker { context: "candidate function", name, .. } if name == "zed"
+    ));
+}
+
+#[tokio::test]
+async fn a_selection_function_sees_the_eligible_candidates_and_can_end_the_chat() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<String>>::new()));
+    let log = seen.clone();
+    let mut chat = GroupChat::builder()
+        .participants(four())
+        .transitions(Transitions::allowed([
+            ("agent1", vec!["agent2", "agent3"]),
+            ("agent2", vec!["agent4"]),
+        ]))
+        .select_speaker_with(move |input: &SelectorInput<'_>| {
+            log.lock()
+                .unwrap()
+                .push(input.candidates.iter().map(|c| c.to_string()).collect());
+            match input.previous {
+                // AG2: a speaker_selection_method returning None ends the chat.
+                Some("agent4") => SpeakerChoice::End("agent4 had the last word".into()),
+                Some("agent1") => SpeakerChoice::Speaker("agent2".into()),
+                _ => SpeakerChoice::Default,
+            }
+        })
+        .max_turns(10)
+        .build()
+        .unwrap();
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "agent1", "agent2", "agent4"]);
+    assert_eq!(
+        r.stop_reason,
+        StopReason::Custom("agent4 had the last word".into())
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        vec![
+            vec!["agent1", "agent2", "agent3", "agent4"],
+            vec!["agent2", "agent3"],
+            vec!["agent4"],
+            vec![],
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_selector_has_its_own_history_window() {
+    // AutoGen's selector `model_context`: the selector sees the last two messages while the
+    // agents still see the whole thread.
+    let selector = ScriptedModel::new("test/selector")
+        .text("agent2")
+        .text("agent3")
+        .text("agent4");
+    let mut chat = GroupChat::builder()
+        .participants(four())
+        .speaker_selection(SpeakerSelection::Llm(
+            LlmSelector::new(selector.clone()).history(LastN::new(2)),
+        ))
+        .selector_func(|input: &SelectorInput<'_>| {
+            input.previous.is_none().then(|| "agent1".to_owned())
+        })
+        .max_turns(4)
+        .build()
+        .unwrap();
+    let r = chat.run("task").await.unwrap();
+    assert_eq!(
+        sources(&r.messages),
+        ["user", "agent1", "agent2", "agent3", "agent4"]
+    );
+    // Agents saw the whole thread: agent4 replied to 4 messages.
+    assert_eq!(r.messages[4].text(), Some("agent4 4"));
+    let requests = selector.requests();
+    assert_eq!(requests.len(), 3);
+    let last = requests[2].messages[0].text().unwrap();
+    let history = last.split("\n\n").nth(1).unwrap();
+    assert_eq!(history, "agent2: agent2 2\nagent3: agent3 3");
 }

@@ -131,13 +131,19 @@ pub enum ChatErrorKind {
         "{context} named '{name}', which is not a participant (participants: {participants:?})"
     )]
     UnknownSpeaker {
-        /// Who named it: `"selector function"` or `"handoff"`.
+        /// Who named it: `"selector function"`, `"candidate function"` or `"handoff"`.
         context: &'static str,
         /// The name given.
         name: String,
         /// The participants.
         participants: Vec<String>,
     },
+    /// The [candidate function](super::GroupChatBuilder::candidate_func) returned no names
+    /// (AutoGen raises `ValueError` there too).
+    #[error(
+        "the candidate function returned no candidates; return at least one participant's name, or end the chat with .select_speaker_with(..) returning SpeakerChoice::End"
+    )]
+    NoCandidates,
     /// Reading the human's choice for manual speaker selection failed.
     #[error("manual speaker selection could not read input: {0}")]
     Input(AgentError),

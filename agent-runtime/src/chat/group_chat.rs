@@ -19,8 +19,8 @@ use super::error::{ChatConfigError, ChatError, ChatErrorKind};
 use super::events::{AgentObserver, ChatEvent, ChatEventStream, ChatShared};
 use super::result::ChatResult;
 use super::speaker::{
-    AllowRepeat, LlmTurn, Roster, Rules, Selected, SelectorFn, SelectorInput, SpeakerSelection,
-    Transitions, random_below, rotation_next, select_manually,
+    AllowRepeat, CandidateFn, ChoiceFn, LlmTurn, Roster, Rules, Selected, SelectorInput,
+    SpeakerChoice, SpeakerSelection, Transitions, random_below, rotation_next, select_manually,
 };
 use super::state::ChatState;
 use super::summary::{SummaryMethod, last_text};
@@ -56,7 +56,8 @@ pub struct GroupChatBuilder {
     conversation_id: Option<String>,
     agents: Vec<Arc<dyn Agent>>,
     selection: SpeakerSelection,
-    selector_func: Option<SelectorFn>,
+    selector_func: Option<ChoiceFn>,
+    candidate_func: Option<CandidateFn>,
     transitions: Option<Transitions>,
     repeat: Option<RepeatSetting>,
     max_turns: Option<u32>,
@@ -98,6 +99,7 @@ impl GroupChatBuilder {
             agents: Vec::new(),
             selection: SpeakerSelection::RoundRobin,
             selector_func: None,
+            candidate_func: None,
             transitions: None,
             repeat: None,
             max_turns: None,
@@ -143,7 +145,64 @@ impl GroupChatBuilder {
         mut self,
         f: impl Fn(&SelectorInput<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
+        self.selector_func = Some(Arc::new(move |input: &SelectorInput<'_>| match f(input) {
+            Some(name) => SpeakerChoice::Speaker(name),
+            None => SpeakerChoice::Default,
+        }));
+        self
+    }
+
+    /// A selection function that may also **end the chat** (AG2's `speaker_selection_method`
+    /// returning `None`): it sees the eligible [`candidates`](SelectorInput::candidates) and
+    /// returns a [`SpeakerChoice`]. `End(reason)` stops with [`StopReason::Custom`]`(reason)`
+    /// before any call. Replaces a [`selector_func`](Self::selector_func) set before it.
+    ///
+    /// ```
+    /// use agent_core::{Agent, AgentError, AgentReply, Message, StopReason, TurnContext};
+    /// use agent_runtime::chat::{GroupChat, SpeakerChoice};
+    ///
+    /// struct Echo(&'static str);
+    ///
+    /// #[agent_core::async_trait]
+    /// impl Agent for Echo {
+    ///     fn name(&self) -> &str { self.0 }
+    ///     async fn reply(&self, _h: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+    ///         Ok(AgentReply::message(Message::assistant(self.0, "done")))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut chat = GroupChat::builder()
+    ///     .participant(Echo("writer"))
+    ///     .participant(Echo("reviewer"))
+    ///     .select_speaker_with(|input| match input.previous {
+    ///         Some("reviewer") => SpeakerChoice::End("reviewed".into()),
+    ///         _ => SpeakerChoice::Default,
+    ///     })
+    ///     .build()?;
+    /// let result = chat.run("draft a note").await?;
+    /// assert_eq!(result.messages.len(), 3);
+    /// assert_eq!(result.stop_reason, StopReason::Custom("reviewed".into()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn select_speaker_with(
+        mut self,
+        f: impl Fn(&SelectorInput<'_>) -> SpeakerChoice + Send + Sync + 'static,
+    ) -> Self {
         self.selector_func = Some(Arc::new(f));
+        self
+    }
+
+    /// Narrows the candidates each turn, the first turn included (AutoGen's `candidate_func`):
+    /// `f` returns the names the selection method may choose from, which **replace** the graph's
+    /// and the repeat rule's candidates. One name means no selector call. An empty list or a
+    /// non-participant fails the run (AutoGen raises `ValueError`). Not for handoff selection.
+    pub fn candidate_func(
+        mut self,
+        f: impl Fn(&SelectorInput<'_>) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.candidate_func = Some(Arc::new(f));
         self
     }
 
@@ -330,6 +389,11 @@ impl GroupChatBuilder {
                     setting: ".allow_repeat(..) / .allow_repeat_for(..)",
                 });
             }
+            if self.candidate_func.is_some() {
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".candidate_func(..)",
+                });
+            }
             // Handoffs are acted on only here; elsewhere a handoff message is just a message. A
             // target outside the chat is fine when the termination condition stops there (a
             // handoff to the human: AutoGen's `HandoffTermination(target="user")`).
@@ -410,6 +474,7 @@ impl GroupChatBuilder {
             descriptions,
             selection: self.selection,
             selector_func: self.selector_func,
+            candidate_func: self.candidate_func,
             rules,
             caps,
             termination: self.termination,
@@ -508,7 +573,8 @@ pub struct GroupChat {
     roster: Roster,
     descriptions: Vec<Arc<str>>,
     selection: SpeakerSelection,
-    selector_func: Option<SelectorFn>,
+    selector_func: Option<ChoiceFn>,
+    candidate_func: Option<CandidateFn>,
     rules: Rules,
     caps: Caps,
     termination: Option<Box<dyn Termination>>,
@@ -852,34 +918,75 @@ impl GroupChat {
     async fn select(&mut self) -> Selected {
         let n = self.roster.len();
         let previous = self.thread.previous;
-        if let Some(f) = &self.selector_func {
+        let handoffs = matches!(self.selection, SpeakerSelection::Handoffs);
+        // Fast path: with no functions, no graph and several participants, the rotation never
+        // repeats.
+        if matches!(self.selection, SpeakerSelection::RoundRobin)
+            && self.rules.is_open()
+            && n > 1
+            && self.candidate_func.is_none()
+            && self.selector_func.is_none()
+        {
+            return Selected::Speaker(previous.map_or(0, |p| (p + 1) % n));
+        }
+        if let Some(f) = &self.candidate_func {
             let input = SelectorInput {
                 messages: &self.thread.messages,
                 participants: self.roster.names(),
                 previous: previous.map(|p| &**self.roster.name(p)),
+                candidates: &[],
             };
-            if let Some(name) = f(&input) {
-                return match self.roster.index(&name) {
-                    Some(i) => Selected::Speaker(i),
-                    None => Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
-                        context: "selector function",
-                        name,
-                        participants: self.roster.owned_names(),
-                    })),
-                };
+            self.scratch.clear();
+            for name in f(&input) {
+                match self.roster.index(&name) {
+                    Some(i) if !self.scratch.contains(&i) => self.scratch.push(i),
+                    Some(_) => {}
+                    None => {
+                        return Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
+                            context: "candidate function",
+                            name,
+                            participants: self.roster.owned_names(),
+                        }));
+                    }
+                }
+            }
+            if self.scratch.is_empty() {
+                return Selected::Fail(Box::new(ChatErrorKind::NoCandidates));
+            }
+            self.scratch.sort_unstable();
+        } else if !handoffs {
+            self.rules.candidates(n, previous, &mut self.scratch);
+        }
+        if let Some(f) = &self.selector_func {
+            let candidates: Vec<Arc<str>> = self
+                .scratch
+                .iter()
+                .map(|&c| self.roster.name(c).clone())
+                .collect();
+            let input = SelectorInput {
+                messages: &self.thread.messages,
+                participants: self.roster.names(),
+                previous: previous.map(|p| &**self.roster.name(p)),
+                candidates: if handoffs { &[] } else { &candidates },
+            };
+            match f(&input) {
+                SpeakerChoice::Speaker(name) => {
+                    return match self.roster.index(&name) {
+                        Some(i) => Selected::Speaker(i),
+                        None => Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
+                            context: "selector function",
+                            name,
+                            participants: self.roster.owned_names(),
+                        })),
+                    };
+                }
+                SpeakerChoice::End(reason) => return Selected::Stop(StopReason::Custom(reason)),
+                SpeakerChoice::Default => {}
             }
         }
-        match &self.selection {
-            SpeakerSelection::Handoffs => {
-                return Selected::Speaker(self.thread.handoff.take().or(previous).unwrap_or(0));
-            }
-            // Fast path: with no graph and several participants, the rotation never repeats.
-            SpeakerSelection::RoundRobin if self.rules.is_open() && n > 1 => {
-                return Selected::Speaker(previous.map_or(0, |p| (p + 1) % n));
-            }
-            _ => {}
+        if handoffs {
+            return Selected::Speaker(self.thread.handoff.take().or(previous).unwrap_or(0));
         }
-        self.rules.candidates(n, previous, &mut self.scratch);
         let candidates = &self.scratch;
         if candidates.is_empty() {
             return Selected::Stop(StopReason::NoEligibleSpeaker {

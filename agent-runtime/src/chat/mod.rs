@@ -32,7 +32,10 @@ pub use group_chat::{DEFAULT_CHAT_NAME, GroupChat, GroupChatBuilder};
 pub use nested::{NestedChatAgent, NestedChatFactory};
 pub use result::{CallUsage, ChatResult, UsageReport};
 pub use sequential::{ChatSpec, SequenceError, run_sequential};
-pub use speaker::{LlmSelector, SelectorFn, SelectorInput, SpeakerSelection, Transitions};
+pub use speaker::{
+    CandidateFn, LlmSelector, SelectorFn, SelectorInput, SpeakerChoice, SpeakerSelection,
+    Transitions,
+};
 pub use state::ChatState;
 pub use summary::{SummaryFn, SummaryMethod};
 pub use task::Task;
