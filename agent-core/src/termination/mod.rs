@@ -168,6 +168,15 @@ pub enum StopReason {
     },
     /// The chat was cancelled.
     Cancelled,
+    /// A graph workflow ran out of nodes to run: every path reached a leaf or an edge whose
+    /// condition did not hold (AutoGen's `GraphFlow`: "Digraph execution is complete").
+    GraphComplete,
+    /// A Magentic orchestrator's progress ledger judged the request satisfied; `reason` is the
+    /// ledger's own reason (AutoGen's `MagenticOneGroupChat` reports it as the stop reason).
+    Satisfied {
+        /// Why the orchestrator judged the task done.
+        because: String,
+    },
     /// Several conditions fired together (AND accumulation, or several OR children).
     Combined(Vec<StopReason>),
     /// A reason given by user code.
@@ -242,6 +251,8 @@ impl fmt::Display for StopReason {
                 write!(f, "'{source}' asked to stop: {text}")
             }
             StopReason::Cancelled => f.write_str("Cancelled"),
+            StopReason::GraphComplete => f.write_str("Digraph execution is complete"),
+            StopReason::Satisfied { because } => f.write_str(because),
             StopReason::Combined(reasons) => {
                 for (i, r) in reasons.iter().enumerate() {
                     if i > 0 {

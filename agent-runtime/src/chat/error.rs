@@ -68,6 +68,43 @@ pub enum ChatConfigError {
         /// The builder setting: `.transitions(..)` or `.allow_repeat(..)` / `.allow_repeat_for(..)`.
         setting: &'static str,
     },
+    /// A graph has no node to start from: every node has an incoming edge and no start node was
+    /// named.
+    #[error(
+        "the graph has no start node: every node has an incoming edge; name one with .start(..) or remove an edge into it"
+    )]
+    GraphNoStart,
+    /// A graph has no leaf: every node has an outgoing edge, so no path can end there.
+    #[error(
+        "the graph has no leaf node (one without outgoing edges), so no path can finish; add a node that ends the workflow"
+    )]
+    GraphNoLeaf,
+    /// A cycle of the graph has no conditional edge, so once entered it never exits.
+    #[error(
+        "cycle detected without exit condition: {}; make one of its edges conditional (Edge::when_contains or Edge::when)",
+        cycle.join(" -> ")
+    )]
+    GraphCycleWithoutExit {
+        /// The cycle, first node repeated at the end (`["A", "B", "A"]`).
+        cycle: Vec<String>,
+    },
+    /// A node has both conditional and unconditional outgoing edges (AutoGen rejects it too: the
+    /// unconditional ones would always fire, making the condition meaningless as a branch).
+    #[error(
+        "node '{node}' has a mix of conditional and unconditional edges; make all of its outgoing edges conditional or none"
+    )]
+    GraphMixedEdges {
+        /// The node.
+        node: String,
+    },
+    /// A graph lists the same edge twice.
+    #[error("the edge '{from}' -> '{to}' is defined twice; define each edge once")]
+    GraphDuplicateEdge {
+        /// The source node.
+        from: String,
+        /// The target node.
+        to: String,
+    },
     /// A saved state has a format version this build cannot read.
     #[error(
         "saved chat state has format version {found}, but this build reads version {supported}; save it again with a matching version"

@@ -5,6 +5,8 @@
 //!   [`SpeakerSelection`] under caps, a termination condition and a budget, and returns a
 //!   [`ChatResult`]; [`GroupChat::run_stream`] yields [`ChatEvent`]s as it goes.
 //! - [`GroupChat::two_agent`] is AG2's `initiate_chat`.
+//! - [`graph::GraphFlow`] runs a directed graph of agents: conditional edges, joins, parallel
+//!   branches.
 //! - [`NestedChatAgent`] answers with the summary of an inner chat run on a child budget;
 //!   [`run_sequential`] carries each chat's summary into the next.
 //!
@@ -14,10 +16,12 @@ mod cancel;
 mod caps;
 mod error;
 mod events;
+pub mod graph;
 mod group_chat;
 mod nested;
 mod result;
 mod sequential;
+mod session;
 mod speaker;
 mod state;
 mod summary;

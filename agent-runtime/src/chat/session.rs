@@ -1,0 +1,229 @@
+//! What every team type shares around its own loop: the per-agent turn contexts (so every call
+//! goes through the scheduler on the chat's budget), the event sink, cancellation, one agent
+//! turn, and turning a run's outcome into a [`ChatResult`].
+//!
+//! [`GroupChat`](super::GroupChat) predates it and keeps its own copy of these fields; the graph
+//! and Magentic teams are built on this one.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+use agent_core::{Agent, AgentError, AgentReply, Budget, CallError, Message, StopReason};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::cancel::CancelHandle;
+use super::error::{ChatError, ChatErrorKind};
+use super::events::{AgentObserver, ChatEvent, ChatShared};
+use super::result::ChatResult;
+use super::summary::{SummaryMethod, last_text};
+use crate::context::SchedulerContext;
+use crate::scheduler::{CallObserver, QuotaScheduler};
+
+/// A unique `<prefix>-N` conversation id.
+pub(crate) fn next_conversation_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// The settings every team builder collects the same way.
+#[derive(Default)]
+pub(crate) struct SessionSettings {
+    pub(crate) conversation_id: Option<String>,
+    pub(crate) budget: Option<Budget>,
+    pub(crate) scheduler: Option<QuotaScheduler>,
+    pub(crate) priority: u8,
+    pub(crate) summary: SummaryMethod,
+    pub(crate) observers: Vec<Arc<dyn CallObserver>>,
+}
+
+/// One chat's plumbing. Contexts: one per participant, in order, then the chat's own (ledger,
+/// selector and reflection calls).
+pub(crate) struct Session {
+    pub(crate) name: Arc<str>,
+    pub(crate) conversation: Arc<str>,
+    pub(crate) names: Vec<Arc<str>>,
+    pub(crate) budget: Budget,
+    scheduler: QuotaScheduler,
+    priority: u8,
+    observers: Arc<[Arc<dyn CallObserver>]>,
+    pub(crate) contexts: Vec<SchedulerContext>,
+    shared: Arc<ChatShared>,
+    cancel: CancelHandle,
+    pub(crate) token: CancellationToken,
+    events: Option<UnboundedSender<ChatEvent>>,
+    summary: SummaryMethod,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("conversation", &self.conversation)
+            .field("participants", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How one agent turn ended.
+pub(crate) enum Turn {
+    Replied(AgentReply),
+    Stop(StopReason),
+    Failed(Box<ChatErrorKind>),
+}
+
+impl Session {
+    pub(crate) fn new(
+        name: Arc<str>,
+        prefix: &str,
+        names: Vec<Arc<str>>,
+        settings: SessionSettings,
+    ) -> Self {
+        let cancel = CancelHandle::new(None);
+        let token = cancel.token();
+        let mut session = Self {
+            name,
+            conversation: Arc::from(
+                settings
+                    .conversation_id
+                    .unwrap_or_else(|| next_conversation_id(prefix)),
+            ),
+            names,
+            budget: settings.budget.unwrap_or_default(),
+            scheduler: settings.scheduler.unwrap_or_default(),
+            priority: settings.priority,
+            observers: settings.observers.into(),
+            contexts: Vec::new(),
+            shared: Arc::new(ChatShared::default()),
+            cancel,
+            token,
+            events: None,
+            summary: settings.summary,
+        };
+        session.contexts = session.make_contexts();
+        session
+    }
+
+    fn make_contexts(&self) -> Vec<SchedulerContext> {
+        self.names
+            .iter()
+            .chain(std::iter::once(&self.name))
+            .map(|agent| {
+                let observer = Arc::new(AgentObserver {
+                    agent: agent.clone(),
+                    shared: self.shared.clone(),
+                    forward: self.observers.clone(),
+                });
+                SchedulerContext::new(
+                    self.scheduler.clone(),
+                    self.conversation.clone(),
+                    agent.clone(),
+                    self.budget.clone(),
+                )
+                .with_cancel(self.token.clone())
+                .with_observer(observer)
+                .with_priority(self.priority)
+            })
+            .collect()
+    }
+
+    /// The chat's own context (ledger, selector and reflection calls).
+    pub(crate) fn own_context(&self) -> &SchedulerContext {
+        &self.contexts[self.names.len()]
+    }
+
+    pub(crate) fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    pub(crate) fn emit(&self, make: impl FnOnce() -> ChatEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(make());
+        }
+    }
+
+    /// Starts a run: clears the usage ledger and sets the event sink.
+    pub(crate) fn begin(&mut self, events: Option<UnboundedSender<ChatEvent>>) {
+        self.shared.begin(events.clone());
+        self.events = events;
+    }
+
+    /// Lets participant `index` reply to `history` through its context, racing cancellation.
+    /// Budget exhaustion and cancellation become stops; other failures name the agent.
+    pub(crate) async fn take_turn(
+        &self,
+        agent: &dyn Agent,
+        index: usize,
+        history: &[Message],
+    ) -> Turn {
+        let mut turn = agent.reply(history, &self.contexts[index]);
+        // An instant agent finishes on the first poll; only a pending turn needs to race the
+        // cancellation token.
+        let reply = match futures::poll!(turn.as_mut()) {
+            Poll::Ready(r) => r,
+            Poll::Pending => tokio::select! {
+                biased;
+                () = self.token.cancelled() => return Turn::Stop(StopReason::Cancelled),
+                r = &mut turn => r,
+            },
+        };
+        match reply {
+            Ok(reply) if reply.messages.is_empty() => Turn::Stop(StopReason::EmptyReply {
+                agent: self.names[index].to_string(),
+            }),
+            Ok(reply) => Turn::Replied(reply),
+            Err(AgentError::Call(CallError::BudgetExhausted(e))) => {
+                Turn::Stop(StopReason::BudgetExhausted(e))
+            }
+            Err(AgentError::Call(CallError::Cancelled)) => Turn::Stop(StopReason::Cancelled),
+            Err(source) => Turn::Failed(Box::new(ChatErrorKind::Agent {
+                agent: self.names[index].to_string(),
+                source,
+            })),
+        }
+    }
+
+    /// Ends a run: summarizes, collects the usage, and renews a consumed cancel.
+    pub(crate) async fn finish(
+        &mut self,
+        outcome: Result<StopReason, Box<ChatErrorKind>>,
+        thread: &[Message],
+        run_start: usize,
+        started: Instant,
+    ) -> Result<ChatResult, ChatError> {
+        let transcript = || thread[run_start.min(thread.len())..].to_vec();
+        let result = match outcome {
+            Ok(stop) => {
+                self.emit(|| ChatEvent::Stopped(stop.clone()));
+                let summary = tokio::select! {
+                    biased;
+                    s = self.summary.summarize(thread, &stop, self.own_context()) => s,
+                    () = self.token.cancelled() => Ok(last_text(thread)),
+                };
+                match summary {
+                    Ok(summary) => Ok(ChatResult {
+                        messages: transcript(),
+                        stop_reason: stop,
+                        summary,
+                        usage: self.shared.finish(),
+                        wall_time: started.elapsed(),
+                    }),
+                    Err(e) => Err(ChatError::new(ChatErrorKind::Summary(e), transcript())),
+                }
+            }
+            Err(kind) => Err(ChatError::new(*kind, transcript())),
+        };
+        self.shared.finish();
+        self.events = None;
+        if let Some(fresh) = self.cancel.renew() {
+            for ctx in &mut self.contexts {
+                *ctx = ctx.clone().with_cancel(fresh.clone());
+            }
+            self.token = fresh;
+        }
+        result
+    }
+}
