@@ -159,6 +159,20 @@ pub enum ChatErrorKind {
     /// A speaker-selection model call failed (after the scheduler's retries).
     #[error("speaker selection failed: {0}")]
     Selector(CallError),
+    /// A Magentic orchestrator's ledger or final-answer call failed (after the scheduler's
+    /// retries).
+    #[error("orchestrator call failed: {0}")]
+    Orchestrator(CallError),
+    /// A Magentic orchestrator's model never produced a usable progress ledger.
+    #[error(
+        "the orchestrator's progress ledger was unreadable after {attempts} calls (last problem: {problem}); use a model that follows JSON instructions, or raise ledger_attempts"
+    )]
+    LedgerUnreadable {
+        /// Calls made for this ledger.
+        attempts: u32,
+        /// What was wrong with the last answer.
+        problem: String,
+    },
     /// The summary's reflection call failed.
     #[error("summary reflection failed: {0}")]
     Summary(CallError),

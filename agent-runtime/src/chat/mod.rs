@@ -7,6 +7,7 @@
 //! - [`GroupChat::two_agent`] is AG2's `initiate_chat`.
 //! - [`graph::GraphFlow`] runs a directed graph of agents: conditional edges, joins, parallel
 //!   branches.
+//! - [`magentic::MagenticChat`] is a Magentic-style orchestrator with task and progress ledgers.
 //! - [`NestedChatAgent`] answers with the summary of an inner chat run on a child budget;
 //!   [`run_sequential`] carries each chat's summary into the next.
 //!
@@ -18,6 +19,7 @@ mod error;
 mod events;
 pub mod graph;
 mod group_chat;
+pub mod magentic;
 mod nested;
 mod result;
 mod sequential;

@@ -494,9 +494,9 @@ pub(crate) fn mentioned(text: &str, roster: &Roster) -> Vec<usize> {
         .collect()
 }
 
-/// Fills `{roles}`, `{participants}` and `{history}` in one pass (so text inside the history
-/// that looks like a placeholder is left alone).
-fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
+/// Fills `{key}` placeholders (`{roles}`, `{participants}`, `{history}`, …) in one pass, so text
+/// inside a value that looks like a placeholder is left alone; unknown placeholders stay.
+pub(crate) fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
     let mut out =
         String::with_capacity(template.len() + values.iter().map(|(_, v)| v.len()).sum::<usize>());
     let mut rest = template;
