@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use agent_core::history::LastN;
 use agent_core::termination::{HandoffTo, MaxMessages, TextMention};
-use agent_core::{LlmAgent, Message, ScriptedModel, StopReason, TerminationExt, ToolCall};
+use agent_core::{
+    LlmAgent, Message, ScriptedModel, StopReason, TerminationExt, ToolCall, ToolResult,
+};
 use agent_runtime::chat::{
     ChatConfigError, ChatErrorKind, GroupChat, LlmSelector, SelectorInput, SpeakerChoice,
     SpeakerSelection, Task, Transitions,
@@ -268,4 +270,80 @@ async fn the_selector_has_its_own_history_window() {
     let last = requests[2].messages[0].text().unwrap();
     let history = last.split("\n\n").nth(1).unwrap();
     assert_eq!(history, "agent2: agent2 2\nagent3: agent3 3");
+}
+
+#[tokio::test]
+async fn two_agent_lists_the_initiator_first_and_the_recipient_still_answers() {
+    let mut chat = GroupChat::two_agent(Echo::new("student"), Echo::new("teacher"))
+        .max_turns(1)
+        .build()
+        .unwrap();
+    assert_eq!(
+        chat.participants()
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>(),
+        ["student", "teacher"]
+    );
+    let r = chat.run("What is 2 + 2?").await.unwrap();
+    assert_eq!(sources(&r.messages), ["student", "teacher"]);
+}
+
+#[tokio::test]
+async fn send_appends_without_resetting_the_auto_reply_counters() {
+    // AG2's send(request_reply=False): the message joins the thread; only a new task resets the
+    // consecutive auto-reply counters.
+    let mut chat = GroupChat::builder()
+        .participant(Echo::new("a").with_cap(2))
+        .build()
+        .unwrap();
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "a", "a"]);
+    assert_eq!(
+        r.stop_reason,
+        StopReason::MaxConsecutiveAutoReply {
+            agent: "a".into(),
+            max: 2
+        }
+    );
+    chat.send(Message::user("one more thing"));
+    let r = chat.run(Task::Resume).await.unwrap();
+    assert!(r.messages.is_empty(), "{:?}", sources(&r.messages));
+    assert_eq!(chat.messages().len(), 4);
+    // A task resets them.
+    let r = chat.run("new task").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "a", "a"]);
+}
+
+#[tokio::test]
+async fn send_introductions_opens_the_first_run_uncounted() {
+    let mut chat = GroupChat::builder()
+        .participants([Echo::new("a"), Echo::new("b")])
+        .send_introductions(true)
+        .max_messages(2)
+        .build()
+        .unwrap();
+    let r = chat.run("go").await.unwrap();
+    assert_eq!(sources(&r.messages), ["group_chat", "user", "a"]);
+    assert_eq!(
+        r.messages[0].text(),
+        Some(
+            "Hello everyone. We have assembled a great team today to answer questions and solve tasks. In attendance are:\n\na: a helps\nb: b helps"
+        )
+    );
+    // The agent saw the introduction (its reply counts the history it was given).
+    assert_eq!(r.messages[2].text(), Some("a 2"));
+    let r = chat.run("again").await.unwrap();
+    assert_eq!(sources(&r.messages), ["user", "b"]);
+}
+
+#[test]
+fn tool_results_have_constructors() {
+    let ok = ToolResult::new("c1", "add", "5");
+    let err = ToolResult::error("c2", "add", "missing b");
+    assert!(!ok.is_error && err.is_error);
+    assert_eq!(
+        serde_json::to_value(&ok).unwrap(),
+        serde_json::json!({"call_id": "c1", "name": "add", "content": "5"})
+    );
 }

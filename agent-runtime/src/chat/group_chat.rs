@@ -74,6 +74,7 @@ pub struct GroupChatBuilder {
     observers: Vec<Arc<dyn CallObserver>>,
     parent_cancel: Option<CancellationToken>,
     state: Option<ChatState>,
+    introductions: bool,
 }
 
 impl fmt::Debug for GroupChatBuilder {
@@ -116,7 +117,17 @@ impl GroupChatBuilder {
             observers: Vec::new(),
             parent_cancel: None,
             state: None,
+            introductions: false,
         }
+    }
+
+    /// AG2's `send_introductions`: the first run of a fresh chat (or after
+    /// [`reset`](GroupChat::reset)) opens with a message from the chat introducing every
+    /// participant by name and description, before the task. It is not counted by the message
+    /// cap or the termination condition (in AG2 it never enters the group's messages).
+    pub fn send_introductions(mut self, send: bool) -> Self {
+        self.introductions = send;
+        self
     }
 
     /// Adds a participant (an `Arc<dyn Agent>` works too).
@@ -500,6 +511,7 @@ impl GroupChatBuilder {
                 rng: rng_seed,
             },
             scratch: Vec::with_capacity(n),
+            introductions: self.introductions,
         };
         chat.contexts = chat.make_contexts();
         if let Some(state) = self.state {
@@ -594,6 +606,7 @@ pub struct GroupChat {
     thread: Thread,
     /// Reused candidate buffer, so selection does not allocate per turn.
     scratch: Vec<usize>,
+    introductions: bool,
 }
 
 impl fmt::Debug for GroupChat {
@@ -662,6 +675,46 @@ impl GroupChat {
     /// The budget the chat charges.
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// Appends a message to the thread **without running** the chat and without resetting any
+    /// counter (AG2's `send(message, recipient, request_reply=False)`): the next
+    /// [`Task::Resume`] run answers it. Unlike a run with a task, the auto-reply counters keep
+    /// counting, and the message cap and the termination condition do not see it.
+    ///
+    /// ```
+    /// use agent_core::{Agent, AgentError, AgentReply, Message, TurnContext};
+    /// use agent_runtime::chat::{GroupChat, Task};
+    ///
+    /// struct Count;
+    ///
+    /// #[agent_core::async_trait]
+    /// impl Agent for Count {
+    ///     fn name(&self) -> &str { "count" }
+    ///     async fn reply(&self, h: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+    ///         Ok(AgentReply::message(Message::assistant("count", h.len().to_string())))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut chat = GroupChat::builder().participant(Count).max_turns(1).build().unwrap();
+    /// chat.send(Message::user("context first"));
+    /// let result = chat.run(Task::Resume).await.unwrap();
+    /// assert_eq!(result.messages[0].text(), Some("1"));
+    /// # });
+    /// ```
+    pub fn send(&mut self, message: Message) {
+        self.thread.messages.push(message);
+    }
+
+    fn introduction(&self) -> String {
+        let mut text = String::from(
+            "Hello everyone. We have assembled a great team today to answer questions and solve tasks. In attendance are:\n",
+        );
+        for (name, description) in self.roster.names().iter().zip(&self.descriptions) {
+            text.push_str(&format!("\n{name}: {description}"));
+        }
+        text
     }
 
     /// A handle that cancels the chat's current (or next) run from anywhere.
@@ -807,6 +860,11 @@ impl GroupChat {
         }
         if task.is_resume() && self.thread.messages.is_empty() {
             return Err(Box::new(ChatErrorKind::NothingToResume));
+        }
+        if self.introductions && self.thread.messages.is_empty() {
+            let intro = Message::assistant(self.name.clone(), self.introduction());
+            self.emit(|| ChatEvent::Message(intro.clone()));
+            self.thread.messages.push(intro);
         }
         if !task.is_resume() {
             // A new task is a new chat in AG2's sense: auto-reply counters start over.
