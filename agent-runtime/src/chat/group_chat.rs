@@ -3,12 +3,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 
-use agent_core::{
-    Agent, AgentError, Budget, CallError, Charge, Content, Message, StopReason, Termination,
-};
+use agent_core::{Agent, Budget, Charge, Content, Message, StopReason, Termination};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,16 +12,16 @@ use tokio_util::sync::CancellationToken;
 use super::cancel::CancelHandle;
 use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
 use super::error::{ChatConfigError, ChatError, ChatErrorKind};
-use super::events::{AgentObserver, ChatEvent, ChatEventStream, ChatShared};
+use super::events::{ChatEvent, ChatEventStream};
 use super::result::ChatResult;
+use super::session::{Session, SessionSettings, Turn};
 use super::speaker::{
     AllowRepeat, CandidateFn, ChoiceFn, LlmTurn, Roster, Rules, Selected, SelectorInput,
     SpeakerChoice, SpeakerSelection, Transitions, random_below, rotation_next, select_manually,
 };
 use super::state::ChatState;
-use super::summary::{SummaryMethod, last_text};
+use super::summary::SummaryMethod;
 use super::task::Task;
-use crate::context::SchedulerContext;
 use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The chat's own name when none is set: selector and reflection calls are made under it.
@@ -36,11 +32,6 @@ const ONE_CALL: Charge = Charge {
     tokens: 0,
     cost_nanos: 0,
 };
-
-fn next_conversation_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("chat-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Which speakers may speak twice in a row, as configured.
 #[derive(Debug, Clone)]
@@ -464,22 +455,27 @@ impl GroupChatBuilder {
             SpeakerSelection::Random { seed } => *seed,
             _ => 0,
         };
-        let budget = self.budget.unwrap_or_default();
-        let scheduler = self.scheduler.unwrap_or_default();
-        let conversation: Arc<str> =
-            Arc::from(self.conversation_id.unwrap_or_else(next_conversation_id));
-        let cancel = CancelHandle::new(self.parent_cancel);
-        let token = cancel.token();
-        let shared = Arc::new(ChatShared::default());
+        let session = Session::new(
+            name,
+            "chat",
+            roster.names().to_vec(),
+            SessionSettings {
+                conversation_id: self.conversation_id,
+                budget: self.budget,
+                scheduler: self.scheduler,
+                priority: self.priority,
+                summary: self.summary,
+                observers: self.observers,
+                parent_cancel: self.parent_cancel,
+            },
+        );
         let descriptions = self
             .agents
             .iter()
             .map(|a| Arc::from(a.description()))
             .collect();
         let mut chat = GroupChat {
-            contexts: Vec::new(),
-            name,
-            conversation,
+            session,
             agents: self.agents,
             roster,
             descriptions,
@@ -489,16 +485,7 @@ impl GroupChatBuilder {
             rules,
             caps,
             termination: self.termination,
-            summary: self.summary,
             task_source: Arc::from(self.task_source.as_deref().unwrap_or("user")),
-            scheduler,
-            budget,
-            priority: self.priority,
-            observers: self.observers.into(),
-            shared,
-            cancel,
-            token,
-            events: None,
             rng_seed,
             thread: Thread {
                 messages: Vec::new(),
@@ -513,7 +500,6 @@ impl GroupChatBuilder {
             scratch: Vec::with_capacity(n),
             introductions: self.introductions,
         };
-        chat.contexts = chat.make_contexts();
         if let Some(state) = self.state {
             chat.load_state(state)?;
         }
@@ -579,8 +565,6 @@ struct Thread {
 /// # }).unwrap();
 /// ```
 pub struct GroupChat {
-    name: Arc<str>,
-    conversation: Arc<str>,
     agents: Vec<Arc<dyn Agent>>,
     roster: Roster,
     descriptions: Vec<Arc<str>>,
@@ -590,18 +574,9 @@ pub struct GroupChat {
     rules: Rules,
     caps: Caps,
     termination: Option<Box<dyn Termination>>,
-    summary: SummaryMethod,
     task_source: Arc<str>,
-    scheduler: QuotaScheduler,
-    budget: Budget,
-    priority: u8,
-    observers: Arc<[Arc<dyn CallObserver>]>,
-    /// One context per participant, then the chat's own (selector, reflection).
-    contexts: Vec<SchedulerContext>,
-    shared: Arc<ChatShared>,
-    cancel: CancelHandle,
-    token: CancellationToken,
-    events: Option<UnboundedSender<ChatEvent>>,
+    /// Contexts (one per participant, then the chat's own), events, cancellation.
+    session: Session,
     rng_seed: u64,
     thread: Thread,
     /// Reused candidate buffer, so selection does not allocate per turn.
@@ -612,8 +587,8 @@ pub struct GroupChat {
 impl fmt::Debug for GroupChat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GroupChat")
-            .field("name", &self.name)
-            .field("conversation", &self.conversation)
+            .field("name", &self.session.name)
+            .field("conversation", &self.session.conversation)
             .field("participants", &self.roster.names())
             .field("selection", &self.selection)
             .field("caps", &self.caps)
@@ -628,38 +603,14 @@ impl GroupChat {
         GroupChatBuilder::new()
     }
 
-    fn make_contexts(&self) -> Vec<SchedulerContext> {
-        self.roster
-            .names()
-            .iter()
-            .chain(std::iter::once(&self.name))
-            .map(|agent| {
-                let observer = Arc::new(AgentObserver {
-                    agent: agent.clone(),
-                    shared: self.shared.clone(),
-                    forward: self.observers.clone(),
-                });
-                SchedulerContext::new(
-                    self.scheduler.clone(),
-                    self.conversation.clone(),
-                    agent.clone(),
-                    self.budget.clone(),
-                )
-                .with_cancel(self.token.clone())
-                .with_observer(observer)
-                .with_priority(self.priority)
-            })
-            .collect()
-    }
-
     /// The chat's name (selector and reflection calls are reported under it).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.session.name
     }
 
     /// The conversation id.
     pub fn conversation_id(&self) -> &str {
-        &self.conversation
+        &self.session.conversation
     }
 
     /// The participants' names, in order.
@@ -674,7 +625,7 @@ impl GroupChat {
 
     /// The budget the chat charges.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        &self.session.budget
     }
 
     /// Appends a message to the thread **without running** the chat and without resetting any
@@ -719,7 +670,7 @@ impl GroupChat {
 
     /// A handle that cancels the chat's current (or next) run from anywhere.
     pub fn cancel_handle(&self) -> CancelHandle {
-        self.cancel.clone()
+        self.session.cancel_handle()
     }
 
     /// Runs the chat until it stops. `task` may be text, messages, or [`Task::Resume`].
@@ -745,60 +696,24 @@ impl GroupChat {
         events: Option<UnboundedSender<ChatEvent>>,
     ) -> Result<ChatResult, ChatError> {
         let started = Instant::now();
-        self.shared.begin(events.clone());
-        self.events = events;
+        self.session.begin(events);
         let run_start = self.thread.messages.len();
         let outcome = self.drive(task).await;
-        let result = match outcome {
-            Ok(stop) => {
-                self.emit(|| ChatEvent::Stopped(stop.clone()));
-                if stop != StopReason::Cancelled {
-                    self.after_stop();
-                }
-                let manager = &self.contexts[self.roster.len()];
-                let summary = tokio::select! {
-                    biased;
-                    s = self.summary.summarize(&self.thread.messages, &stop, manager) => s,
-                    // A reflection stuck in the queue must not outlive a cancel.
-                    () = self.token.cancelled() => Ok(last_text(&self.thread.messages)),
-                };
-                match summary {
-                    Ok(summary) => Ok(ChatResult {
-                        messages: self.thread.messages[run_start..].to_vec(),
-                        stop_reason: stop,
-                        summary,
-                        usage: self.shared.finish(),
-                        wall_time: started.elapsed(),
-                    }),
-                    Err(e) => Err(ChatError::new(
-                        ChatErrorKind::Summary(e),
-                        self.thread.messages[run_start..].to_vec(),
-                    )),
-                }
-            }
-            Err(kind) => Err(ChatError::new(
-                *kind,
-                self.thread.messages[run_start..].to_vec(),
-            )),
-        };
-        self.shared.finish();
-        self.events = None;
-        if let Some(fresh) = self.cancel.renew() {
-            self.set_token(fresh);
+        if let Ok(stop) = &outcome
+            && *stop != StopReason::Cancelled
+        {
+            self.after_stop();
         }
+        let result = self
+            .session
+            .finish(outcome, &self.thread.messages, run_start, started)
+            .await;
         tracing::debug!(
-            conversation = %self.conversation,
+            conversation = %self.session.conversation,
             stop = ?result.as_ref().map(|r| &r.stop_reason),
             "chat run finished"
         );
         result
-    }
-
-    fn set_token(&mut self, token: CancellationToken) {
-        for ctx in &mut self.contexts {
-            *ctx = ctx.clone().with_cancel(token.clone());
-        }
-        self.token = token;
     }
 
     /// After any stop but a cancellation: the condition and the turn and message counters start
@@ -812,9 +727,7 @@ impl GroupChat {
     }
 
     fn emit(&self, make: impl FnOnce() -> ChatEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(make());
-        }
+        self.session.emit(make);
     }
 
     /// Appends `messages`, emits them, tracks handoffs, and checks the condition and caps.
@@ -822,10 +735,8 @@ impl GroupChat {
         let from = self.thread.messages.len();
         self.thread.messages.extend(messages);
         let delta = &self.thread.messages[from..];
-        if let Some(tx) = &self.events {
-            for m in delta {
-                let _ = tx.send(ChatEvent::Message(m.clone()));
-            }
+        for m in delta {
+            self.session.emit(|| ChatEvent::Message(m.clone()));
         }
         // The condition is asked before the handoff target is resolved: a handoff that stops the
         // chat (to "user", say) need not name a participant.
@@ -862,7 +773,7 @@ impl GroupChat {
             return Err(Box::new(ChatErrorKind::NothingToResume));
         }
         if self.introductions && self.thread.messages.is_empty() {
-            let intro = Message::assistant(self.name.clone(), self.introduction());
+            let intro = Message::assistant(self.session.name.clone(), self.introduction());
             self.emit(|| ChatEvent::Message(intro.clone()));
             self.thread.messages.push(intro);
         }
@@ -892,10 +803,10 @@ impl GroupChat {
             }
         }
         loop {
-            if self.token.is_cancelled() {
+            if self.session.token.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
-            if let Err(e) = self.budget.check(ONE_CALL) {
+            if let Err(e) = self.session.budget.check(ONE_CALL) {
                 return Ok(StopReason::BudgetExhausted(e));
             }
             let speaker = match self.select().await {
@@ -912,40 +823,18 @@ impl GroupChat {
                     max,
                 });
             }
-            let reply = {
-                // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box
-                // the reply future a second time.
-                let agent: &dyn Agent = &*self.agents[speaker];
-                let mut turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
-                // An instant agent finishes on the first poll; only a pending turn needs to race
-                // the cancellation token (which costs a waiter registration).
-                match futures::poll!(turn.as_mut()) {
-                    Poll::Ready(r) => r,
-                    Poll::Pending => tokio::select! {
-                        biased;
-                        () = self.token.cancelled() => return Ok(StopReason::Cancelled),
-                        r = &mut turn => r,
-                    },
-                }
+            // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box the
+            // reply future a second time.
+            let agent: &dyn Agent = &*self.agents[speaker];
+            let reply = match self
+                .session
+                .take_turn(agent, speaker, &self.thread.messages)
+                .await
+            {
+                Turn::Replied(reply) => reply,
+                Turn::Stop(stop) => return Ok(stop),
+                Turn::Failed(kind) => return Err(kind),
             };
-            let reply = match reply {
-                Ok(r) => r,
-                Err(AgentError::Call(CallError::BudgetExhausted(e))) => {
-                    return Ok(StopReason::BudgetExhausted(e));
-                }
-                Err(AgentError::Call(CallError::Cancelled)) => return Ok(StopReason::Cancelled),
-                Err(source) => {
-                    return Err(Box::new(ChatErrorKind::Agent {
-                        agent: self.roster.name(speaker).to_string(),
-                        source,
-                    }));
-                }
-            };
-            if reply.messages.is_empty() {
-                return Ok(StopReason::EmptyReply {
-                    agent: self.roster.name(speaker).to_string(),
-                });
-            }
             self.thread.previous = Some(speaker);
             let by_turns =
                 self.caps
@@ -1061,20 +950,20 @@ impl GroupChat {
             SpeakerSelection::Llm(selector) => {
                 LlmTurn {
                     selector,
-                    ctx: &self.contexts[n],
+                    ctx: &self.session.contexts[n],
                     roster: &self.roster,
                     descriptions: &self.descriptions,
                     messages: &self.thread.messages,
                     candidates,
                     previous,
-                    cancel: &self.token,
+                    cancel: &self.session.token,
                 }
                 .select()
                 .await
             }
             SpeakerSelection::Manual(input) => tokio::select! {
                 biased;
-                () = self.token.cancelled() => Selected::Stop(StopReason::Cancelled),
+                () = self.session.token.cancelled() => Selected::Stop(StopReason::Cancelled),
                 r = select_manually(&**input, &self.roster, candidates, previous) => match r {
                     Ok(s) => Selected::Speaker(s),
                     Err(kind) => Selected::Fail(Box::new(kind)),
@@ -1106,9 +995,7 @@ impl GroupChat {
         for a in &self.agents {
             a.reset();
         }
-        if let Some(fresh) = self.cancel.renew() {
-            self.set_token(fresh);
-        }
+        self.session.renew_cancel();
     }
 
     /// A snapshot of the thread, rotation and counters (see [`ChatState`]).
@@ -1116,7 +1003,7 @@ impl GroupChat {
         let t = &self.thread;
         ChatState {
             version: ChatState::VERSION,
-            conversation_id: self.conversation.to_string(),
+            conversation_id: self.session.conversation.to_string(),
             messages: t.messages.clone(),
             previous_speaker: t.previous.map(|p| self.roster.name(p).to_string()),
             pending_handoff: t.handoff.map(|p| self.roster.name(p).to_string()),
@@ -1131,7 +1018,7 @@ impl GroupChat {
                 .map(|(i, c)| (self.roster.name(i).to_string(), *c))
                 .collect(),
             rng: t.rng,
-            budget_used: Some(self.budget.used()),
+            budget_used: Some(self.session.budget.used()),
         }
     }
 
@@ -1207,11 +1094,11 @@ impl GroupChat {
             t.reset();
         }
         if let Some(used) = state.budget_used {
-            self.budget.restore_used(used);
+            self.session.budget.restore_used(used);
         }
-        if *self.conversation != *state.conversation_id {
-            self.conversation = Arc::from(state.conversation_id);
-            self.contexts = self.make_contexts();
+        if *self.session.conversation != *state.conversation_id {
+            self.session
+                .set_conversation(Arc::from(state.conversation_id));
         }
         Ok(())
     }

@@ -1,9 +1,6 @@
 //! What every team type shares around its own loop: the per-agent turn contexts (so every call
 //! goes through the scheduler on the chat's budget), the event sink, cancellation, one agent
 //! turn, and turning a run's outcome into a [`ChatResult`].
-//!
-//! [`GroupChat`](super::GroupChat) predates it and keeps its own copy of these fields; the graph
-//! and Magentic teams are built on this one.
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,6 +35,8 @@ pub(crate) struct SessionSettings {
     pub(crate) priority: u8,
     pub(crate) summary: SummaryMethod,
     pub(crate) observers: Vec<Arc<dyn CallObserver>>,
+    /// Cancelling this cancels the chat too (a nested chat's parent).
+    pub(crate) parent_cancel: Option<CancellationToken>,
 }
 
 /// One chat's plumbing. Contexts: one per participant, in order, then the chat's own (ledger,
@@ -82,7 +81,7 @@ impl Session {
         names: Vec<Arc<str>>,
         settings: SessionSettings,
     ) -> Self {
-        let cancel = CancelHandle::new(None);
+        let cancel = CancelHandle::new(settings.parent_cancel);
         let token = cancel.token();
         let mut session = Self {
             name,
@@ -128,6 +127,22 @@ impl Session {
                 .with_priority(self.priority)
             })
             .collect()
+    }
+
+    /// Adopts another conversation id (a loaded state's): calls queue under it from now on.
+    pub(crate) fn set_conversation(&mut self, conversation: Arc<str>) {
+        self.conversation = conversation;
+        self.contexts = self.make_contexts();
+    }
+
+    /// Replaces a consumed cancel with a fresh token, so the next run can start.
+    pub(crate) fn renew_cancel(&mut self) {
+        if let Some(fresh) = self.cancel.renew() {
+            for ctx in &mut self.contexts {
+                *ctx = ctx.clone().with_cancel(fresh.clone());
+            }
+            self.token = fresh;
+        }
     }
 
     /// The chat's own context (ledger, selector and reflection calls).
@@ -218,12 +233,7 @@ impl Session {
         };
         self.shared.finish();
         self.events = None;
-        if let Some(fresh) = self.cancel.renew() {
-            for ctx in &mut self.contexts {
-                *ctx = ctx.clone().with_cancel(fresh.clone());
-            }
-            self.token = fresh;
-        }
+        self.renew_cancel();
         result
     }
 }
