@@ -14,7 +14,7 @@ use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
 use super::error::{ChatConfigError, ChatError, ChatErrorKind};
 use super::events::{ChatEvent, ChatEventStream};
 use super::result::ChatResult;
-use super::session::{Session, SessionSettings, Turn};
+use super::session::{Session, SessionSettings, Turn, check_names};
 use super::speaker::{
     AllowRepeat, CandidateFn, ChoiceFn, LlmTurn, Roster, Rules, Selected, SelectorInput,
     SpeakerChoice, SpeakerSelection, Transitions, random_below, rotation_next, select_manually,
@@ -347,23 +347,7 @@ impl GroupChatBuilder {
     /// [`handoff_targets`](Agent::handoff_targets) name a non-participant, or a saved state that
     /// does not fit.
     pub fn build(self) -> Result<GroupChat, ChatConfigError> {
-        if self.agents.is_empty() {
-            return Err(ChatConfigError::NoParticipants);
-        }
-        let names: Vec<Arc<str>> = self.agents.iter().map(|a| Arc::from(a.name())).collect();
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return Err(ChatConfigError::DuplicateName {
-                    name: n.to_string(),
-                });
-            }
-        }
-        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(DEFAULT_CHAT_NAME));
-        if names.contains(&name) {
-            return Err(ChatConfigError::NameClash {
-                name: name.to_string(),
-            });
-        }
+        let (names, name) = check_names(&self.agents, self.name.as_deref(), DEFAULT_CHAT_NAME)?;
         let roster = Roster::new(names);
         if self.max_turns == Some(0) {
             return Err(ChatConfigError::Zero { what: "max_turns" });

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::cancel::CancelHandle;
-use super::error::{ChatError, ChatErrorKind};
+use super::error::{ChatConfigError, ChatError, ChatErrorKind};
 use super::events::{AgentObserver, ChatEvent, ChatShared};
 use super::result::ChatResult;
 use super::summary::{SummaryMethod, last_text};
@@ -25,6 +25,82 @@ pub(crate) fn next_conversation_id(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!("{prefix}-{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Checks the names every team builder checks — at least one participant, no two alike, none
+/// like the chat's own name (`name`, or `default`) — and returns the participants' names and the
+/// chat's.
+pub(crate) fn check_names(
+    agents: &[Arc<dyn Agent>],
+    name: Option<&str>,
+    default: &str,
+) -> Result<(Vec<Arc<str>>, Arc<str>), ChatConfigError> {
+    if agents.is_empty() {
+        return Err(ChatConfigError::NoParticipants);
+    }
+    let names: Vec<Arc<str>> = agents.iter().map(|a| Arc::from(a.name())).collect();
+    for (i, n) in names.iter().enumerate() {
+        if names[..i].contains(n) {
+            return Err(ChatConfigError::DuplicateName {
+                name: n.to_string(),
+            });
+        }
+    }
+    let name: Arc<str> = Arc::from(name.unwrap_or(default));
+    if names.contains(&name) {
+        return Err(ChatConfigError::NameClash {
+            name: name.to_string(),
+        });
+    }
+    Ok((names, name))
+}
+
+/// The builder methods of the settings every team shares, for a builder with a
+/// `settings: SessionSettings` field; `$prefix` is the default conversation id's prefix.
+macro_rules! session_setters {
+    ($prefix:literal) => {
+        /// The budget every call of the team is charged to (default: unlimited): its members'
+        /// replies and its own calls. A runaway loop or a wide fan-out ends here, never beyond.
+        pub fn budget(mut self, budget: agent_core::Budget) -> Self {
+            self.settings.budget = Some(budget);
+            self
+        }
+
+        /// The scheduler every call goes through (default: a new scheduler with no quotas; share
+        /// one across chats to share quotas).
+        pub fn scheduler(mut self, scheduler: $crate::scheduler::QuotaScheduler) -> Self {
+            self.settings.scheduler = Some(scheduler);
+            self
+        }
+
+        #[doc = concat!("The conversation id calls are queued under (default: a unique `", $prefix, "-N`).")]
+        pub fn conversation_id(mut self, id: impl Into<String>) -> Self {
+            self.settings.conversation_id = Some(id.into());
+            self
+        }
+
+        /// The admission priority of the team's calls (higher first; default 0).
+        pub fn priority(mut self, priority: u8) -> Self {
+            self.settings.priority = priority;
+            self
+        }
+
+        /// How each run is summarized (default: the last message).
+        pub fn summary_method(mut self, method: $crate::chat::SummaryMethod) -> Self {
+            self.settings.summary = method;
+            self
+        }
+
+        /// Adds an observer of every model call the team causes.
+        pub fn call_observer(
+            mut self,
+            observer: std::sync::Arc<dyn $crate::scheduler::CallObserver>,
+        ) -> Self {
+            self.settings.observers.push(observer);
+            self
+        }
+    };
+}
+pub(crate) use session_setters;
 
 /// The settings every team builder collects the same way.
 #[derive(Default)]

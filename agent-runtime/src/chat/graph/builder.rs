@@ -3,15 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agent_core::{Agent, Budget, Message, Termination};
+use agent_core::{Agent, Message, Termination};
 
 use super::flow::{GraphFlow, GraphState};
 use crate::chat::caps::{Caps, Counters, TurnCap};
 use crate::chat::error::ChatConfigError;
-use crate::chat::session::{Session, SessionSettings};
+use crate::chat::session::{Session, SessionSettings, check_names, session_setters};
 use crate::chat::speaker::Roster;
-use crate::chat::summary::SummaryMethod;
-use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The name a graph's own calls (reflection summaries) are made under when none is set.
 pub const DEFAULT_GRAPH_NAME: &str = "graph_flow";
@@ -203,48 +201,13 @@ impl GraphFlowBuilder {
         self
     }
 
-    /// The budget every branch's calls are charged to (default: unlimited). A wide fan-out or a
-    /// runaway cycle ends here, never beyond.
-    pub fn budget(mut self, budget: Budget) -> Self {
-        self.settings.budget = Some(budget);
-        self
-    }
-
-    /// The scheduler every call goes through (default: one with no quotas).
-    pub fn scheduler(mut self, scheduler: QuotaScheduler) -> Self {
-        self.settings.scheduler = Some(scheduler);
-        self
-    }
-
-    /// The conversation id calls are queued under (default: a unique `graph-N`).
-    pub fn conversation_id(mut self, id: impl Into<String>) -> Self {
-        self.settings.conversation_id = Some(id.into());
-        self
-    }
-
     /// The graph's own name (default [`DEFAULT_GRAPH_NAME`]); must differ from every node's.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
     }
 
-    /// The admission priority of the graph's calls (higher first; default 0).
-    pub fn priority(mut self, priority: u8) -> Self {
-        self.settings.priority = priority;
-        self
-    }
-
-    /// How each run is summarized (default: the last message).
-    pub fn summary_method(mut self, method: SummaryMethod) -> Self {
-        self.settings.summary = method;
-        self
-    }
-
-    /// Adds an observer of every model call the graph causes.
-    pub fn call_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
-        self.settings.observers.push(observer);
-        self
-    }
+    session_setters!("graph");
 
     /// Validates the graph and builds it.
     ///
@@ -253,23 +216,7 @@ impl GraphFlowBuilder {
     /// naming a non-participant, a duplicate edge, a node with both conditional and unconditional
     /// edges, no start node, no leaf node, a cycle with no conditional edge, or `max_turns(0)`.
     pub fn build(self) -> Result<GraphFlow, ChatConfigError> {
-        if self.agents.is_empty() {
-            return Err(ChatConfigError::NoParticipants);
-        }
-        let names: Vec<Arc<str>> = self.agents.iter().map(|a| Arc::from(a.name())).collect();
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return Err(ChatConfigError::DuplicateName {
-                    name: n.to_string(),
-                });
-            }
-        }
-        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(DEFAULT_GRAPH_NAME));
-        if names.contains(&name) {
-            return Err(ChatConfigError::NameClash {
-                name: name.to_string(),
-            });
-        }
+        let (names, name) = check_names(&self.agents, self.name.as_deref(), DEFAULT_GRAPH_NAME)?;
         if self.max_turns == Some(0) {
             return Err(ChatConfigError::Zero { what: "max_turns" });
         }

@@ -19,11 +19,9 @@ use crate::chat::cancel::CancelHandle;
 use crate::chat::error::{ChatConfigError, ChatError, ChatErrorKind};
 use crate::chat::events::{ChatEvent, ChatEventStream};
 use crate::chat::result::ChatResult;
-use crate::chat::session::{Session, SessionSettings, Turn};
+use crate::chat::session::{Session, SessionSettings, Turn, check_names, session_setters};
 use crate::chat::speaker::fill_template;
-use crate::chat::summary::SummaryMethod;
 use crate::chat::task::Task;
-use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The orchestrator's name when none is set; its ledger calls are reported under it.
 pub const DEFAULT_ORCHESTRATOR_NAME: &str = "orchestrator";
@@ -106,24 +104,6 @@ impl MagenticChatBuilder {
         self
     }
 
-    /// The budget every call is charged to: ledger calls, final answer and team replies.
-    pub fn budget(mut self, budget: Budget) -> Self {
-        self.settings.budget = Some(budget);
-        self
-    }
-
-    /// The scheduler every call goes through (default: one with no quotas).
-    pub fn scheduler(mut self, scheduler: QuotaScheduler) -> Self {
-        self.settings.scheduler = Some(scheduler);
-        self
-    }
-
-    /// The conversation id calls are queued under (default: a unique `magentic-N`).
-    pub fn conversation_id(mut self, id: impl Into<String>) -> Self {
-        self.settings.conversation_id = Some(id.into());
-        self
-    }
-
     /// The orchestrator's name (default [`DEFAULT_ORCHESTRATOR_NAME`]): the source of its
     /// messages and the agent its calls are reported under. Must differ from every member's.
     pub fn name(mut self, name: impl Into<String>) -> Self {
@@ -131,23 +111,7 @@ impl MagenticChatBuilder {
         self
     }
 
-    /// The admission priority of the chat's calls (higher first; default 0).
-    pub fn priority(mut self, priority: u8) -> Self {
-        self.settings.priority = priority;
-        self
-    }
-
-    /// How each run is summarized (default: the last message, which is the final answer).
-    pub fn summary_method(mut self, method: SummaryMethod) -> Self {
-        self.settings.summary = method;
-        self
-    }
-
-    /// Adds an observer of every model call the chat causes.
-    pub fn call_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
-        self.settings.observers.push(observer);
-        self
-    }
+    session_setters!("magentic");
 
     /// Validates the configuration and builds the chat.
     ///
@@ -155,23 +119,11 @@ impl MagenticChatBuilder {
     /// No participant, duplicate names, a member named like the orchestrator, or a zero
     /// `max_stalls`, `max_turns` or `ledger_attempts`.
     pub fn build(self) -> Result<MagenticChat, ChatConfigError> {
-        if self.agents.is_empty() {
-            return Err(ChatConfigError::NoParticipants);
-        }
-        let names: Vec<Arc<str>> = self.agents.iter().map(|a| Arc::from(a.name())).collect();
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return Err(ChatConfigError::DuplicateName {
-                    name: n.to_string(),
-                });
-            }
-        }
-        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(DEFAULT_ORCHESTRATOR_NAME));
-        if names.contains(&name) {
-            return Err(ChatConfigError::NameClash {
-                name: name.to_string(),
-            });
-        }
+        let (names, name) = check_names(
+            &self.agents,
+            self.name.as_deref(),
+            DEFAULT_ORCHESTRATOR_NAME,
+        )?;
         for (what, value) in [
             ("max_stalls", Some(self.max_stalls)),
             ("max_turns", self.max_turns),
