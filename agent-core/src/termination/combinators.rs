@@ -549,4 +549,21 @@ mod tests {
         assert_send_sync::<And>();
         assert_send_sync::<Or>();
     }
+
+    #[test]
+    fn handoff_exits_are_the_union_under_or_and_none_under_and() {
+        let user = HandoffTo::new("user");
+        assert_eq!(user.handoff_exits(), vec!["user".to_owned()]);
+        let either = HandoffTo::new("user")
+            .or(HandoffTo::new("admin"))
+            .or(StopMessage::new());
+        assert_eq!(
+            either.handoff_exits(),
+            vec!["user".to_owned(), "admin".to_owned()]
+        );
+        let both = HandoffTo::new("user").and(MaxMessages::new(3));
+        assert!(both.handoff_exits().is_empty());
+        let boxed: Box<dyn Termination> = Box::new(HandoffTo::new("user"));
+        assert_eq!(boxed.handoff_exits(), vec!["user".to_owned()]);
+    }
 }

@@ -22,6 +22,10 @@ use crate::message::{Content, Message};
 /// `evaluate(&mut self, &[Message]) -> Option<StopReason>` method and a `forget(&mut self)` method.
 macro_rules! latched {
     ($($ty:ty),+ $(,)?) => {$(
+        latched!(@impl $ty, {});
+    )+};
+    // `$extra`: further trait methods of this condition (its handoff exits).
+    (@impl $ty:ty, {$($extra:tt)*}) => {
         impl Termination for $ty {
             fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
                 if let Some(reason) = &self.fired {
@@ -40,8 +44,10 @@ macro_rules! latched {
                 self.fired = None;
                 self.forget();
             }
+
+            $($extra)*
         }
-    )+};
+    };
 }
 
 /// The name a stop text shows for a message's source.
@@ -457,30 +463,15 @@ impl HandoffTo {
                 source: source_of(m),
             })
     }
+
+    fn forget(&mut self) {}
 }
 
-impl Termination for HandoffTo {
-    fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
-        if let Some(reason) = &self.fired {
-            return Some(reason.clone());
-        }
-        let reason = self.evaluate(delta)?;
-        self.fired = Some(reason.clone());
-        Some(reason)
-    }
-
-    fn is_terminated(&self) -> bool {
-        self.fired.is_some()
-    }
-
-    fn reset(&mut self) {
-        self.fired = None;
-    }
-
+latched!(@impl HandoffTo, {
     fn handoff_exits(&self) -> Vec<String> {
         vec![self.target.to_string()]
     }
-}
+});
 
 /// Stops when a stop message ([`Content::Stop`]) is seen (AutoGen's `StopMessageTermination`).
 ///
