@@ -415,3 +415,86 @@ async fn a_ten_way_fan_out_stays_within_the_quota_and_the_budget() {
     assert_eq!(r.usage.total.prompt_tokens, 10 * BUDGET);
     assert_eq!(flow.budget().used().calls, BUDGET);
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_a_graph_drops_every_branch_in_flight() {
+    let stuck = support::Stuck::default();
+    let mut flow = GraphFlow::builder()
+        .participant(Parrot("split"))
+        .participant(ModelAgent::new("left", stuck.clone()))
+        .participant(ModelAgent::new("right", stuck.clone()))
+        .edge("split", "left")
+        .edge("split", "right")
+        // A configured quota: a key with none admits one call until it learns its limits.
+        .scheduler(
+            QuotaScheduler::builder()
+                .quota("test/stuck", Quota::per_minute().requests(100))
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let handle = flow.cancel_handle();
+    let (r, ()) = tokio::join!(flow.run("go"), async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        handle.cancel();
+    });
+    let r = r.unwrap();
+    assert_eq!(r.stop_reason, StopReason::Cancelled);
+    assert_eq!(sources(&r.messages), ["user", "split"]);
+    // Both branches were in flight at once when the cancel came.
+    assert_eq!(stuck.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // The cancel was consumed: the graph resumes the two branches (which hang again).
+    let handle = flow.cancel_handle();
+    handle.cancel();
+    let again = flow.run(agent_runtime::chat::Task::Resume).await.unwrap();
+    assert_eq!(again.stop_reason, StopReason::Cancelled);
+}
+
+#[tokio::test]
+async fn a_graph_streams_a_speaker_event_per_branch_then_its_result() {
+    use agent_runtime::chat::ChatEvent;
+    use futures::StreamExt;
+
+    let mut flow = GraphFlow::builder()
+        .participants(parrots(&["A", "B", "C"]))
+        .edge("A", "B")
+        .edge("A", "C")
+        .build()
+        .unwrap();
+    let events: Vec<ChatEvent> = flow.run_stream("go").collect().await;
+    let picked: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            ChatEvent::SpeakerSelected { name } => Some(name.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(picked, ["A", "B", "C"]);
+    let last = events
+        .last()
+        .and_then(ChatEvent::finished)
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.stop_reason, StopReason::GraphComplete);
+    assert!(matches!(
+        events[events.len() - 2],
+        ChatEvent::Stopped(StopReason::GraphComplete)
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_branch_fails_the_run_and_keeps_the_transcript() {
+    let mut flow = GraphFlow::builder()
+        .participant(Parrot("A"))
+        .participant(support::Failing("B"))
+        .edge("A", "B")
+        .build()
+        .unwrap();
+    let err = flow.run("go").await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ChatErrorKind::Agent { agent, .. } if agent == "B"),
+        "{err}"
+    );
+    assert_eq!(sources(err.transcript()), ["user", "A"]);
+}

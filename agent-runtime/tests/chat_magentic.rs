@@ -268,3 +268,21 @@ fn build_validates_the_team_and_the_settings() {
         ChatConfigError::Zero { what: "max_stalls" }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_stops_a_ledger_call_in_flight() {
+    let stuck = support::Stuck::default();
+    let mut chat = MagenticChat::builder(stuck.clone())
+        .participants(team())
+        .build()
+        .unwrap();
+    let handle = chat.cancel_handle();
+    let (r, ()) = tokio::join!(chat.run("task"), async {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        handle.cancel();
+    });
+    let r = r.unwrap();
+    assert_eq!(r.stop_reason, StopReason::Cancelled);
+    assert_eq!(sources(&r.messages), ["user"]);
+    assert_eq!(stuck.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
