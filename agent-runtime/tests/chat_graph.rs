@@ -498,3 +498,35 @@ async fn a_failing_branch_fails_the_run_and_keeps_the_transcript() {
     );
     assert_eq!(sources(err.transcript()), ["user", "A"]);
 }
+
+#[tokio::test]
+async fn a_runaway_cycle_ends_at_the_budget() {
+    // The exit condition never holds: the budget, not the graph, ends the loop — exactly at it.
+    let model = ScriptedModel::new("test/looper").with_responder(|_| {
+        Ok(agent_core::Completion::text(
+            "test/looper",
+            "loop",
+            Usage::new(3, 1),
+        ))
+    });
+    let mut flow = GraphFlow::builder()
+        .participant(decider("A", &Arc::new(model.clone())))
+        .participant(decider("B", &Arc::new(model.clone())))
+        .participant(Parrot("done"))
+        .edge("A", "B")
+        .add_edge(Edge::new("B", "A").when_contains("loop"))
+        .add_edge(Edge::new("B", "done").when_contains("exit"))
+        .start("A")
+        .budget(Budget::new("loop", BudgetLimits::calls(5)))
+        .build()
+        .unwrap();
+    let r = flow.run("go").await.unwrap();
+    assert!(
+        matches!(r.stop_reason, StopReason::BudgetExhausted(_)),
+        "{:?}",
+        r.stop_reason
+    );
+    assert_eq!(sources(&r.messages), ["user", "A", "B", "A", "B", "A"]);
+    assert_eq!(model.request_count(), 5);
+    assert_eq!(r.usage.total.calls - r.usage.total.failed, 5);
+}
