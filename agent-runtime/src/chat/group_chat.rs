@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agent_core::{Agent, Budget, Charge, Content, Message, StopReason, Termination};
+use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,12 +26,6 @@ use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The chat's own name when none is set: selector and reflection calls are made under it.
 pub const DEFAULT_CHAT_NAME: &str = "group_chat";
-
-const ONE_CALL: Charge = Charge {
-    calls: 1,
-    tokens: 0,
-    cost_nanos: 0,
-};
 
 /// Which speakers may speak twice in a row, as configured.
 #[derive(Debug, Clone)]
@@ -790,7 +784,7 @@ impl GroupChat {
             if self.session.token.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
-            if let Err(e) = self.session.budget.check(ONE_CALL) {
+            if let Err(e) = self.session.room_for_a_call() {
                 return Ok(StopReason::BudgetExhausted(e));
             }
             let speaker = match self.select().await {

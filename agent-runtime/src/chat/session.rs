@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 
-use agent_core::{Agent, AgentError, AgentReply, Budget, CallError, Message, StopReason};
+use agent_core::{
+    Agent, AgentError, AgentReply, Budget, BudgetExhausted, CallError, Charge, Message, StopReason,
+};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -219,6 +221,17 @@ impl Session {
             }
             self.token = fresh;
         }
+    }
+
+    /// Whether the budget has room for one more call: checked before each turn, so a spent
+    /// budget stops the chat before anyone is asked.
+    pub(crate) fn room_for_a_call(&self) -> Result<(), BudgetExhausted> {
+        const ONE_CALL: Charge = Charge {
+            calls: 1,
+            tokens: 0,
+            cost_nanos: 0,
+        };
+        self.budget.check(ONE_CALL)
     }
 
     /// The chat's own context (ledger, selector and reflection calls).

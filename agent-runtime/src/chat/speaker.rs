@@ -14,8 +14,11 @@
 //!   otherwise the same speaker again;
 //! - [`Manual`](SpeakerSelection::Manual): a human picks by name or number.
 //!
-//! A [selector function](super::GroupChatBuilder::selector_func) runs before any of them and may
-//! pick anyone (it overrides the rules); returning `None` defers to the method.
+//! A [candidate function](super::GroupChatBuilder::candidate_func) may replace the candidates
+//! each turn. A [selector function](super::GroupChatBuilder::selector_func) runs before any
+//! method and may pick anyone (it overrides the rules); returning `None` defers to the method. A
+//! [selection function](super::GroupChatBuilder::select_speaker_with) also sees the candidates
+//! and may end the chat.
 
 use std::fmt;
 use std::sync::Arc;

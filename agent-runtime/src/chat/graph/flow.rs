@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use agent_core::{Agent, Charge, Content, Message, StopReason, Termination};
+use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use futures::future::join_all;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
@@ -17,13 +17,6 @@ use crate::chat::events::{ChatEvent, ChatEventStream};
 use crate::chat::result::ChatResult;
 use crate::chat::session::{Session, Turn};
 use crate::chat::task::Task;
-use agent_core::Budget;
-
-const ONE_CALL: Charge = Charge {
-    calls: 1,
-    tokens: 0,
-    cost_nanos: 0,
-};
 
 /// Where a graph's execution stands between steps.
 #[derive(Debug, Clone, Default)]
@@ -271,7 +264,7 @@ impl GraphFlow {
             if self.state.ready.is_empty() {
                 return Ok(StopReason::GraphComplete);
             }
-            if let Err(e) = self.session.budget.check(ONE_CALL) {
+            if let Err(e) = self.session.room_for_a_call() {
                 return Ok(StopReason::BudgetExhausted(e));
             }
             let step = std::mem::take(&mut self.state.ready);
