@@ -81,6 +81,31 @@ async fn basic_plan_one_round_and_a_final_answer() {
     assert!(prompt.contains("select from: agent_1, agent_2, agent_3, agent_4"));
     assert_eq!(chat.facts(), "No facts");
     assert_eq!(chat.plan(), "No plan");
+
+    // AutoGen's save and load: a second team loaded from the state saves the same state.
+    let state = chat.save_state();
+    let json = serde_json::to_string(&state).unwrap();
+    let mut second = MagenticChat::builder(ScriptedModel::new("test/orchestrator"))
+        .participants(team())
+        .build()
+        .unwrap();
+    second.load_state(serde_json::from_str(&json).unwrap()).unwrap();
+    assert_eq!(second.save_state(), state);
+    assert_eq!(second.messages(), chat.messages());
+    assert_eq!(second.plan(), "No plan");
+    assert_eq!((state.rounds, state.stalls, state.ledger_from), (2, 0, 1));
+    // A corrupted state is refused and changes nothing.
+    let mut bad = state.clone();
+    bad.ledger_from = 99;
+    let mut third = MagenticChat::builder(ScriptedModel::new("test/orchestrator"))
+        .participants(team())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        third.load_state(bad),
+        Err(ChatConfigError::StateCounterOutOfRange { .. })
+    ));
+    assert!(third.messages().is_empty());
 }
 
 #[tokio::test]

@@ -3,9 +3,12 @@
 //!
 //! - `ledger`: the prompts and the progress ledger's JSON;
 //! - [`MagenticChat`]: the builder and the loop; every ledger call goes through the scheduler on
-//!   the chat's budget.
+//!   the chat's budget;
+//! - [`MagenticState`]: what `save_state` / `load_state` carry across a restart.
 
 mod ledger;
 mod orchestrator;
+mod state;
 
 pub use orchestrator::{DEFAULT_ORCHESTRATOR_NAME, MagenticChat, MagenticChatBuilder};
+pub use state::MagenticState;

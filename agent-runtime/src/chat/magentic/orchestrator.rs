@@ -15,6 +15,7 @@ use super::ledger::{
     FACTS_PROMPT, FACTS_UPDATE_PROMPT, FINAL_ANSWER_PROMPT, LEDGER_MESSAGE, PLAN_PROMPT,
     PLAN_UPDATE_PROMPT, PROGRESS_PROMPT, Verdict, read_progress,
 };
+use super::state::MagenticState;
 use crate::chat::cancel::CancelHandle;
 use crate::chat::error::{ChatConfigError, ChatError, ChatErrorKind};
 use crate::chat::events::{ChatEvent, ChatEventStream};
@@ -299,6 +300,67 @@ impl MagenticChat {
     /// A handle that cancels the current (or next) run.
     pub fn cancel_handle(&self) -> CancelHandle {
         self.session.cancel_handle()
+    }
+
+    /// A snapshot of the thread and the orchestrator's ledger (see [`MagenticState`]).
+    pub fn save_state(&self) -> MagenticState {
+        MagenticState {
+            version: MagenticState::VERSION,
+            conversation_id: self.session.conversation.to_string(),
+            messages: self.messages.clone(),
+            task: self.ledger.task.clone(),
+            facts: self.ledger.facts.clone(),
+            plan: self.ledger.plan.clone(),
+            rounds: self.ledger.rounds,
+            stalls: self.ledger.stalls,
+            ledger_from: self.ledger.from,
+            budget_used: Some(self.session.budget.used()),
+        }
+    }
+
+    /// Continues from a saved state: the thread, the ledger and the counters are replaced, the
+    /// conversation id adopted, and the budget raised to the saved usage
+    /// ([`Budget::restore_used`]). The termination condition starts fresh.
+    ///
+    /// # Errors
+    /// An unknown format version, or a ledger position past the saved thread (a corrupted or
+    /// edited state). A rejected state changes nothing.
+    pub fn load_state(&mut self, state: MagenticState) -> Result<(), ChatConfigError> {
+        if state.version != MagenticState::VERSION {
+            return Err(ChatConfigError::StateVersion {
+                found: state.version,
+                supported: MagenticState::VERSION,
+            });
+        }
+        let messages = u64::try_from(state.messages.len()).unwrap_or(u64::MAX);
+        let from = u64::try_from(state.ledger_from).unwrap_or(u64::MAX);
+        if from > messages {
+            return Err(ChatConfigError::StateCounterOutOfRange {
+                counter: "ledger_from".to_owned(),
+                value: from,
+                messages,
+            });
+        }
+        self.messages = state.messages;
+        self.ledger = TaskLedger {
+            task: state.task,
+            facts: state.facts,
+            plan: state.plan,
+            rounds: state.rounds,
+            stalls: state.stalls,
+            from: state.ledger_from,
+        };
+        if let Some(t) = &mut self.termination {
+            t.reset();
+        }
+        if let Some(used) = state.budget_used {
+            self.session.budget.restore_used(used);
+        }
+        if *self.session.conversation != *state.conversation_id {
+            self.session
+                .set_conversation(std::sync::Arc::from(state.conversation_id));
+        }
+        Ok(())
     }
 
     /// Runs the orchestration. A task starts a new one (new task ledger); [`Task::Resume`]
