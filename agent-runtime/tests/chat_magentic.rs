@@ -89,7 +89,9 @@ async fn basic_plan_one_round_and_a_final_answer() {
         .participants(team())
         .build()
         .unwrap();
-    second.load_state(serde_json::from_str(&json).unwrap()).unwrap();
+    second
+        .load_state(serde_json::from_str(&json).unwrap())
+        .unwrap();
     assert_eq!(second.save_state(), state);
     assert_eq!(second.messages(), chat.messages());
     assert_eq!(second.plan(), "No plan");
