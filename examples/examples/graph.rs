@@ -13,24 +13,35 @@
 //! messages, which is the reviewer's second turn, so the loop runs once.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use agent_core::{Budget, BudgetLimits, LlmAgent, Message};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::graph::{Edge, GraphFlow};
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 use agent_runtime::scheduler::Quota;
+use clap::Parser;
+
+mod support;
 
 fn approved(message: &Message) -> bool {
     message.text().is_some_and(|t| t.contains("TERMINATE"))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+/// A graph workflow: parallel drafts, a join, a review loop.
+///
+/// Takes no arguments: OPENAI_API_KEY, OPENAI_BASE_URL and OPENAI_MODEL name an endpoint;
+/// without them an in-process simulator answers.
+#[derive(Debug, Parser)]
+#[command(name = "graph")]
+struct Args {}
 
+#[tokio::main]
+async fn main() -> ExitCode {
+    support::main("graph", |Args {}| run()).await
+}
+
+async fn run() -> Result<(), Box<dyn Error>> {
     let model = env_or_simulated(SimConfig::default().with_terminate_after(8))?;
     let scheduler = QuotaScheduler::builder()
         .quota(model.id(), Quota::per_minute().requests(60).tokens(40_000))

@@ -147,7 +147,7 @@ fn fanout_refuses_hostile_arguments_in_one_line() {
 
 #[test]
 fn examples_without_arguments_refuse_any() {
-    for name in ["quickstart", "two_agent", "nested", "tools"] {
+    for name in ["quickstart", "two_agent", "nested", "tools", "graph"] {
         let Some(path) = example(name) else {
             eprintln!("skipping: the {name} example is not built");
             continue;
