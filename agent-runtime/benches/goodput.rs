@@ -359,8 +359,11 @@ fn scheduler(scenario: &Scenario, mode: Mode, key: &str) -> QuotaScheduler {
 #[derive(Debug)]
 struct Admissions {
     start: tokio::time::Instant,
-    calls: std::sync::Mutex<(Option<f64>, Vec<(f64, u64)>)>,
+    calls: std::sync::Mutex<Pending>,
 }
+
+/// The admission time of the call in flight, and the calls done: (admitted s, tokens used).
+type Pending = (Option<f64>, Vec<(f64, u64)>);
 
 impl CallObserver for Admissions {
     fn admitted(&self, _key: &str, _wait: Duration) {

@@ -122,7 +122,8 @@ pub struct ModelCall<'a> {
     pub request: ChatRequest,
     /// Why the call is made.
     pub kind: CallKind,
-    /// The conversation it is charged to (fair queueing is per conversation).
+    /// The conversation it is charged to (its place in the admission queue, unless a tenant is
+    /// set with [`with_tenant`](Self::with_tenant)).
     pub conversation: &'a str,
     /// The agent making it.
     pub agent: &'a str,

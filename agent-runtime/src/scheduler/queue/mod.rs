@@ -356,3 +356,47 @@ fn corrected(counter: u64, delta: i64) -> u64 {
         counter.saturating_sub(delta.unsigned_abs())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(q: &FairQueue) -> u64 {
+        q.head().map_or(0, |s| s.id)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_fair_lifts_a_new_client_and_reorders_on_correction() {
+        let now = Instant::now();
+        let mut q = FairQueue::new(QueuePolicy::token_fair());
+        let a = q.push("a", 0, false, now);
+        q.take("a", 0, a.id, 100, now);
+        // "b" arrives at an empty queue: lifted to the counter "a" left with, so "a" (returning
+        // at 100) and "b" tie, and "b" came first.
+        let b = q.push("b", 0, false, now);
+        let a = q.push("a", 0, false, now);
+        assert_eq!(head(&q), b.id);
+        // "a"'s call used less than charged: it is behind on service now.
+        q.correct("a", 0, -50);
+        assert_eq!(head(&q), a.id);
+        // A higher class goes first whatever the counters.
+        let high = q.push("c", 1, false, now);
+        assert_eq!(head(&q), high.id);
+        q.remove("c", 1, high.id);
+        assert_eq!(head(&q), a.id);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_first_prefers_the_most_served_until_a_call_ages() {
+        let start = Instant::now();
+        let mut q = FairQueue::new(QueuePolicy::finish_first(Duration::from_secs(5)));
+        let old = q.push("old", 0, false, start);
+        let busy = q.push("busy", 0, false, start);
+        q.take("busy", 0, busy.id, 10, start);
+        let busy = q.push("busy", 0, false, start);
+        assert_eq!(head(&q), busy.id, "more service goes first");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(head(&q), old.id, "aged past it");
+    }
+}
