@@ -684,7 +684,7 @@ fn main() {
     }
     let rendered = table.render();
     println!("{rendered}");
-    queue_policies(&runtime, options.quick, only.as_deref());
+    queue_policies(&runtime, options, only.as_deref());
     if options.write_docs && !options.quick && only.is_none() {
         support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -693,7 +693,8 @@ fn main() {
 
 /// The queue policies compared on the scenarios where the order matters (configured limits):
 /// the fairness and completion-time table of `docs/benchmarks.md`.
-fn queue_policies(runtime: &tokio::runtime::Runtime, quick: bool, only: Option<&str>) {
+fn queue_policies(runtime: &tokio::runtime::Runtime, options: Options, only: Option<&str>) {
+    let quick = options.quick;
     let policies = [
         ("round robin", QueuePolicy::RoundRobin),
         ("token-fair", QueuePolicy::token_fair()),
@@ -775,7 +776,16 @@ fn queue_policies(runtime: &tokio::runtime::Runtime, quick: bool, only: Option<&
             ]);
         }
     }
-    println!("{}", table.render());
+    let rendered = table.render();
+    println!("{rendered}");
+    if options.write_docs && !quick && only.is_none() {
+        let machine = support::machine();
+        support::write_section(
+            "goodput-queue",
+            &format!("Measured on {machine}.\n\n{rendered}"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 /// Each conversation's rate of tokens while every conversation is running: over the window from

@@ -192,7 +192,7 @@ impl<'a> ModelCall<'a> {
     /// use agent_core::{Budget, CallKind, ChatRequest, Message, ScriptedModel};
     /// use agent_runtime::scheduler::ModelCall;
     ///
-    /// let model = ScriptedModel::new("m", ["hi"]);
+    /// let model = ScriptedModel::new("m");
     /// let budget = Budget::unlimited();
     /// let request = ChatRequest::new(vec![Message::user("hello")]);
     /// let weight = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
