@@ -228,9 +228,9 @@ struct Conversation {
     calls: u64,
     completion_tokens: u64,
     failed: bool,
-    /// (admission time s, tokens the call used) of every admitted call, from the chat's
+    /// (admitted s, finished s, tokens used) of every admitted call, from the chat's
     /// `CallObserver` (mixed workloads only).
-    admissions: Vec<(f64, u64)>,
+    admissions: Vec<(f64, f64, u64)>,
 }
 
 impl Conversation {
@@ -362,8 +362,9 @@ struct Admissions {
     calls: std::sync::Mutex<Pending>,
 }
 
-/// The admission time of the call in flight, and the calls done: (admitted s, tokens used).
-type Pending = (Option<f64>, Vec<(f64, u64)>);
+/// The admission time of the call in flight, and the calls done: (admitted s, finished s,
+/// tokens used).
+type Pending = (Option<f64>, Vec<(f64, f64, u64)>);
 
 impl CallObserver for Admissions {
     fn admitted(&self, _key: &str, _wait: Duration) {
@@ -374,7 +375,7 @@ impl CallObserver for Admissions {
         let mut calls = self.calls.lock().unwrap();
         let used = result.ok().and_then(|c| c.usage).map_or(0, |u| u.total());
         if let Some(at) = calls.0.take() {
-            calls.1.push((at, used));
+            calls.1.push((at, self.start.elapsed().as_secs_f64(), used));
         }
     }
 }
@@ -788,10 +789,12 @@ fn queue_policies(runtime: &tokio::runtime::Runtime, options: Options, only: Opt
     }
 }
 
-/// Each conversation's rate of tokens while every conversation is running: over the window from
-/// the last start to the first end after it, each call's tokens spread evenly over the time
-/// since the conversation's previous admission (its wait and its previous call), so a
-/// conversation earns its share while it waits rather than in lumps at admission.
+/// Each conversation's rate of tokens **while it waited**, over the window in which every
+/// conversation was running (from the last start to the first end after it): each call's tokens
+/// are spread evenly over the wait that preceded its admission (from the end of the previous
+/// call, or the start), and the tokens that fall in the window are divided by the time the
+/// conversation spent waiting in it. Time in flight is left out: no queue can serve a
+/// conversation that is not asking.
 fn token_shares(convs: &[Conversation]) -> Vec<f64> {
     let from = convs.iter().map(|c| c.started).fold(0.0, f64::max);
     let to = convs
@@ -799,23 +802,23 @@ fn token_shares(convs: &[Conversation]) -> Vec<f64> {
         .map(|c| c.finished)
         .filter(|f| *f > from)
         .fold(f64::INFINITY, f64::min);
-    let window = (to - from).max(1e-9);
     convs
         .iter()
         .map(|c| {
-            let mut prev = c.started;
-            let mut tokens = 0.0;
-            for &(at, used) in &c.admissions {
-                let span = at - prev;
-                if span > 0.0 {
-                    let overlap = (at.min(to) - prev.max(from)).max(0.0);
+            let mut ready = c.started;
+            let (mut tokens, mut waited) = (0.0, 0.0);
+            for &(admitted, finished, used) in &c.admissions {
+                let span = admitted - ready;
+                let overlap = (admitted.min(to) - ready.max(from)).max(0.0);
+                if span > 1e-6 {
                     tokens += used as f64 * overlap / span;
-                } else if (from..=to).contains(&at) {
+                    waited += overlap;
+                } else if (from..=to).contains(&admitted) {
                     tokens += used as f64;
                 }
-                prev = at;
+                ready = finished;
             }
-            tokens / window
+            tokens / waited.max(1e-3)
         })
         .collect()
 }
