@@ -755,6 +755,9 @@ fn queue_policies(runtime: &tokio::runtime::Runtime, options: Options, only: Opt
             let first = completion.iter().copied().fold(f64::INFINITY, f64::min);
             let ratio = outcome.makespan / b.seconds;
             let shares = token_shares(convs);
+            if std::env::var_os("GOODPUT_DEBUG").is_some() {
+                eprintln!("    token shares while waiting (tokens/s): {shares:.0?}");
+            }
             eprintln!(
                 "  {} / {label}: {:.2} s vs bound {:.2} s = {ratio:.3}, token-share Jain {:.3}, mean completion {mean:.2} s, {} failed (load {})",
                 scenario.name,
