@@ -86,6 +86,29 @@ fn converse(
     })
 }
 
+/// A conversation of [`token_run`]: name, tenant and weight, prompt tokens, max completion.
+type Spec = (&'static str, Option<(&'static str, u32)>, usize, u32);
+
+/// Runs `conversations` for 60 s
+/// against `tokens` a second on the default (token-fair) queue.
+async fn token_run(tokens: u64, conversations: &[Spec]) -> Log {
+    let quota = Quota::per_period(Duration::from_secs(1))
+        .tokens(tokens)
+        .start_empty(true);
+    let s = scheduler(quota, false);
+    let model = model(0);
+    let log = Log::default();
+    let stop = Instant::now() + Duration::from_secs(60);
+    let tasks: Vec<_> = conversations
+        .iter()
+        .map(|&(c, tenant, prompt, max)| converse(&s, &model, c, tenant, prompt, max, stop, &log))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    log
+}
+
 fn totals(log: &Log) -> HashMap<String, u64> {
     log.lock()
         .unwrap()
@@ -165,23 +188,17 @@ async fn round_robin_gives_equal_calls_so_short_conversations_get_a_tenth_of_the
 
 #[tokio::test(start_paused = true)]
 async fn a_tenant_of_weight_two_gets_twice_the_token_share() {
-    let quota = Quota::per_period(Duration::from_secs(1))
-        .tokens(1_000)
-        .start_empty(true);
-    let s = scheduler(quota, false);
-    let model = model(0);
-    let log = Log::default();
-    let stop = Instant::now() + Duration::from_secs(60);
     // Tenant "a" runs three conversations, "b" one: shares go by tenant, not conversation.
-    let tasks = [
-        converse(&s, &model, "a1", Some(("a", 1)), 100, 0, stop, &log),
-        converse(&s, &model, "a2", Some(("a", 1)), 100, 0, stop, &log),
-        converse(&s, &model, "a3", Some(("a", 1)), 100, 0, stop, &log),
-        converse(&s, &model, "b1", Some(("b", 2)), 250, 0, stop, &log),
-    ];
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let log = token_run(
+        1_000,
+        &[
+            ("a1", Some(("a", 1)), 100, 0),
+            ("a2", Some(("a", 1)), 100, 0),
+            ("a3", Some(("a", 1)), 100, 0),
+            ("b1", Some(("b", 2)), 250, 0),
+        ],
+    )
+    .await;
     let totals = totals(&log);
     let ratio = totals["b"] as f64 / totals["a"] as f64;
     assert!((1.85..=2.15).contains(&ratio), "{totals:?}");
@@ -192,20 +209,11 @@ async fn the_charge_is_corrected_to_usage_at_reconcile() {
     // "reserving" asks for 900 completion tokens and uses none: charged 1,000 at admission,
     // corrected to 100 when it returns. Its share of *used* tokens then matches "exact", which
     // reserves what it uses; charged the estimate only, it would get a tenth of the calls.
-    let quota = Quota::per_period(Duration::from_secs(1))
-        .tokens(2_000)
-        .start_empty(true);
-    let s = scheduler(quota, false);
-    let model = model(0);
-    let log = Log::default();
-    let stop = Instant::now() + Duration::from_secs(60);
-    let tasks = [
-        converse(&s, &model, "reserving", None, 100, 900, stop, &log),
-        converse(&s, &model, "exact", None, 100, 0, stop, &log),
-    ];
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let log = token_run(
+        2_000,
+        &[("reserving", None, 100, 900), ("exact", None, 100, 0)],
+    )
+    .await;
     let calls: HashMap<String, usize> = log
         .lock()
         .unwrap()

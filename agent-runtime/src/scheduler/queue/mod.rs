@@ -281,50 +281,43 @@ impl FairQueue {
         self.head().is_some_and(|h| h.id == id)
     }
 
-    /// Removes an admitted waiter and charges its client `units`. By id, not "whoever is head
-    /// now": while a shared backend answers, a higher-priority call or a retry may have become
-    /// head, and popping it would lose that call and orphan this one's slot.
-    pub(crate) fn take(&mut self, client: &str, priority: u8, id: u64, units: u64, now: Instant) {
-        let Some(class) = self.class_mut(priority) else {
-            return;
-        };
-        let Some(q) = class.waiting.get_mut(client) else {
-            return;
-        };
-        let Some(pos) = q.iter().position(|s| s.id == id) else {
-            return;
-        };
+    /// Takes waiter `id` out of its client's FIFO: its class, its position there, and when the
+    /// client's next waiting call arrived (`None`: the client has no call waiting any more).
+    fn unqueue(
+        &mut self,
+        client: &str,
+        priority: u8,
+        id: u64,
+    ) -> Option<(&mut Class, usize, Option<Instant>)> {
+        let class = self.classes.iter_mut().find(|c| c.priority == priority)?;
+        let q = class.waiting.get_mut(client)?;
+        let pos = q.iter().position(|s| s.id == id)?;
         q.remove(pos);
         let next = q.front().map(|s| s.since);
         if next.is_none() {
             class.waiting.remove(client);
         }
-        class.policy.order_mut().served(client, units, next, now);
         self.len -= 1;
+        Some((class, pos, next))
+    }
+
+    /// Removes an admitted waiter and charges its client `units`. By id, not "whoever is head
+    /// now": while a shared backend answers, a higher-priority call or a retry may have become
+    /// head, and popping it would lose that call and orphan this one's slot.
+    pub(crate) fn take(&mut self, client: &str, priority: u8, id: u64, units: u64, now: Instant) {
+        if let Some((class, _, next)) = self.unqueue(client, priority, id) {
+            class.policy.order_mut().served(client, units, next, now);
+        }
     }
 
     /// Removes a waiter wherever it is (it leaves without admission).
     pub(crate) fn remove(&mut self, client: &str, priority: u8, id: u64) {
-        let Some(class) = self.class_mut(priority) else {
-            return;
-        };
-        let Some(q) = class.waiting.get_mut(client) else {
-            return;
-        };
-        let Some(pos) = q.iter().position(|s| s.id == id) else {
-            return;
-        };
-        q.remove(pos);
-        match q.front().map(|s| s.since) {
-            None => {
-                class.waiting.remove(client);
-                class.policy.order_mut().leave(client);
-            }
+        match self.unqueue(client, priority, id) {
+            Some((class, _, None)) => class.policy.order_mut().leave(client),
             // The client's oldest call left: its next one now sets its age.
-            Some(since) if pos == 0 => class.policy.order_mut().requeued(client, since),
-            Some(_) => {}
+            Some((class, 0, Some(since))) => class.policy.order_mut().requeued(client, since),
+            _ => {}
         }
-        self.len -= 1;
     }
 
     /// Corrects the charge of an admitted call of `client` to its reported usage.
