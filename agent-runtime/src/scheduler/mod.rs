@@ -6,7 +6,8 @@
 //!
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
 //! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
-//! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
+//! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
+//!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`], called only in `attempt`, within the attempt's
 //!   [`Deadlines`] (`deadline`);
@@ -22,6 +23,7 @@ mod bucket;
 mod deadline;
 mod feedback;
 pub mod metrics;
+mod queue;
 pub mod quota;
 mod reconcile;
 pub mod retry;
@@ -34,12 +36,14 @@ pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
+pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
 pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -57,6 +61,7 @@ use tracing::Instrument;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
+use queue::Demand;
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
@@ -120,7 +125,8 @@ pub struct ModelCall<'a> {
     pub request: ChatRequest,
     /// Why the call is made.
     pub kind: CallKind,
-    /// The conversation it is charged to (fair queueing is per conversation).
+    /// The conversation it is charged to (its place in the admission queue, unless a tenant is
+    /// set with [`with_tenant`](Self::with_tenant)).
     pub conversation: &'a str,
     /// The agent making it.
     pub agent: &'a str,
@@ -136,6 +142,9 @@ pub struct ModelCall<'a> {
     pub quota_key: Option<&'a str>,
     /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
     pub deadlines: Option<Deadlines>,
+    /// The tenant whose share of the key the call takes in the admission queue, instead of its
+    /// conversation's, and the tenant's weight (see [`with_tenant`](Self::with_tenant)).
+    pub tenant: Option<(&'a str, NonZeroU32)>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -148,6 +157,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
             .field("deadlines", &self.deadlines)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -174,7 +184,33 @@ impl<'a> ModelCall<'a> {
             observer: None,
             quota_key: None,
             deadlines: None,
+            tenant: None,
         }
+    }
+
+    /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
+    /// place in the key's queue, whatever its conversation. Under
+    /// [`QueuePolicy::TokenFair`] a waiting tenant gets a share of the key's token rate
+    /// proportional to its weight (a tenant of weight 2 gets twice the share of one of weight 1);
+    /// the other policies ignore the weight. Give all calls of a tenant the same weight.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use agent_core::{Budget, CallKind, ChatRequest, Message, ScriptedModel};
+    /// use agent_runtime::scheduler::ModelCall;
+    ///
+    /// let model = ScriptedModel::new("m");
+    /// let budget = Budget::unlimited();
+    /// let request = ChatRequest::new(vec![Message::user("hello")]);
+    /// let weight = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
+    /// let call = ModelCall::new(&model, request, CallKind::Reply, "chat-1", "bot", &budget)
+    ///     .with_tenant("team-a", weight);
+    /// assert_eq!(call.tenant, Some(("team-a", weight)));
+    /// ```
+    #[must_use]
+    pub fn with_tenant(mut self, label: &'a str, weight: NonZeroU32) -> Self {
+        self.tenant = Some((label, weight));
+        self
     }
 
     /// Charges the call to quota key `key` instead of the model's id.
@@ -663,6 +699,7 @@ impl QuotaScheduler {
             cancel,
             observer,
             deadlines,
+            tenant,
             ..
         } = call;
         let deadlines = self.inner.deadlines(&key.name, deadlines);
@@ -691,7 +728,12 @@ impl QuotaScheduler {
             charge,
             ticket: Ticket {
                 cost,
-                conversation,
+                demand: Demand {
+                    prompt,
+                    completion: completion_cap,
+                },
+                client: tenant.map_or(conversation, |(label, _)| label),
+                weight: tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
                 priority,
                 retry: false,
                 cancel,
