@@ -26,8 +26,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::ChatModel;
+use agent_core::budget::usd_to_nanos;
+use agent_core::{ChatModel, PriceTable, Usage};
 use agent_runtime::QuotaScheduler;
+use agent_runtime::console::Dollars;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use agent_runtime::scheduler::Quota;
@@ -213,6 +215,8 @@ fn show_progress(scheduler: &QuotaScheduler, key: &str, total: u64) -> Progress 
         bar.set_style(style.progress_chars("=> "));
     }
     let (scheduler, key, shown) = (scheduler.clone(), key.to_owned(), bar.clone());
+    // The run's budget prices with the built-in table too; the line estimates from the same.
+    let prices = PriceTable::builtin();
     let task = tokio::spawn(async move {
         let every = if tty { 250 } else { 2_000 };
         let mut tick = tokio::time::interval(Duration::from_millis(every));
@@ -223,13 +227,18 @@ fn show_progress(scheduler: &QuotaScheduler, key: &str, total: u64) -> Progress 
                 continue;
             };
             let line = format!(
-                "calls {}  in flight {}  queued {}  429s {}  retries {}  wait p99 {:.0?}",
+                "calls {}/{} finished  in flight {}  queued {}  429s {}  retries {}  wait p99 {:.0?}  {}",
+                k.finished(),
                 k.calls,
                 k.in_flight,
                 k.queued,
                 k.rate_limited.total(),
                 k.retries,
-                k.wait.p99
+                k.wait.p99,
+                Dollars(usd_to_nanos(prices.cost_usd(
+                    &key,
+                    Usage::new(k.prompt_tokens, k.completion_tokens)
+                ))),
             );
             if tty {
                 shown.set_message(line);

@@ -103,7 +103,11 @@ impl<'s> CallAttempts<'s, '_> {
                 scheduler.max_admission_wait,
             )
             .await
-            .map_err(|r| scheduler.refusal(self.key, r))?;
+            .map_err(|r| {
+                self.record.submitted |= r.counted();
+                scheduler.refusal(self.key, r)
+            })?;
+        self.record.submitted = true;
         self.record.attempts += 1;
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {

@@ -158,6 +158,9 @@ pub struct KeyStats {
     pub attempts: u64,
     /// Calls that ended with a completion.
     pub succeeded: u64,
+    /// Calls counted in `calls` that ended with an error (retries exhausted, cancelled, a
+    /// refusal after queueing). `succeeded + failed` is how many of `calls` have finished.
+    pub failed: u64,
     /// Prompt tokens the provider reported.
     pub prompt_tokens: u64,
     /// Completion tokens the provider reported.
@@ -194,6 +197,14 @@ pub struct KeyStats {
     pub paused_for: Option<Duration>,
     /// The circuit breaker.
     pub circuit: Option<CircuitState>,
+}
+
+impl KeyStats {
+    /// Calls of `calls` that have finished, successfully or not; `calls - finished()` are still
+    /// queued, in flight or waiting to retry.
+    pub fn finished(&self) -> u64 {
+        self.succeeded.saturating_add(self.failed)
+    }
 }
 
 /// Counters of one conversation (across keys).
@@ -238,6 +249,7 @@ pub(crate) struct KeyCounters {
     pub(crate) calls: u64,
     pub(crate) attempts: u64,
     pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
     pub(crate) tokens_reserved: u64,
@@ -265,6 +277,7 @@ impl KeyCounters {
             calls: self.calls,
             attempts: self.attempts,
             succeeded: self.succeeded,
+            failed: self.failed,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             tokens_reserved: self.tokens_reserved,
@@ -290,6 +303,9 @@ pub(crate) struct CallRecord {
     pub(crate) rate_limited: u64,
     pub(crate) retries: u64,
     pub(crate) failed: bool,
+    /// Admission counted the call in its key's `calls` (it got past the capacity and circuit
+    /// checks of its first attempt).
+    pub(crate) submitted: bool,
     /// What the budget was charged for the call (nanodollars), priced by the model's id.
     pub(crate) cost_nanos: u64,
     /// Admission wait summed over the call's attempts.

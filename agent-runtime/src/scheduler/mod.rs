@@ -599,7 +599,9 @@ impl QuotaScheduler {
         let ModelCall {
             model,
             request,
+            kind,
             conversation,
+            agent,
             budget,
             priority,
             cancel,
@@ -643,7 +645,23 @@ impl QuotaScheduler {
         .run()
         .await;
         record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
         self.inner.conversations.record(conversation, &record);
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent,
+            kind = ?kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
         if let Some(o) = observer {
             let info = CallInfo {
                 key: &key.name,
