@@ -703,6 +703,7 @@ mod tests {
             transient_errors: 0,
             prompt_tokens: 10,
             completion_tokens: 5,
+            cost_usd: 0.25,
             wait_p50_ms: 0.0,
             wait_p99_ms: 0.0,
             wait_max_ms: 0.0,
@@ -722,6 +723,7 @@ mod tests {
             "retries",
             "prompt_tokens",
             "completion_tokens",
+            "cost_usd",
             "wait_p50_ms",
             "wait_p99_ms",
         ] {
