@@ -9,7 +9,7 @@
 //! cargo run --release --example fanout -- --conversations 200 --rpm 600 --tpm 200000 --period-seconds 6
 //!
 //! # Against the mock server, limits not configured here (learned from its headers):
-//! cargo run --release -p agent-runtime --bin turnstile-mock -- --rpm 600 --tpm 200000 --period-seconds 6 &
+//! cargo run --release -p agent-runtime --features mock-server --bin turnstile-mock -- --rpm 600 --tpm 200000 --period-seconds 6 &
 //! cargo run --release --example fanout -- --base-url http://127.0.0.1:8089/v1 --period-seconds 6
 //!
 //! # A real endpoint (key from OPENAI_API_KEY; optional for local servers):
