@@ -19,10 +19,12 @@ pub mod context;
 pub mod fanout;
 #[cfg(feature = "mock-server")]
 pub mod mock;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod provider;
 pub mod scheduler;
 #[cfg(any(feature = "openai", feature = "redis"))]
-mod tls;
+pub mod tls;
 
 pub use context::SchedulerContext;
 pub use scheduler::{CallInfo, CallObserver, ModelCall, QuotaScheduler};

@@ -8,7 +8,17 @@
 //! connecting to Redis; this then does nothing.
 
 /// Installs `ring` as the process's rustls crypto provider unless one is installed already.
-pub(crate) fn install_crypto_provider() {
+///
+/// Turnstile calls this itself before it builds an HTTP client or a Redis TLS connection. Call it
+/// first when the program builds its own `reqwest` client and its `reqwest` has no crypto
+/// provider of its own (reqwest built with `rustls-no-provider`, as Turnstile's is); otherwise
+/// that client panics at build time asking for one.
+///
+/// ```
+/// agent_runtime::tls::install_crypto_provider();
+/// agent_runtime::tls::install_crypto_provider(); // a second call does nothing
+/// ```
+pub fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Losing a race with another installer is fine: either provider serves.
         let _ = rustls::crypto::ring::default_provider().install_default();

@@ -31,6 +31,7 @@ use agent_core::{ChatModel, PriceTable, Usage};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::console::Dollars;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
+use agent_runtime::prometheus::{self, SchedulerMetrics};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use agent_runtime::scheduler::Quota;
 use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
@@ -80,6 +81,10 @@ struct Args {
     /// model (counters in the report stay this process's own).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Serve the scheduler's Prometheus metrics at http://ADDR/metrics while the run lasts
+    /// (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -141,12 +146,29 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         quota = quota.tokens(n);
     }
     let mut scheduler = QuotaScheduler::builder().quota(&key, quota);
+    let mut redis = None;
     if let Some(url) = &args.redis_url {
-        let redis = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
-        eprintln!("fanout: quota shared through Redis at {}", redis.endpoint());
-        scheduler = scheduler.state(Arc::new(redis));
+        let state = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
+        eprintln!("fanout: quota shared through Redis at {}", state.endpoint());
+        scheduler = scheduler.state(Arc::new(state.clone()));
+        redis = Some(state);
     }
     let scheduler = scheduler.build()?;
+    // Held until the run ends: dropping it stops the endpoint.
+    let _metrics = match args.metrics_addr {
+        Some(addr) => {
+            let mut metrics = SchedulerMetrics::new(&scheduler);
+            if let Some(state) = &redis {
+                metrics = metrics.redis(state);
+            }
+            let server = prometheus::serve(addr, metrics.registry())
+                .await
+                .map_err(|e| format!("--metrics-addr {addr}: cannot listen there: {e}"))?;
+            eprintln!("fanout: metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
 
     let mut config = FanoutConfig::default()
         .with_conversations(args.conversations)

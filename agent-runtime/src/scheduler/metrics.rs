@@ -19,6 +19,23 @@ use super::quota::{Cost, Limits};
 use super::retry::CircuitState;
 
 const BUCKETS: usize = 128;
+
+/// The bounds of [`KeyStats::wait_buckets`]: 1 ms to 10 minutes, the range between an idle key
+/// and one whose calls wait out a provider's minute several times.
+pub const WAIT_BUCKETS: [Duration; 12] = [
+    Duration::from_millis(1),
+    Duration::from_millis(10),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
 /// Waits below 2^10 ns (about 1 µs) count as no wait.
 const MIN_SHIFT: u32 = 10;
 
@@ -80,6 +97,23 @@ impl WaitHistogram {
             }
         }
         Duration::from_nanos(self.max_ns)
+    }
+
+    /// Cumulative counts at each bound: waits known to be at most the bound (a histogram bucket
+    /// counts toward a bound once its upper edge is within it, so a count is low by at most one
+    /// bucket's width, about 19 %).
+    pub(crate) fn cumulative(&self, bounds: &[Duration]) -> Vec<(Duration, u64)> {
+        let mut out = Vec::with_capacity(bounds.len());
+        let (mut i, mut seen) = (0, 0u64);
+        for &bound in bounds {
+            let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+            while i < BUCKETS && upper_bound(i) <= ns {
+                seen += u64::from(self.counts[i]);
+                i += 1;
+            }
+            out.push((bound, seen));
+        }
+        out
     }
 
     pub(crate) fn stats(&self) -> WaitStats {
@@ -181,6 +215,9 @@ pub struct KeyStats {
     pub backend_errors: u64,
     /// Admission waits.
     pub wait: WaitStats,
+    /// Admission waits as a histogram: for each bound of [`WAIT_BUCKETS`], how many waits were
+    /// at most that long (cumulative, as Prometheus histograms count).
+    pub wait_buckets: Vec<(Duration, u64)>,
     /// Calls in flight now.
     pub in_flight: u32,
     /// Calls waiting for admission now.
@@ -225,6 +262,8 @@ pub struct ConversationStats {
     pub retries: u64,
     /// Calls that failed.
     pub failed: u64,
+    /// What the calls were charged, in nanodollars (priced by the model's id).
+    pub cost_nanos: u64,
     /// Admission waits per call (summed over a call's attempts).
     pub wait: WaitStats,
 }
@@ -288,6 +327,7 @@ impl KeyCounters {
             circuit_rejections: self.circuit_rejections,
             backend_errors: self.backend_errors,
             wait: self.wait.stats(),
+            wait_buckets: self.wait.cumulative(&WAIT_BUCKETS),
             in_flight: self.in_flight,
             ..KeyStats::default()
         }
@@ -321,6 +361,7 @@ struct Conversation {
     rate_limited: u64,
     retries: u64,
     failed: u64,
+    cost_nanos: u64,
     wait: WaitHistogram,
 }
 
@@ -371,6 +412,7 @@ impl Conversations {
         entry.rate_limited += record.rate_limited;
         entry.retries += record.retries;
         entry.failed += u64::from(record.failed);
+        entry.cost_nanos = entry.cost_nanos.saturating_add(record.cost_nanos);
         entry.wait.record(record.wait);
     }
 
@@ -387,6 +429,7 @@ impl Conversations {
                     rate_limited: c.rate_limited,
                     retries: c.retries,
                     failed: c.failed,
+                    cost_nanos: c.cost_nanos,
                     wait: c.wait.stats(),
                 };
                 // "(other)" may exist in several shards: sum them.
@@ -402,6 +445,7 @@ impl Conversations {
                     e.rate_limited += stats.rate_limited;
                     e.retries += stats.retries;
                     e.failed += stats.failed;
+                    e.cost_nanos = e.cost_nanos.saturating_add(stats.cost_nanos);
                     e.wait.count += stats.wait.count;
                     e.wait.total = e.wait.total.saturating_add(stats.wait.total);
                     e.wait.max = e.wait.max.max(stats.wait.max);

@@ -29,7 +29,8 @@ pub mod state;
 pub mod redis_state;
 
 pub use metrics::{
-    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
+    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WAIT_BUCKETS,
+    WaitStats,
 };
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
 pub use retry::{CircuitState, RetryPolicy};
