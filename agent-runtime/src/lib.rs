@@ -19,6 +19,8 @@ pub mod context;
 pub mod fanout;
 #[cfg(feature = "mock-server")]
 pub mod mock;
+#[cfg(feature = "otel")]
+pub mod otel;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod provider;

@@ -9,9 +9,11 @@ use std::task::Poll;
 use agent_core::{
     Agent, AgentError, Budget, CallError, Charge, Content, Message, StopReason, Termination,
 };
+use futures::future::Either;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cancel::CancelHandle;
 use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
@@ -631,7 +633,18 @@ impl GroupChat {
         self.shared.begin(events.clone());
         self.events = events;
         let run_start = self.thread.messages.len();
-        let outcome = self.drive(task).await;
+        // One span per chat run, the parent of its turns' spans.
+        let span = tracing::info_span!(
+            "chat",
+            otel.name = %format_args!("chat_run {}", self.name),
+            turnstile.chat.name = &*self.name,
+            gen_ai.conversation.id = &*self.conversation,
+        );
+        let outcome = if span.is_disabled() {
+            self.drive(task).await
+        } else {
+            self.drive(task).instrument(span).await
+        };
         let result = match outcome {
             Ok(stop) => {
                 self.emit(|| ChatEvent::Stopped(stop.clone()));
@@ -801,10 +814,24 @@ impl GroupChat {
                 // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box
                 // the reply future a second time.
                 let agent: &dyn Agent = &*self.agents[speaker];
-                let mut turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
+                let turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
+                // One span per turn (GenAI `invoke_agent`), the parent of its model calls' spans.
+                let name = self.roster.name(speaker);
+                let span = tracing::info_span!(
+                    "turn",
+                    otel.name = %format_args!("invoke_agent {name}"),
+                    gen_ai.operation.name = "invoke_agent",
+                    gen_ai.agent.name = &**name,
+                    gen_ai.conversation.id = &*self.conversation,
+                );
+                let mut turn = if span.is_disabled() {
+                    Either::Left(turn)
+                } else {
+                    Either::Right(turn.instrument(span))
+                };
                 // An instant agent finishes on the first poll; only a pending turn needs to race
                 // the cancellation token (which costs a waiter registration).
-                match futures::poll!(turn.as_mut()) {
+                match futures::poll!(&mut turn) {
                     Poll::Ready(r) => r,
                     Poll::Pending => tokio::select! {
                         biased;
