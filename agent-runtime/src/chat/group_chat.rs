@@ -634,7 +634,7 @@ impl GroupChat {
         self.events = events;
         let run_start = self.thread.messages.len();
         // One span per chat run, the parent of its turns' spans.
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "chat",
             otel.name = %format_args!("chat_run {}", self.name),
             turnstile.chat.name = &*self.name,
@@ -817,7 +817,7 @@ impl GroupChat {
                 let turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
                 // One span per turn (GenAI `invoke_agent`), the parent of its model calls' spans.
                 let name = self.roster.name(speaker);
-                let span = tracing::info_span!(
+                let span = tracing::debug_span!(
                     "turn",
                     otel.name = %format_args!("invoke_agent {name}"),
                     gen_ai.operation.name = "invoke_agent",

@@ -578,7 +578,7 @@ impl QuotaScheduler {
         // One span per model call, quota wait included, named and attributed by OpenTelemetry's
         // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
         let model = call.model.id();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "model_call",
             otel.name = %format_args!("chat {model}"),
             otel.kind = "client",
