@@ -177,3 +177,46 @@ async fn metrics_endpoint_serves_the_schedulers_counters_as_they_move() {
     assert_eq!(other.status(), 404);
     drop(Arc::new(server));
 }
+
+#[tokio::test]
+async fn the_grafana_dashboard_charts_only_metrics_the_exposition_has() {
+    use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
+
+    let s = QuotaScheduler::builder()
+        .quota(MODEL, Quota::per_minute().requests(100).tokens(100_000))
+        .build()
+        .unwrap();
+    calls(&s, &model(1, 0), 1, &Budget::unlimited()).await;
+    // Nothing listens on port 1: the backend exists (its metrics are exposed) but never answers.
+    let redis = RedisQuotaState::connect("redis://127.0.0.1:1", RedisQuotaConfig::default())
+        .await
+        .unwrap();
+    let text = SchedulerMetrics::new(&s)
+        .budget(&Budget::new("run", BudgetLimits::calls(5)))
+        .redis(&redis)
+        .encode();
+    let dashboard = include_str!("../../docs/grafana-dashboard.json");
+    let mut charted = 0;
+    for (i, _) in dashboard.match_indices("turnstile_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name == "turnstile_" || name.starts_with("turnstile_scheduler") {
+            continue; // the dashboard's uid and title
+        }
+        charted += 1;
+        // A family is exposed once declared, samples or not (no limit learned yet, say);
+        // `_bucket`, `_count` and `_sum` series belong to their histogram's family.
+        let exposed = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .any(|family| name.starts_with(family));
+        assert!(
+            exposed,
+            "the dashboard charts {name}, which /metrics does not expose"
+        );
+    }
+    assert!(charted >= 20, "{charted}");
+}
