@@ -28,6 +28,7 @@ impl PrivateRedis {
             .stderr(std::process::Stdio::null())
             .spawn()
             .ok()?;
+        wait_ready(port);
         Some(Self {
             port,
             child: Some(child),
