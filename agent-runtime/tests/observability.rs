@@ -187,10 +187,10 @@ async fn the_grafana_dashboard_charts_only_metrics_the_exposition_has() {
         .build()
         .unwrap();
     calls(&s, &model(1, 0), 1, &Budget::unlimited()).await;
-    // Nothing listens on port 1: the backend exists (its metrics are exposed) but never answers.
-    let redis = RedisQuotaState::connect("redis://127.0.0.1:1", RedisQuotaConfig::default())
-        .await
-        .unwrap();
+    // Nothing listens on port 1: the backend exists (its metrics are exposed) but never answers
+    // (connected lazily: an eager fail-closed connect refuses an unreachable server).
+    let redis =
+        RedisQuotaState::connect_lazy("redis://127.0.0.1:1", RedisQuotaConfig::default()).unwrap();
     let text = SchedulerMetrics::new(&s)
         .budget(&Budget::new("run", BudgetLimits::calls(5)))
         .redis(&redis)
