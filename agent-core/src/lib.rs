@@ -25,7 +25,8 @@ pub use agent::{
     Agent, AgentError, AgentReply, CallError, CallKind, InputSource, QuotaDimension, TurnContext,
 };
 pub use agents::{
-    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,
+    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput,
+    StructuredOutputError, TypedReply, UserProxy,
 };
 pub use budget::{
     Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetUsage, Charge, Price, PriceTable,
@@ -35,8 +36,8 @@ pub use estimate::{CharsPerToken, TokenEstimator};
 pub use history::HistoryPolicy;
 pub use message::{Content, Message, Role, ToolCall, ToolResult, Usage};
 pub use model::{
-    ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError, RateLimitKind,
-    RateLimitReading, StreamEvent, ToolSpec,
+    CacheIdentity, ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError,
+    RateLimitKind, RateLimitReading, ResponseFormat, StreamEvent, ToolSpec,
 };
 pub use scripted::ScriptedModel;
 pub use termination::{StopReason, Termination, TerminationConfigError, TerminationExt};

@@ -62,6 +62,9 @@ pub struct ChatRequest {
     /// Stop sequences.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// The shape the reply must take (JSON, or JSON matching a schema); `None` is free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl ChatRequest {
@@ -107,6 +110,223 @@ impl ChatRequest {
         self.stop = stop;
         self
     }
+
+    /// Sets the response format.
+    #[must_use]
+    pub fn with_response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// Everything about this request that determines the model's answer, as one serializable
+    /// value: what a response cache hashes (with the model's id and a namespace).
+    ///
+    /// Built by destructuring the request without `..`, so adding a field to `ChatRequest` fails
+    /// to compile here until the field is either put in the identity or explicitly left out. The
+    /// messages' `usage` is left out: it is a report about a past call, never sent to a provider.
+    ///
+    /// ```
+    /// use agent_core::{ChatRequest, Message};
+    ///
+    /// let a = ChatRequest::new(vec![Message::user("hi")]).with_seed(1);
+    /// let b = a.clone().with_seed(2);
+    /// let json = |r: &ChatRequest| serde_json::to_string(&r.cache_identity()).unwrap();
+    /// assert_ne!(json(&a), json(&b));
+    /// ```
+    pub fn cache_identity(&self) -> CacheIdentity<'_> {
+        let ChatRequest {
+            messages,
+            tools,
+            max_completion_tokens,
+            temperature,
+            seed,
+            stop,
+            response_format,
+        } = self;
+        CacheIdentity {
+            messages: messages
+                .iter()
+                .map(|m| {
+                    let Message {
+                        role,
+                        source,
+                        content,
+                        usage: _,
+                    } = m;
+                    MessageIdentity {
+                        role: *role,
+                        source: source.as_deref(),
+                        content,
+                    }
+                })
+                .collect(),
+            tools,
+            max_completion_tokens: *max_completion_tokens,
+            temperature: *temperature,
+            seed: *seed,
+            stop,
+            response_format: response_format.as_ref(),
+        }
+    }
+}
+
+/// What determines a model's answer to a [`ChatRequest`]: see [`ChatRequest::cache_identity`].
+/// Serialize it (every field is always written, so two requests differing in any field
+/// serialize differently).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CacheIdentity<'a> {
+    /// The prompt, without usage.
+    pub messages: Vec<MessageIdentity<'a>>,
+    /// The tools offered.
+    pub tools: &'a [ToolSpec],
+    /// The completion token limit.
+    pub max_completion_tokens: Option<u32>,
+    /// The sampling temperature.
+    pub temperature: Option<f32>,
+    /// The seed.
+    pub seed: Option<u64>,
+    /// The stop sequences.
+    pub stop: &'a [String],
+    /// The response format.
+    pub response_format: Option<&'a ResponseFormat>,
+}
+
+/// One prompt message as far as it determines the answer: role, source and content.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MessageIdentity<'a> {
+    /// The role.
+    pub role: crate::message::Role,
+    /// The source (providers send it as the speaker's name).
+    pub source: Option<&'a str>,
+    /// The content.
+    pub content: &'a crate::message::Content,
+}
+
+/// The shape a model's reply must take ([`ChatRequest::response_format`]).
+///
+/// Derive the schema from a Rust type with [`ResponseFormat::json_schema_for`]: a provider that
+/// supports structured outputs (OpenAI's `response_format: {type: "json_schema"}`) then constrains
+/// the reply to it, in strict mode when the schema allows.
+///
+/// ```
+/// use agent_core::ResponseFormat;
+///
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Verdict { approved: bool, reason: String }
+///
+/// let format = ResponseFormat::json_schema_for::<Verdict>();
+/// let ResponseFormat::JsonSchema { name, schema, strict, .. } = &format else { unreachable!() };
+/// assert_eq!(&**name, "Verdict");
+/// assert!(*strict, "every field is required: strict mode applies");
+/// assert_eq!(schema["additionalProperties"], false);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResponseFormat {
+    /// Free text (what no format means).
+    Text,
+    /// Any JSON object (OpenAI's "JSON mode").
+    JsonObject,
+    /// JSON matching `schema`.
+    JsonSchema {
+        /// The schema's name (letters, digits, `_` and `-`), shown to the model.
+        name: Arc<str>,
+        /// What the value is for, shown to the model.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<Arc<str>>,
+        /// The JSON schema.
+        schema: Arc<serde_json::Value>,
+        /// Ask the provider to enforce the schema exactly (OpenAI's strict mode). Only schemas
+        /// whose objects list every property as required and allow no others qualify.
+        #[serde(default)]
+        strict: bool,
+    },
+}
+
+impl ResponseFormat {
+    /// The JSON schema of `T` (by schemars), named after the type, in strict mode when the
+    /// schema qualifies: every object gets `additionalProperties: false`, and strict is set when
+    /// every property of every object is required (an `Option` field that may be left out makes
+    /// the schema non-strict, which providers still follow, without the guarantee).
+    pub fn json_schema_for<T: schemars::JsonSchema>() -> Self {
+        let mut schema = schemars::schema_for!(T);
+        // The meta-schema URI means nothing to a model and some providers reject unknown keys.
+        schema.remove("$schema");
+        let mut value = schema.to_value();
+        let strict = close_objects(&mut value);
+        let name: String = T::schema_name()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        ResponseFormat::JsonSchema {
+            name: name.into(),
+            description: None,
+            schema: Arc::new(value),
+            strict,
+        }
+    }
+
+    /// The schema, for a `JsonSchema` format.
+    pub fn schema(&self) -> Option<&serde_json::Value> {
+        match self {
+            ResponseFormat::JsonSchema { schema, .. } => Some(schema),
+            _ => None,
+        }
+    }
+
+    /// The schema's name, for a `JsonSchema` format.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ResponseFormat::JsonSchema { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Sets `additionalProperties: false` on every object schema that does not say otherwise, and
+/// returns whether every object requires all its properties (what strict mode demands).
+fn close_objects(value: &mut serde_json::Value) -> bool {
+    let mut strict = true;
+    match value {
+        serde_json::Value::Object(map) => {
+            let is_object =
+                map.get("type").is_some_and(|t| t == "object") || map.contains_key("properties");
+            if is_object {
+                map.entry("additionalProperties")
+                    .or_insert(serde_json::Value::Bool(false));
+                let properties: Vec<&String> = map
+                    .get("properties")
+                    .and_then(serde_json::Value::as_object)
+                    .map(|p| p.keys().collect())
+                    .unwrap_or_default();
+                let required = map.get("required").and_then(serde_json::Value::as_array);
+                let all_required = properties.iter().all(|p| {
+                    required.is_some_and(|r| r.iter().any(|x| x.as_str() == Some(p.as_str())))
+                });
+                strict &= all_required && map["additionalProperties"] == false;
+            }
+            for child in map.values_mut() {
+                strict &= close_objects(child);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for child in items {
+                strict &= close_objects(child);
+            }
+        }
+        _ => {}
+    }
+    strict
 }
 
 /// Why the model stopped generating. More reasons may be added: match with a wildcard arm.
@@ -226,6 +446,10 @@ pub struct Completion {
     /// Rate-limit readings from the response headers, when the provider sent any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitReading>,
+    /// True when a response cache answered instead of the provider: no quota and no budget was
+    /// spent, and `usage` is what the original call reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 impl Completion {
@@ -236,6 +460,7 @@ impl Completion {
             usage: Some(usage),
             finish_reason: FinishReason::Stop,
             rate_limits: None,
+            cached: false,
         }
     }
 }
@@ -533,6 +758,115 @@ mod tests {
         assert_eq!(
             RateLimitReading::default().requests_per(Duration::MAX),
             None
+        );
+    }
+
+    fn full_request() -> ChatRequest {
+        // A literal without `..`: adding a field to ChatRequest fails to compile here too.
+        ChatRequest {
+            messages: vec![Message::user("hi").with_usage(Usage::new(1, 2))],
+            tools: vec![ToolSpec {
+                name: "add".into(),
+                description: "adds".into(),
+                parameters: Arc::new(serde_json::json!({"type": "object"})),
+            }],
+            max_completion_tokens: Some(5),
+            temperature: Some(0.5),
+            seed: Some(7),
+            stop: vec!["END".into()],
+            response_format: Some(ResponseFormat::JsonObject),
+        }
+    }
+
+    #[test]
+    fn every_request_field_is_in_the_cache_identity() {
+        let full = full_request();
+        let request = serde_json::to_value(&full).unwrap();
+        let identity = serde_json::to_value(full.cache_identity()).unwrap();
+        for key in request.as_object().unwrap().keys() {
+            assert!(identity.get(key).is_some(), "{key} is not in the identity");
+        }
+        let json = |r: &ChatRequest| serde_json::to_string(&r.cache_identity()).unwrap();
+        let base = json(&full);
+        let changed: Vec<ChatRequest> = vec![
+            ChatRequest {
+                messages: vec![Message::user("hi!")],
+                ..full_request()
+            },
+            ChatRequest {
+                messages: vec![Message::user_from("critic", "hi")],
+                ..full_request()
+            },
+            ChatRequest {
+                tools: Vec::new(),
+                ..full_request()
+            },
+            ChatRequest {
+                max_completion_tokens: Some(6),
+                ..full_request()
+            },
+            ChatRequest {
+                temperature: Some(0.25),
+                ..full_request()
+            },
+            ChatRequest {
+                seed: None,
+                ..full_request()
+            },
+            ChatRequest {
+                stop: Vec::new(),
+                ..full_request()
+            },
+            ChatRequest {
+                response_format: Some(ResponseFormat::json_schema_for::<Vec<u8>>()),
+                ..full_request()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(json(other), base, "{other:?}");
+        }
+        // Usage on a prompt message is a report, not input: it does not change the identity.
+        let mut same = full_request();
+        same.messages[0].usage = Some(Usage::new(9, 9));
+        assert_eq!(json(&same), base);
+    }
+
+    #[test]
+    fn derived_schemas_are_closed_and_strict_only_when_every_field_is_required() {
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Inner {
+            a: u8,
+        }
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Inner,
+            items: Vec<Inner>,
+        }
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Loose {
+            maybe: Option<u8>,
+        }
+        let outer = ResponseFormat::json_schema_for::<Outer>();
+        let ResponseFormat::JsonSchema { schema, strict, .. } = &outer else {
+            unreachable!()
+        };
+        assert!(*strict);
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(schema["$defs"]["Inner"]["additionalProperties"], false);
+        assert!(schema.get("$schema").is_none());
+        let loose = ResponseFormat::json_schema_for::<Loose>();
+        assert!(matches!(
+            loose,
+            ResponseFormat::JsonSchema { strict: false, .. }
+        ));
+        // The format round-trips through serde.
+        let json = serde_json::to_string(&outer).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ResponseFormat>(&json).unwrap(),
+            outer
         );
     }
 

@@ -556,6 +556,7 @@ fn assemble(
         usage,
         finish_reason,
         rate_limits,
+        cached: false,
     }
 }
 

@@ -116,6 +116,7 @@ impl Reply {
             usage: Some(self.usage),
             finish_reason: self.finish_reason,
             rate_limits,
+            cached: false,
         }
     }
 }
