@@ -11,6 +11,7 @@ use agent_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::ResponseCache;
 use crate::scheduler::{CallObserver, KeyHandle, ModelCall, QuotaScheduler};
 
 /// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
@@ -25,6 +26,8 @@ pub struct SchedulerContext {
     observer: Option<Arc<dyn CallObserver>>,
     /// The quota key of the first model called, looked up once.
     key: OnceLock<KeyHandle>,
+    /// The response cache of this context's calls, over the scheduler's.
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -55,7 +58,21 @@ impl SchedulerContext {
             cancel: CancellationToken::new(),
             observer: None,
             key: OnceLock::new(),
+            cache: None,
         }
+    }
+
+    /// Answers this context's calls through `cache` instead of the scheduler's (a chat sets it
+    /// per chat or per agent; [`ResponseCache::disabled`] bypasses caching).
+    #[must_use]
+    pub fn with_cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The response cache set on this context, if any.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.cache.as_ref()
     }
 
     /// The same context for another agent.
@@ -131,6 +148,9 @@ impl TurnContext for SchedulerContext {
         .with_cancel(&self.cancel);
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
+        }
+        if let Some(cache) = &self.cache {
+            call = call.with_cache(cache);
         }
         let name = model.id();
         let key = self.key.get_or_init(|| self.scheduler.key_handle(name));

@@ -8,6 +8,7 @@
 //! The turn pipeline, stage by stage as the modules name it:
 //! `budget → quota admission → provider → reconcile`, with one retry loop around the provider.
 
+pub mod cache;
 pub mod chat;
 pub mod context;
 pub mod fanout;

@@ -25,6 +25,7 @@ use super::speaker::{
 use super::state::ChatState;
 use super::summary::{SummaryMethod, last_text};
 use super::task::Task;
+use crate::cache::ResponseCache;
 use crate::context::SchedulerContext;
 use crate::scheduler::{CallObserver, QuotaScheduler};
 
@@ -73,6 +74,8 @@ pub struct GroupChatBuilder {
     observers: Vec<Arc<dyn CallObserver>>,
     parent_cancel: Option<CancellationToken>,
     state: Option<ChatState>,
+    cache: Option<ResponseCache>,
+    agent_caches: Vec<(String, ResponseCache)>,
 }
 
 impl fmt::Debug for GroupChatBuilder {
@@ -114,7 +117,24 @@ impl GroupChatBuilder {
             observers: Vec::new(),
             parent_cancel: None,
             state: None,
+            cache: None,
+            agent_caches: Vec::new(),
         }
+    }
+
+    /// Answers the participants' calls through `cache` instead of the scheduler's (speaker
+    /// selection and reflection calls keep the scheduler's). See [`crate::cache`].
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Answers participant `agent`'s calls through `cache`, over the chat's and the
+    /// scheduler's; [`ResponseCache::disabled`] turns caching off for that agent. The name must
+    /// be a participant's (checked at build).
+    pub fn agent_cache(mut self, agent: impl Into<String>, cache: ResponseCache) -> Self {
+        self.agent_caches.push((agent.into(), cache));
+        self
     }
 
     /// Adds a participant (an `Arc<dyn Agent>` works too).
@@ -358,6 +378,10 @@ impl GroupChatBuilder {
             None => AllowRepeat::All,
         };
         let rules = Rules::new(self.transitions.as_ref(), repeat, &roster)?;
+        let mut caches = vec![self.cache.clone(); n];
+        for (who, cache) in self.agent_caches {
+            caches[roster.require("agent_cache", &who)?] = Some(cache);
+        }
         let caps = Caps {
             max_turns: self.max_turns.map(|max| TurnCap {
                 replies: if self.exchange_turns {
@@ -396,6 +420,7 @@ impl GroupChatBuilder {
             .collect();
         let mut chat = GroupChat {
             contexts: Vec::new(),
+            caches,
             name,
             conversation,
             agents: self.agents,
@@ -513,6 +538,8 @@ pub struct GroupChat {
     observers: Arc<[Arc<dyn CallObserver>]>,
     /// One context per participant, then the chat's own (selector, reflection).
     contexts: Vec<SchedulerContext>,
+    /// The response cache of each participant's context, when one is set on the chat.
+    caches: Vec<Option<ResponseCache>>,
     shared: Arc<ChatShared>,
     cancel: CancelHandle,
     token: CancellationToken,
@@ -547,13 +574,14 @@ impl GroupChat {
             .names()
             .iter()
             .chain(std::iter::once(&self.name))
-            .map(|agent| {
+            .enumerate()
+            .map(|(i, agent)| {
                 let observer = Arc::new(AgentObserver {
                     agent: agent.clone(),
                     shared: self.shared.clone(),
                     forward: self.observers.clone(),
                 });
-                SchedulerContext::new(
+                let ctx = SchedulerContext::new(
                     self.scheduler.clone(),
                     self.conversation.clone(),
                     agent.clone(),
@@ -561,7 +589,11 @@ impl GroupChat {
                 )
                 .with_cancel(self.token.clone())
                 .with_observer(observer)
-                .with_priority(self.priority)
+                .with_priority(self.priority);
+                match self.caches.get(i).cloned().flatten() {
+                    Some(cache) => ctx.with_cache(cache),
+                    None => ctx,
+                }
             })
             .collect()
     }

@@ -1,7 +1,9 @@
 //! One call's way through the pipeline, stage by stage, with the only retry loop:
+//! response cache ([`CallAttempts::lookup`], a hit ends the call here) →
 //! budget ([`CallAttempts::reserve`]) → quota admission ([`CallAttempts::admit`]) → provider
 //! ([`CallAttempts::send`]) → reconcile ([`CallAttempts::reconcile`]) → retry decision
-//! ([`CallAttempts::retry_delay`]) and back to the budget.
+//! ([`CallAttempts::retry_delay`]) and back to the budget; a miss's outcome is stored
+//! ([`Pending::remember`]) when the loop ends.
 //!
 //! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
 //! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
@@ -19,6 +21,7 @@ use super::admission::{Key, Ticket, cancelled};
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
 use super::{CallObserver, Inner};
+use crate::cache::{CacheMode, Lookup, Pending, ResponseCache};
 
 /// What the reconcile stage decided about a failed attempt.
 pub(super) enum Next {
@@ -26,6 +29,13 @@ pub(super) enum Next {
     Retry(ModelError),
     /// Stop: the call fails with this error.
     Fail(CallError),
+}
+
+/// What the cache stage found.
+enum Cached {
+    Hit(Completion),
+    /// Not in the cache (`None`: no cache in force).
+    Miss(Option<Pending>),
 }
 
 /// A budget charge for an attempt that reached the provider and failed: one call, no tokens.
@@ -49,11 +59,45 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) record: &'c mut CallRecord,
     /// Attempts admitted so far (1-based once the first is).
     pub(super) attempt: u32,
+    /// The response cache in force for this call (the most specific one configured).
+    pub(super) cache: Option<&'c ResponseCache>,
 }
 
 impl<'s> CallAttempts<'s, '_> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
+        // The cache first: a hit spends no budget, no quota and no provider call.
+        let pending = match self.lookup().await? {
+            Cached::Hit(completion) => return Ok(completion),
+            Cached::Miss(pending) => pending,
+        };
+        let result = self.attempts().await;
+        if let Some(pending) = pending {
+            pending.remember(result.as_ref()).await;
+        }
+        result
+    }
+
+    /// Cache stage: answers from the response cache, or says what a miss must store. Waiting
+    /// for an identical call in flight is cancellable like a queued call.
+    async fn lookup(&self) -> Result<Cached, CallError> {
+        let Some(cache) = self.cache.filter(|c| c.mode() != CacheMode::Off) else {
+            return Ok(Cached::Miss(None));
+        };
+        match cache
+            .lookup(self.model.id(), self.request, self.ticket.cancel)
+            .await?
+        {
+            Lookup::Hit(completion) => {
+                tracing::debug!("answered from the response cache");
+                Ok(Cached::Hit(completion))
+            }
+            Lookup::Miss(pending) => Ok(Cached::Miss(Some(pending))),
+        }
+    }
+
+    /// The budget → admission → provider → reconcile loop, retried until it ends.
+    async fn attempts(&mut self) -> Result<Completion, CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
         let mut reservation = self.reserve()?;
         if let Some(o) = self.observer {

@@ -51,6 +51,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cache::ResponseCache;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
@@ -131,6 +132,8 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// The response cache for this call, over the scheduler's (see [`crate::cache`]).
+    pub cache: Option<&'a ResponseCache>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -167,7 +170,16 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            cache: None,
         }
+    }
+
+    /// Answers the call through `cache` instead of the scheduler's (a cache in
+    /// [`CacheMode::Off`](crate::cache::CacheMode::Off) bypasses caching for it).
+    #[must_use]
+    pub fn with_cache(mut self, cache: &'a ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Charges the call to quota key `key` instead of the model's id.
@@ -236,6 +248,7 @@ struct Inner {
     backend: Backend,
     conversations: Conversations,
     max_admission_wait: Duration,
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -268,6 +281,7 @@ pub struct QuotaSchedulerBuilder {
     poll: Duration,
     max_tracked_conversations: usize,
     max_admission_wait: Duration,
+    cache: Option<ResponseCache>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -288,6 +302,7 @@ impl Default for QuotaSchedulerBuilder {
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
+            cache: None,
         }
     }
 }
@@ -351,6 +366,13 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Answers every call through `cache` unless the call, its chat or its agent sets another
+    /// (see [`crate::cache`]): a hit spends no quota and no budget.
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<QuotaScheduler, QuotaConfigError> {
         self.default_quota.validate_for("(default)")?;
@@ -390,6 +412,7 @@ impl QuotaSchedulerBuilder {
                 backend,
                 conversations: Conversations::new(self.max_tracked_conversations),
                 max_admission_wait: self.max_admission_wait,
+                cache: self.cache,
             }),
         }
     }
@@ -498,6 +521,11 @@ impl QuotaScheduler {
             .unwrap_or(&self.inner.default_quota)
     }
 
+    /// The response cache every call uses unless it sets its own.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.inner.cache.as_ref()
+    }
+
     /// Counters per key and per conversation.
     pub fn snapshot(&self) -> SchedulerSnapshot {
         let keys: Vec<Arc<Key>> = self
@@ -604,6 +632,7 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            cache,
             ..
         } = call;
         let prompt = self.inner.estimator.prompt_tokens(&request);
@@ -639,6 +668,7 @@ impl QuotaScheduler {
             observer,
             record: &mut record,
             attempt: 0,
+            cache: cache.or(self.inner.cache.as_ref()),
         }
         .run()
         .await;
