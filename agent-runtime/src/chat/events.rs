@@ -19,8 +19,8 @@ use crate::scheduler::{CallInfo, CallObserver};
 ///
 /// A [`ChatEventStream`] yields `Message`s as they are appended (task messages first),
 /// `SpeakerSelected` before each turn, the model-call life-cycle of every call the run causes
-/// (hidden ones included) with the `TokenDelta`s of streamed ones, `Stopped` when the run decides to stop, and finally `Finished` with the
-/// run's result.
+/// (hidden ones included) with the `TokenDelta`s of streamed ones, `Stopped` when the run
+/// decides to stop, and finally `Finished` with the run's result.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ChatEvent {
