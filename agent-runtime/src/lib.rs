@@ -9,6 +9,7 @@
 //! `budget → quota admission → provider → reconcile`, with one retry loop around the provider.
 
 pub mod chat;
+pub mod console;
 pub mod context;
 pub mod fanout;
 #[cfg(feature = "mock-server")]
