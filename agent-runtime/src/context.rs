@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use agent_core::{
-    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
+    Budget, CallError, CallKind, CallStream, ChatModel, ChatRequest, Completion, TokenEstimator,
+    TurnContext,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +161,46 @@ impl TurnContext for SchedulerContext {
             // An agent calling a second model: the ordinary lookup.
             Box::pin(self.scheduler.call(call))
         }
+    }
+
+    fn stream<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        model: &'life1 dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> Pin<Box<dyn Future<Output = Result<CallStream, CallError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let mut call = ModelCall::new(
+            model,
+            request,
+            kind,
+            &self.conversation,
+            &self.agent,
+            &self.budget,
+        )
+        .with_priority(self.priority)
+        .with_cancel(&self.cancel);
+        if let Some(o) = &self.observer {
+            // The stream reports its deltas and its end after this returns: it keeps a handle.
+            call = call.with_shared_observer(o.clone());
+        }
+        if let Some(cache) = &self.cache {
+            call = call.with_cache(cache);
+        }
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        Box::pin(async move {
+            let stream = if key.name() == name {
+                self.scheduler.call_stream_on(call, key).await?
+            } else {
+                self.scheduler.call_stream(call).await?
+            };
+            Ok(CallStream::new(stream))
+        })
     }
 
     fn conversation(&self) -> &str {

@@ -60,6 +60,9 @@ pub struct FanoutConfig {
     pub chat_budget: BudgetLimits,
     /// Caps of the whole run, the parent of every conversation's budget (default unlimited).
     pub run_budget: BudgetLimits,
+    /// Whether the agents stream their replies ([`LlmAgent`] `stream(true)`; default off): each
+    /// call is then a [`QuotaScheduler::call_stream`], admitted and charged like a call.
+    pub stream: bool,
 }
 
 impl Default for FanoutConfig {
@@ -73,6 +76,7 @@ impl Default for FanoutConfig {
             max_completion_tokens: Some(64),
             chat_budget: BudgetLimits::UNLIMITED,
             run_budget: BudgetLimits::UNLIMITED,
+            stream: false,
         }
     }
 }
@@ -131,6 +135,13 @@ impl FanoutConfig {
     #[must_use]
     pub fn with_run_budget(mut self, limits: BudgetLimits) -> Self {
         self.run_budget = limits;
+        self
+    }
+
+    /// Sets whether the agents stream their replies.
+    #[must_use]
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
         self
     }
 
@@ -444,7 +455,7 @@ fn build_chat(run: &Run, i: usize) -> Result<GroupChat, BuildError> {
         if let Some(max) = config.max_completion_tokens {
             agent = agent.max_completion_tokens(max);
         }
-        chat = chat.participant(agent.build()?);
+        chat = chat.participant(agent.stream(config.stream).build()?);
     }
     Ok(chat.build()?)
 }

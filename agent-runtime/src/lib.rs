@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod chat;
+pub mod console;
 pub mod context;
 pub mod fanout;
 #[cfg(feature = "mock-server")]

@@ -26,7 +26,8 @@ pub const HANDOFF_MESSAGE: &str =
 ///
 /// One reply: the [history policy](crate::HistoryPolicy) builds the view, the system message goes
 /// first, and the model is called through [`TurnContext::complete`] (so every call is budgeted and
-/// rate-limited). When the model asks for tools, the agent runs them with its
+/// rate-limited), or through [`TurnContext::stream`] when built with
+/// [`stream(true)`](LlmAgentBuilder::stream). When the model asks for tools, the agent runs them with its
 /// [`ToolRegistry`], adds the call and its results to the reply and calls the model again, up to
 /// [`max_tool_iterations`](LlmAgentBuilder::max_tool_iterations) rounds (default
 /// [`DEFAULT_MAX_TOOL_ITERATIONS`]; AutoGen's default is 1 with no second call). If the last round
@@ -91,6 +92,7 @@ pub struct LlmAgent {
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
     output: Option<OutputSpec>,
+    stream: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -116,6 +118,7 @@ impl fmt::Debug for LlmAgent {
                 "max_consecutive_auto_reply",
                 &self.max_consecutive_auto_reply,
             )
+            .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
 }
@@ -136,6 +139,7 @@ pub struct LlmAgentBuilder {
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
     output: Option<OutputSpec>,
+    stream: bool,
 }
 
 impl fmt::Debug for LlmAgentBuilder {
@@ -164,6 +168,7 @@ impl LlmAgent {
             temperature: None,
             max_consecutive_auto_reply: None,
             output: None,
+            stream: false,
         }
     }
 
@@ -286,6 +291,13 @@ impl LlmAgentBuilder {
         self
     }
 
+    /// Streams every model call through [`TurnContext::stream`] (default off): a chat's event
+    /// stream then carries the reply's tokens as they arrive. The reply itself is the same.
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
     /// Checks the configuration: a non-empty name, at least one tool round, a usable temperature,
     /// and unique, valid tool names across registered, external and handoff tools.
     pub fn build(self) -> Result<LlmAgent, AgentConfigError> {
@@ -355,6 +367,7 @@ impl LlmAgentBuilder {
             output: self
                 .output
                 .filter(|o| !matches!(o.format, ResponseFormat::Text)),
+            stream: self.stream,
         })
     }
 }
@@ -423,13 +436,15 @@ impl LlmAgent {
         ctx: &dyn TurnContext,
         messages: &[Message],
     ) -> Result<Message, AgentError> {
-        let completion = ctx
-            .complete(
-                &*self.model,
-                self.request(messages.to_vec()),
-                CallKind::Reply,
-            )
-            .await?;
+        let request = self.request(messages.to_vec());
+        let completion = if self.stream {
+            ctx.stream(&*self.model, request, CallKind::Reply)
+                .await?
+                .completion()
+                .await?
+        } else {
+            ctx.complete(&*self.model, request, CallKind::Reply).await?
+        };
         let mut message = completion.message.with_source(self.name.clone());
         message.role = Role::Assistant;
         message.usage = message.usage.or(completion.usage);

@@ -4,14 +4,13 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use agent_core::Completion;
 use tokio::sync::watch;
 
-use super::CacheKey;
+use super::{CacheKey, Hit};
 
-/// What a leader hands its followers: the completion, or `None` when its call failed or was
+/// What a leader hands its followers: its answer, or `None` when its call failed or was
 /// dropped (each follower then tries again, and one of them leads).
-type Landing = Option<Arc<Completion>>;
+type Landing = Option<Arc<Hit>>;
 
 /// The calls in flight, by key.
 #[derive(Debug, Default)]

@@ -237,10 +237,26 @@ impl ResponseCacheBuilder {
     }
 }
 
+/// An answer from the cache: the completion (marked cached) and, when it was streamed, the
+/// deltas to replay it with.
+#[derive(Debug, Clone)]
+pub(crate) struct Hit {
+    pub(crate) completion: Completion,
+    pub(crate) deltas: Vec<String>,
+}
+
+impl Hit {
+    fn new(mut completion: Completion, deltas: Vec<String>) -> Self {
+        completion.cached = true;
+        completion.rate_limits = None;
+        Self { completion, deltas }
+    }
+}
+
 /// What the lookup stage found.
 pub(crate) enum Lookup {
     /// Answered without the provider.
-    Hit(Completion),
+    Hit(Hit),
     /// Not answered: run the pipeline, then hand the result to [`Pending::remember`].
     Miss(Pending),
 }
@@ -359,10 +375,11 @@ impl ResponseCache {
             match self.inner.flights.join(&key) {
                 Role::Leader(guard) => {
                     if let Some(entry) = self.read(&key).await {
+                        let hit = Hit::new(entry.completion, entry.deltas);
                         // Nothing to wait for: followers that joined meanwhile take it too.
-                        guard.land(Some(Arc::new(entry.completion.clone())));
+                        guard.land(Some(Arc::new(hit.clone())));
                         bump(&self.inner.counters.hits);
-                        return Ok(Lookup::Hit(hit(entry.completion)));
+                        return Ok(Lookup::Hit(hit));
                     }
                     return miss(Some(guard));
                 }
@@ -375,9 +392,9 @@ impl ResponseCache {
                         },
                         None => flight::landing(rx).await,
                     };
-                    if let Some(completion) = landed {
+                    if let Some(hit) = landed {
                         bump(&self.inner.counters.coalesced);
-                        return Ok(Lookup::Hit(hit((*completion).clone())));
+                        return Ok(Lookup::Hit((*hit).clone()));
                     }
                     // The leader failed: try again (one of the waiting calls leads now).
                 }
@@ -426,13 +443,6 @@ impl ResponseCache {
     }
 }
 
-/// A stored completion as a hit returns it.
-fn hit(mut completion: Completion) -> Completion {
-    completion.cached = true;
-    completion.rate_limits = None;
-    completion
-}
-
 impl Pending {
     /// The store stage of a miss: writes a completion (in a writing mode), then lands the flight
     /// so waiting identical calls take the answer (or, on an error, try themselves).
@@ -456,7 +466,7 @@ impl Pending {
             cache.write(&key, &entry).await;
         }
         if let Some(leader) = leader {
-            leader.land(Some(Arc::new(entry.completion)));
+            leader.land(Some(Arc::new(Hit::new(entry.completion, entry.deltas))));
         }
     }
 }

@@ -304,3 +304,45 @@ async fn an_unusable_cache_directory_is_a_clear_error() {
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
     assert!(err.to_string().contains("cannot create directory"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_answer_is_stored_and_replayed_as_the_same_stream() {
+    use crate::provider::{SimConfig, SimulatedProvider};
+    use agent_core::StreamEvent;
+    use futures::StreamExt;
+
+    let cache = ResponseCache::in_memory();
+    let scheduler = QuotaScheduler::builder()
+        .cache(cache.clone())
+        .build()
+        .unwrap();
+    let model = SimulatedProvider::new(SimConfig::default().with_reply_tokens(6)).unwrap();
+    let budget = Budget::default();
+    let read = |stream: crate::scheduler::ModelStream| async move {
+        let events: Vec<StreamEvent> = stream.map(Result::unwrap).collect().await;
+        events
+    };
+    let open = || {
+        let call = ModelCall::new(&model, request("q"), CallKind::Reply, "c", "a", &budget);
+        scheduler.call_stream(call)
+    };
+    let first = read(open().await.unwrap()).await;
+    let second = read(open().await.unwrap()).await;
+    assert_eq!(model.simulation().stats().requests, 1);
+    assert_eq!(first.len(), 7, "six deltas and the completion");
+    assert_eq!(
+        first[..6],
+        second[..6],
+        "the same deltas, in the same pieces"
+    );
+    let (StreamEvent::Completed(a), StreamEvent::Completed(b)) = (&first[6], &second[6]) else {
+        panic!("{second:?}")
+    };
+    assert!(!a.cached && b.cached);
+    assert_eq!(a.message, b.message);
+    assert_eq!(budget.used().calls, 1);
+    // A plain call finds the streamed entry too.
+    let call = ModelCall::new(&model, request("q"), CallKind::Reply, "c", "a", &budget);
+    assert!(scheduler.call(call).await.unwrap().cached);
+    assert_eq!(cache.stats().hits, 2);
+}

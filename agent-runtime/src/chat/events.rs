@@ -19,8 +19,8 @@ use crate::scheduler::{CallInfo, CallObserver};
 ///
 /// A [`ChatEventStream`] yields `Message`s as they are appended (task messages first),
 /// `SpeakerSelected` before each turn, the model-call life-cycle of every call the run causes
-/// (hidden ones included), `Stopped` when the run decides to stop, and finally `Finished` with the
-/// run's result.
+/// (hidden ones included) with the `TokenDelta`s of streamed ones, `Stopped` when the run
+/// decides to stop, and finally `Finished` with the run's result.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ChatEvent {
@@ -47,12 +47,25 @@ pub enum ChatEvent {
         /// How long it waited in the queue.
         wait: Duration,
     },
+    /// A streamed model call delivered more text (AutoGen's `ModelClientStreamingChunkEvent`):
+    /// the reply's tokens as they arrive, before its `Message`. Only agents that stream (an
+    /// [`LlmAgent`](agent_core::LlmAgent) built with `stream(true)`) produce these.
+    TokenDelta {
+        /// The agent whose call it is.
+        agent: Arc<str>,
+        /// The text that arrived.
+        text: String,
+    },
     /// A model call finished.
     CallFinished {
         /// The agent.
         agent: Arc<str>,
         /// The quota key.
         key: Arc<str>,
+        /// The model's id ([`ChatModel::id`](agent_core::ChatModel::id)).
+        model: Arc<str>,
+        /// What the budget was charged, in nanodollars (priced by the model's id).
+        cost_nanos: u64,
         /// Usage reported (none when the call failed).
         usage: Option<Usage>,
         /// Provider attempts made.
@@ -149,6 +162,16 @@ impl CallObserver for AgentObserver {
         });
     }
 
+    fn delta(&self, key: &str, text: &str) {
+        for f in self.forward.iter() {
+            f.delta(key, text);
+        }
+        self.emit(|| ChatEvent::TokenDelta {
+            agent: self.agent.clone(),
+            text: text.to_owned(),
+        });
+    }
+
     fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         for f in self.forward.iter() {
             f.call_finished(info, result);
@@ -174,6 +197,8 @@ impl CallObserver for AgentObserver {
             let _ = tx.send(ChatEvent::CallFinished {
                 agent: self.agent.clone(),
                 key: Arc::from(info.key),
+                model: Arc::from(info.model),
+                cost_nanos: info.cost_nanos,
                 usage,
                 attempts: info.attempts,
                 error: result.err().cloned(),

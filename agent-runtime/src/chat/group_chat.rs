@@ -645,6 +645,15 @@ impl GroupChat {
         ChatEventStream::new(move |tx| Box::pin(self.run_with(task, Some(tx))))
     }
 
+    /// [`run`](Self::run), sending the run's events to `events` (the console printer drives this).
+    pub(crate) async fn run_observed(
+        &mut self,
+        task: Task,
+        events: UnboundedSender<ChatEvent>,
+    ) -> Result<ChatResult, ChatError> {
+        self.run_with(task, Some(events)).await
+    }
+
     async fn run_with(
         &mut self,
         task: Task,
@@ -692,11 +701,25 @@ impl GroupChat {
         if let Some(fresh) = self.cancel.renew() {
             self.set_token(fresh);
         }
-        tracing::debug!(
-            conversation = %self.conversation,
-            stop = ?result.as_ref().map(|r| &r.stop_reason),
-            "chat run finished"
-        );
+        match &result {
+            Ok(r) => tracing::info!(
+                chat = %self.name,
+                conversation = %self.conversation,
+                stop = %r.stop_reason,
+                messages = r.messages.len(),
+                calls = r.usage.total.calls,
+                tokens = r.usage.total.total_tokens(),
+                cost_usd = r.cost_usd(),
+                wall_ms = u64::try_from(r.wall_time.as_millis()).unwrap_or(u64::MAX),
+                "chat stopped"
+            ),
+            Err(e) => tracing::info!(
+                chat = %self.name,
+                conversation = %self.conversation,
+                error = %e,
+                "chat failed"
+            ),
+        }
         result
     }
 

@@ -229,7 +229,7 @@ pub(crate) struct Ticket<'a> {
 }
 
 /// An admitted call.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Admitted {
     /// When the call was admitted.
     pub(crate) at: Instant,

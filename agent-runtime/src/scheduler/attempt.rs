@@ -7,13 +7,15 @@
 //!
 //! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
 //! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
-//! one stage instead of the loop.
+//! one stage instead of the loop. The provider stage has two shapes ([`Delivery`]): a whole
+//! completion ([`Whole`]), or a stream whose first event has arrived
+//! ([`Streamed`](super::stream::Streamed)); the loop is the same for both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation,
+    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation, Usage,
 };
 use tokio::time::Instant;
 
@@ -21,7 +23,7 @@ use super::admission::{Key, Ticket, cancelled};
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
 use super::{CallObserver, Inner};
-use crate::cache::{CacheMode, Lookup, Pending, ResponseCache};
+use crate::cache::{CacheMode, Hit, Lookup, Pending, ResponseCache};
 
 /// What the reconcile stage decided about a failed attempt.
 pub(super) enum Next {
@@ -32,8 +34,8 @@ pub(super) enum Next {
 }
 
 /// What the cache stage found.
-enum Cached {
-    Hit(Completion),
+pub(super) enum Cached {
+    Hit(Hit),
     /// Not in the cache (`None`: no cache in force).
     Miss(Option<Pending>),
 }
@@ -44,6 +46,62 @@ const FAILED_ATTEMPT: Charge = Charge {
     tokens: 0,
     cost_nanos: 0,
 };
+
+/// The provider stage's shape: what one attempt sends and what a successful one hands on.
+pub(super) trait Delivery: Sync {
+    /// A successful attempt's answer.
+    type Response: Send;
+
+    /// Sends one attempt to `model`. The attempt has succeeded once this resolves `Ok`: after
+    /// that, nothing about it is retried.
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+    ) -> impl Future<Output = Result<Self::Response, ModelError>> + Send + 'm;
+}
+
+/// The provider stage of [`QuotaScheduler::call`](super::QuotaScheduler::call): one whole
+/// completion.
+pub(super) struct Whole;
+
+impl Delivery for Whole {
+    type Response = Completion;
+
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+    ) -> impl Future<Output = Result<Completion, ModelError>> + Send + 'm {
+        model.complete(request)
+    }
+}
+
+/// Settles a completed attempt's budget reservation to `usage` priced for `model`, and records
+/// the cost (and the tokens, when the provider `reported` them rather than the scheduler
+/// counting them).
+pub(super) fn charge_usage(
+    reservation: Reservation,
+    budget: &Budget,
+    model: &str,
+    usage: Usage,
+    reported: bool,
+    record: &mut CallRecord,
+) {
+    let cost_nanos = budget.cost_nanos(model, usage);
+    record.cost_nanos = cost_nanos;
+    reservation.settle(Charge {
+        calls: 1,
+        tokens: usage.total(),
+        cost_nanos,
+    });
+    if reported {
+        record.prompt_tokens = record.prompt_tokens.saturating_add(usage.prompt_tokens);
+        record.completion_tokens = record
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+    }
+}
 
 /// The state one call carries through its attempts.
 pub(super) struct CallAttempts<'s, 'c> {
@@ -68,10 +126,13 @@ impl<'s> CallAttempts<'s, '_> {
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
         // The cache first: a hit spends no budget, no quota and no provider call.
         let pending = match self.lookup().await? {
-            Cached::Hit(completion) => return Ok(completion),
+            Cached::Hit(hit) => return Ok(hit.completion),
             Cached::Miss(pending) => pending,
         };
-        let result = self.attempts().await;
+        let result = match self.attempts(&Whole).await {
+            Ok((in_flight, completion)) => Ok(self.completed(in_flight, completion).await),
+            Err(error) => Err(error),
+        };
         if let Some(pending) = pending {
             pending.remember(result.as_ref()).await;
         }
@@ -80,7 +141,7 @@ impl<'s> CallAttempts<'s, '_> {
 
     /// Cache stage: answers from the response cache, or says what a miss must store. Waiting
     /// for an identical call in flight is cancellable like a queued call.
-    async fn lookup(&self) -> Result<Cached, CallError> {
+    pub(super) async fn lookup(&self) -> Result<Cached, CallError> {
         let Some(cache) = self.cache.filter(|c| c.mode() != CacheMode::Off) else {
             return Ok(Cached::Miss(None));
         };
@@ -88,16 +149,20 @@ impl<'s> CallAttempts<'s, '_> {
             .lookup(self.model.id(), self.request, self.ticket.cancel)
             .await?
         {
-            Lookup::Hit(completion) => {
+            Lookup::Hit(hit) => {
                 tracing::debug!("answered from the response cache");
-                Ok(Cached::Hit(completion))
+                Ok(Cached::Hit(hit))
             }
             Lookup::Miss(pending) => Ok(Cached::Miss(Some(pending))),
         }
     }
 
-    /// The budget → admission → provider → reconcile loop, retried until it ends.
-    async fn attempts(&mut self) -> Result<Completion, CallError> {
+    /// Runs attempts until one succeeds: its in-flight guard (still holding quota and budget,
+    /// for the caller's reconcile) and its answer; or the error that ends the call.
+    pub(super) async fn attempts<D: Delivery>(
+        &mut self,
+        delivery: &D,
+    ) -> Result<(InFlight<'s>, D::Response), CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
         let mut reservation = self.reserve()?;
         if let Some(o) = self.observer {
@@ -105,11 +170,13 @@ impl<'s> CallAttempts<'s, '_> {
         }
         loop {
             let in_flight = self.admit(reservation).await?;
-            let result = self.send().await?;
-            let error = match self.reconcile(in_flight, result).await {
-                Ok(completion) => return Ok(completion),
-                Err(Next::Fail(error)) => return Err(error),
-                Err(Next::Retry(error)) => error,
+            let error = match self.send(delivery).await? {
+                Ok(response) => return Ok((in_flight, response)),
+                Err(error) => error,
+            };
+            let error = match self.reconcile(in_flight, error).await {
+                Next::Fail(error) => return Err(error),
+                Next::Retry(error) => error,
             };
             let delay = self.retry_delay(error)?;
             self.key.lock().stats.retries += 1;
@@ -171,25 +238,21 @@ impl<'s> CallAttempts<'s, '_> {
 
     /// Provider stage: one attempt. Cancellation ends the call here; the caller's in-flight
     /// guard, dropped with it, keeps the attempt charged (the provider may have done the work).
-    async fn send(&self) -> Result<Result<Completion, ModelError>, CallError> {
+    async fn send<D: Delivery>(
+        &self,
+        delivery: &D,
+    ) -> Result<Result<D::Response, ModelError>, CallError> {
         tokio::select! {
             biased;
-            r = self.model.complete(self.request.clone()) => Ok(r),
+            r = delivery.send(self.model, self.request.clone()) => Ok(r),
             () = cancelled(self.ticket.cancel) => Err(CallError::Cancelled),
         }
     }
 
-    /// Reconcile stage: settles quota and budget to the attempt's outcome and decides whether a
-    /// failed attempt may be retried.
-    async fn reconcile(
-        &mut self,
-        in_flight: InFlight<'s>,
-        result: Result<Completion, ModelError>,
-    ) -> Result<Completion, Next> {
-        let error = match result {
-            Ok(completion) => return Ok(self.completed(in_flight, completion).await),
-            Err(error) => error,
-        };
+    /// Reconcile stage for a failed attempt: settles quota and budget to the failure and decides
+    /// whether the call may be retried. (A successful attempt is reconciled by its caller:
+    /// [`completed`](Self::completed), or the stream when it ends.)
+    async fn reconcile(&mut self, in_flight: InFlight<'s>, error: ModelError) -> Next {
         let outcome = match &error {
             ModelError::RateLimited {
                 kind,
@@ -221,12 +284,12 @@ impl<'s> CallAttempts<'s, '_> {
                 self.record.rate_limited += 1;
                 tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
                 if pause > self.scheduler.max_admission_wait {
-                    return Err(Next::Fail(CallError::Model(error)));
+                    return Next::Fail(CallError::Model(error));
                 }
-                Err(Next::Retry(error))
+                Next::Retry(error)
             }
-            ModelError::Transient { .. } => Err(Next::Retry(error)),
-            _ => Err(Next::Fail(CallError::Model(error))),
+            ModelError::Transient { .. } => Next::Retry(error),
+            _ => Next::Fail(CallError::Model(error)),
         }
     }
 
@@ -242,19 +305,7 @@ impl<'s> CallAttempts<'s, '_> {
         let (reservation, _, remote) = in_flight.finish(outcome);
         match (reservation, usage) {
             (Some(r), Some(u)) => {
-                let cost_nanos = self.budget.cost_nanos(self.model.id(), u);
-                self.record.cost_nanos = cost_nanos;
-                r.settle(Charge {
-                    calls: 1,
-                    tokens: u.total(),
-                    cost_nanos,
-                });
-                self.record.prompt_tokens =
-                    self.record.prompt_tokens.saturating_add(u.prompt_tokens);
-                self.record.completion_tokens = self
-                    .record
-                    .completion_tokens
-                    .saturating_add(u.completion_tokens);
+                charge_usage(r, self.budget, self.model.id(), u, true, self.record);
             }
             // Without reported usage the estimate stands as the charge.
             (Some(r), None) => {

@@ -8,7 +8,9 @@
 //! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
 //! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
-//! - provider — [`ChatModel::complete`], called only in `attempt`;
+//! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
+//!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
+//!   only in `attempt`;
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -24,6 +26,7 @@ pub mod quota;
 mod reconcile;
 pub mod retry;
 pub mod state;
+mod stream;
 
 #[cfg(feature = "redis")]
 pub mod redis_state;
@@ -34,6 +37,7 @@ pub use metrics::{
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
 pub use retry::{CircuitState, RetryPolicy};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
+pub use stream::ModelStream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,6 +78,10 @@ pub trait CallObserver: Send + Sync {
     fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         self.finished(info.key, result, info.attempts);
     }
+
+    /// A streamed call ([`QuotaScheduler::call_stream`]) delivered `text` on quota key `key`.
+    /// Called from the stream's reader as each delta passes, so keep it quick.
+    fn delta(&self, _key: &str, _text: &str) {}
 }
 
 /// What the scheduler knows about a finished call, for [`CallObserver::call_finished`].
@@ -134,6 +142,10 @@ pub struct ModelCall<'a> {
     pub quota_key: Option<&'a str>,
     /// The response cache for this call, over the scheduler's (see [`crate::cache`]).
     pub cache: Option<&'a ResponseCache>,
+    /// Sees the call's life-cycle like `observer`, and is the observer a
+    /// [`ModelStream`] keeps: a stream reports its deltas and its end after
+    /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
+    pub shared_observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -171,6 +183,7 @@ impl<'a> ModelCall<'a> {
             observer: None,
             quota_key: None,
             cache: None,
+            shared_observer: None,
         }
     }
 
@@ -207,6 +220,14 @@ impl<'a> ModelCall<'a> {
     #[must_use]
     pub fn with_observer(mut self, observer: &'a dyn CallObserver) -> Self {
         self.observer = Some(observer);
+        self
+    }
+
+    /// Sets an observer the call may keep: the one a [`ModelStream`] reports its deltas and
+    /// its end to. Use it instead of [`with_observer`](Self::with_observer) for streams.
+    #[must_use]
+    pub fn with_shared_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.shared_observer = Some(observer);
         self
     }
 }
@@ -438,6 +459,29 @@ impl Inner {
             .clone()
     }
 
+    /// Records a finished call in its conversation and tells its observer.
+    fn finish_call(
+        &self,
+        key: &Key,
+        model: &str,
+        conversation: &str,
+        record: &mut CallRecord,
+        observer: Option<&dyn CallObserver>,
+        result: Result<&Completion, &CallError>,
+    ) {
+        record.failed = result.is_err();
+        self.conversations.record(conversation, record);
+        if let Some(o) = observer {
+            let info = CallInfo {
+                key: &key.name,
+                model,
+                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
+                cost_nanos: record.cost_nanos,
+            };
+            o.call_finished(&info, result);
+        }
+    }
+
     fn backoff(&self, retry: u32) -> Duration {
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
         self.retry.backoff_for(retry, &mut rng)
@@ -633,9 +677,53 @@ impl QuotaScheduler {
             cancel,
             observer,
             cache,
+            shared_observer,
             ..
         } = call;
-        let prompt = self.inner.estimator.prompt_tokens(&request);
+        let observer = observer.or(shared_observer.as_deref());
+        let estimate = self.estimate(model, &request, key, budget);
+        let mut record = CallRecord::default();
+        let result = CallAttempts {
+            scheduler: &self.inner,
+            model,
+            request: &request,
+            key,
+            budget,
+            charge: estimate.charge,
+            ticket: Ticket {
+                cost: estimate.cost,
+                conversation,
+                priority,
+                retry: false,
+                cancel,
+            },
+            observer,
+            record: &mut record,
+            attempt: 0,
+            cache: cache.or(self.inner.cache.as_ref()),
+        }
+        .run()
+        .await;
+        self.inner.finish_call(
+            key,
+            model.id(),
+            conversation,
+            &mut record,
+            observer,
+            result.as_ref(),
+        );
+        result
+    }
+
+    /// What a call reserves: its prompt estimate, its quota cost and its budget charge.
+    fn estimate(
+        &self,
+        model: &dyn ChatModel,
+        request: &ChatRequest,
+        key: &Key,
+        budget: &Budget,
+    ) -> Estimate {
+        let prompt = self.inner.estimator.prompt_tokens(request);
         let completion_cap = u64::from(
             request
                 .max_completion_tokens
@@ -650,39 +738,21 @@ impl QuotaScheduler {
             tokens: cost.tokens,
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
-        let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
-            model,
-            request: &request,
-            key,
-            budget,
+        Estimate {
+            prompt,
+            cost,
             charge,
-            ticket: Ticket {
-                cost,
-                conversation,
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer,
-            record: &mut record,
-            attempt: 0,
-            cache: cache.or(self.inner.cache.as_ref()),
         }
-        .run()
-        .await;
-        record.failed = result.is_err();
-        self.inner.conversations.record(conversation, &record);
-        if let Some(o) = observer {
-            let info = CallInfo {
-                key: &key.name,
-                model: model.id(),
-                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
-                cost_nanos: record.cost_nanos,
-            };
-            o.call_finished(&info, result.as_ref());
-        }
-        result
     }
+}
+
+/// What a call reserves before its first attempt.
+#[derive(Debug, Clone, Copy)]
+struct Estimate {
+    /// Estimated prompt tokens.
+    prompt: u64,
+    /// Quota taken at admission.
+    cost: Cost,
+    /// Budget reserved per attempt.
+    charge: Charge,
 }

@@ -28,6 +28,24 @@ pub(super) enum Outcome<'r> {
     },
     Transient,
     Rejected,
+    /// A stream the provider reported no usage for: `tokens` is the prompt's estimate plus the
+    /// estimate of what arrived.
+    Streamed {
+        tokens: u64,
+        reading: Option<&'r RateLimitReading>,
+        end: StreamEnd,
+    },
+}
+
+/// How a stream without reported usage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamEnd {
+    /// With its completed event.
+    Completed,
+    /// Cut by a transient provider error after its first event.
+    Cut,
+    /// Dropped or cancelled by its reader.
+    Abandoned,
 }
 
 /// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
@@ -60,6 +78,7 @@ impl InFlight<'_> {
         self.done = true;
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
+            Outcome::Streamed { tokens, .. } => *tokens,
             // The provider rejected the attempt before generating: no tokens were used.
             _ => 0,
         };
@@ -108,8 +127,30 @@ impl InFlight<'_> {
                     inner.breaker.success();
                     None
                 }
+                Outcome::Streamed { reading, end, .. } => {
+                    match end {
+                        StreamEnd::Completed => inner.stats.succeeded += 1,
+                        StreamEnd::Cut => inner.stats.transient_errors += 1,
+                        StreamEnd::Abandoned => {}
+                    }
+                    if *end == StreamEnd::Cut {
+                        inner.breaker.failure(now, &scheduler.retry);
+                    } else {
+                        // The provider streamed: it is reachable.
+                        inner.breaker.success();
+                    }
+                    *reading
+                }
             };
-            if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
+            let failed = matches!(
+                outcome,
+                Outcome::Transient
+                    | Outcome::Streamed {
+                        end: StreamEnd::Cut,
+                        ..
+                    }
+            );
+            if self.admitted.probe && !failed {
                 inner.breaker.success();
             }
             let learned = reading.is_some_and(|r| {
@@ -120,7 +161,9 @@ impl InFlight<'_> {
             let probed = inner.probing
                 && matches!(
                     outcome,
-                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
+                    Outcome::Completed { .. }
+                        | Outcome::RateLimited { .. }
+                        | Outcome::Streamed { .. }
                 );
             if probed {
                 inner.probing = false;
@@ -195,6 +238,40 @@ impl InFlight<'_> {
     }
 }
 
+/// An [`InFlight`] lifted off its borrows, so a stream that outlives the call's future can hold
+/// it; [`resume`](Self::resume) puts it back for the reconcile stage.
+pub(super) struct Parked {
+    cost: Cost,
+    admitted: Admitted,
+    reservation: Option<Reservation>,
+}
+
+impl InFlight<'_> {
+    /// Lifts the guard off its borrows; the parked state is settled when resumed.
+    pub(super) fn park(mut self) -> Parked {
+        self.done = true;
+        Parked {
+            cost: self.cost,
+            admitted: self.admitted,
+            reservation: self.reservation.take(),
+        }
+    }
+}
+
+impl Parked {
+    /// The in-flight guard again, on `scheduler` and `key` (those it was admitted on).
+    pub(super) fn resume<'a>(self, scheduler: &'a Inner, key: &'a Arc<Key>) -> InFlight<'a> {
+        InFlight {
+            scheduler,
+            key,
+            cost: self.cost,
+            admitted: self.admitted,
+            reservation: self.reservation,
+            done: false,
+        }
+    }
+}
+
 /// What a shared backend must be told after an attempt (settle, observe, pause).
 pub(super) struct RemoteSettle {
     state: Arc<dyn QuotaState>,
@@ -213,6 +290,14 @@ impl RemoteSettle {
     pub(super) async fn apply_detached(self) {
         // A panic in the backend only loses this settle; the lease expiry covers the slot.
         let _ = tokio::spawn(self.apply()).await;
+    }
+
+    /// Runs [`apply`](Self::apply) on the current runtime without waiting (for a `Drop`, which
+    /// cannot await); with no runtime the backend's lease expiry returns the slot.
+    pub(super) fn apply_in_background(self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(self.apply());
+        }
     }
 
     async fn apply(self) {

@@ -159,9 +159,13 @@ impl ChatModel for SimulatedProvider {
             _ => admission.latency,
         };
         self.wait(first).await?;
-        let completion = admission
+        let mut completion = admission
             .reply
             .to_completion(&self.id, Some(admission.reading.clone()));
+        if !self.simulation.config().stream_usage {
+            completion.usage = None;
+            completion.message.usage = None;
+        }
         let chunks = admission.reply.chunks.clone();
         let cut_at = (admission.fault == Some(DeliveryFault::Drop)).then_some(chunks.len() / 2);
         let state = StreamState {
