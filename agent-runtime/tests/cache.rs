@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{Agent, ChatModel, LlmAgent, Message};
-use agent_runtime::cache::{CacheMode, EmbeddedStore, ResponseCache};
+use agent_runtime::cache::{EmbeddedStore, ResponseCache};
 use agent_runtime::chat::{ChatEvent, GroupChat};
 use agent_runtime::fanout::{FanoutConfig, FanoutReport, run_fanout};
 use agent_runtime::provider::{SimConfig, SimulatedProvider};
