@@ -450,6 +450,7 @@ impl OpenAiProvider {
         if !request.stop.is_empty() {
             wire.stop = Some(StopConfiguration::StringArray(request.stop.clone()));
         }
+        wire.response_format = request.response_format.as_ref().and_then(wire_format);
         if !request.tools.is_empty() {
             wire.tools = Some(
                 request
@@ -557,6 +558,32 @@ fn assemble(
         finish_reason,
         rate_limits,
         cached: false,
+    }
+}
+
+/// Our response format as OpenAI's `response_format` (strict mode as the format says: set for
+/// schemas that qualify). `Text` is what no format means, so it is not sent.
+fn wire_format(
+    format: &agent_core::ResponseFormat,
+) -> Option<async_openai::types::chat::ResponseFormat> {
+    use async_openai::types::chat::{ResponseFormat as Wire, ResponseFormatJsonSchema};
+    match format {
+        agent_core::ResponseFormat::JsonObject => Some(Wire::JsonObject),
+        agent_core::ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => Some(Wire::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: description.as_deref().map(str::to_owned),
+                name: name.to_string(),
+                schema: (**schema).clone(),
+                strict: strict.then_some(true),
+            },
+        }),
+        // Text, and formats added later that this provider cannot express: free text.
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ mod bucket;
 mod config;
 mod reply;
 mod simulation;
+mod structured;
 
 use std::sync::Arc;
 use std::time::Duration;
