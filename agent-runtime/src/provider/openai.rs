@@ -1322,6 +1322,35 @@ mod tests {
     }
 
     #[test]
+    fn response_formats_map_to_openai_with_strict_where_the_schema_qualifies() {
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Verdict {
+            approved: bool,
+        }
+        let provider = OpenAiProvider::builder()
+            .model("gpt-4o")
+            .api_key("k")
+            .build()
+            .unwrap();
+        let wire = |format: Option<agent_core::ResponseFormat>| {
+            let mut request = ChatRequest::new(vec![Message::user("q")]);
+            request.response_format = format;
+            serde_json::to_value(provider.wire_request(&request, false)).unwrap()
+        };
+        let typed = wire(Some(agent_core::ResponseFormat::json_schema_for::<Verdict>()));
+        let format = &typed["response_format"];
+        assert_eq!(format["type"], "json_schema");
+        assert_eq!(format["json_schema"]["name"], "Verdict");
+        assert_eq!(format["json_schema"]["strict"], true);
+        assert_eq!(format["json_schema"]["schema"]["additionalProperties"], false);
+        let object = wire(Some(agent_core::ResponseFormat::JsonObject));
+        assert_eq!(object["response_format"]["type"], "json_object");
+        assert!(wire(None).get("response_format").is_none());
+        assert!(wire(Some(agent_core::ResponseFormat::Text)).get("response_format").is_none());
+    }
+
+    #[test]
     fn the_token_limit_field_follows_the_flavor() {
         let request = ChatRequest::new(vec![Message::user("q")]).with_max_completion_tokens(50);
         let openai = OpenAiProvider::builder()
