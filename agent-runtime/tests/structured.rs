@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use agent_core::{ChatModel, Content, LlmAgent, Message, TurnContext};
+use agent_runtime::QuotaScheduler;
 use agent_runtime::SchedulerContext;
 use agent_runtime::chat::GroupChat;
 use agent_runtime::mock::MockServer;
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
-use agent_runtime::QuotaScheduler;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 enum Priority {

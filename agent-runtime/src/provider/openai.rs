@@ -1338,16 +1338,25 @@ mod tests {
             request.response_format = format;
             serde_json::to_value(provider.wire_request(&request, false)).unwrap()
         };
-        let typed = wire(Some(agent_core::ResponseFormat::json_schema_for::<Verdict>()));
+        let typed = wire(Some(
+            agent_core::ResponseFormat::json_schema_for::<Verdict>(),
+        ));
         let format = &typed["response_format"];
         assert_eq!(format["type"], "json_schema");
         assert_eq!(format["json_schema"]["name"], "Verdict");
         assert_eq!(format["json_schema"]["strict"], true);
-        assert_eq!(format["json_schema"]["schema"]["additionalProperties"], false);
+        assert_eq!(
+            format["json_schema"]["schema"]["additionalProperties"],
+            false
+        );
         let object = wire(Some(agent_core::ResponseFormat::JsonObject));
         assert_eq!(object["response_format"]["type"], "json_object");
         assert!(wire(None).get("response_format").is_none());
-        assert!(wire(Some(agent_core::ResponseFormat::Text)).get("response_format").is_none());
+        assert!(
+            wire(Some(agent_core::ResponseFormat::Text))
+                .get("response_format")
+                .is_none()
+        );
     }
 
     #[test]
