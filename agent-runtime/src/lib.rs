@@ -25,3 +25,12 @@ pub use scheduler::{CallInfo, CallObserver, ModelCall, QuotaScheduler};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+// docs/caching.md and docs/structured-output.md: their Rust blocks run as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/caching.md")]
+struct CachingDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/structured-output.md")]
+struct StructuredOutputDoctests;
