@@ -10,7 +10,7 @@
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
 //!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
-//!   only in `attempt`;
+//!   only in `attempt`, within the attempt's [`Deadlines`] (`deadline`);
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -20,6 +20,7 @@
 mod admission;
 mod attempt;
 mod bucket;
+mod deadline;
 mod feedback;
 pub mod metrics;
 pub mod quota;
@@ -31,11 +32,12 @@ mod stream;
 #[cfg(feature = "redis")]
 pub mod redis_state;
 
+pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
-pub use retry::{CircuitState, RetryPolicy};
+pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 pub use stream::ModelStream;
 
@@ -143,6 +145,8 @@ pub struct ModelCall<'a> {
     /// [`ModelStream`] keeps: a stream reports its deltas and its end after
     /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
     pub shared_observer: Option<Arc<dyn CallObserver>>,
+    /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
+    pub deadlines: Option<Deadlines>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -154,6 +158,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("deadlines", &self.deadlines)
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +185,7 @@ impl<'a> ModelCall<'a> {
             observer: None,
             quota_key: None,
             shared_observer: None,
+            deadlines: None,
         }
     }
 
@@ -216,6 +222,15 @@ impl<'a> ModelCall<'a> {
     #[must_use]
     pub fn with_shared_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
         self.shared_observer = Some(observer);
+        self
+    }
+
+    /// Sets the deadlines of this call's attempts, overriding the key's and the scheduler's.
+    /// Zero durations are not refused here (a call has no build step): an attempt with a zero
+    /// deadline times out at once and the call fails after its retries.
+    #[must_use]
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = Some(deadlines);
         self
     }
 }
@@ -257,6 +272,8 @@ struct Inner {
     backend: Backend,
     conversations: Conversations,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: HashMap<String, Deadlines>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -289,6 +306,8 @@ pub struct QuotaSchedulerBuilder {
     poll: Duration,
     max_tracked_conversations: usize,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: Vec<(String, Deadlines)>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -309,6 +328,8 @@ impl Default for QuotaSchedulerBuilder {
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
+            deadlines: Deadlines::DEFAULT,
+            key_deadlines: Vec::new(),
         }
     }
 }
@@ -372,8 +393,27 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
+    /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the deadlines of the attempts on quota key `key` (a provider's model id, or a label),
+    /// overriding [`deadlines`](Self::deadlines); a call's own
+    /// [`ModelCall::with_deadlines`] overrides both.
+    pub fn key_deadlines(mut self, key: impl Into<String>, deadlines: Deadlines) -> Self {
+        self.key_deadlines.push((key.into(), deadlines));
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<QuotaScheduler, QuotaConfigError> {
+        self.deadlines.validate()?;
+        for (_, deadlines) in &self.key_deadlines {
+            deadlines.validate()?;
+        }
         self.default_quota.validate_for("(default)")?;
         for (key, quota) in &self.quotas {
             quota.validate_for(key)?;
@@ -411,6 +451,8 @@ impl QuotaSchedulerBuilder {
                 backend,
                 conversations: Conversations::new(self.max_tracked_conversations),
                 max_admission_wait: self.max_admission_wait,
+                deadlines: self.deadlines,
+                key_deadlines: self.key_deadlines.into_iter().collect(),
             }),
         }
     }
@@ -457,6 +499,20 @@ impl Inner {
             };
             o.call_finished(&info, result);
         }
+    }
+
+    /// The deadlines of a call on `key`: its own, else the key's, else the scheduler's.
+    fn deadlines(&self, key: &str, call: Option<Deadlines>) -> Deadlines {
+        call.unwrap_or_else(|| {
+            // Most schedulers configure none per key: skip the hashing.
+            if self.key_deadlines.is_empty() {
+                return self.deadlines;
+            }
+            self.key_deadlines
+                .get(key)
+                .copied()
+                .unwrap_or(self.deadlines)
+        })
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -582,7 +638,8 @@ impl QuotaScheduler {
     ///
     /// Errors: [`CallError::BudgetExhausted`] before anything is queued when the budget (or an
     /// ancestor's) cannot cover the call; [`CallError::ExceedsQuota`] at once when the call can
-    /// never fit a bucket; [`CallError::CircuitOpen`] while the key's breaker is open;
+    /// never fit a bucket; [`CallError::CircuitOpen`] when the key's breaker stays open beyond the
+    /// call's admission wait (or at once with [`WhenOpen::FailFast`]);
     /// [`CallError::Model`] for provider errors that are never retried (quota exhausted, request
     /// too large, invalid request) and for waits beyond `max_admission_wait`;
     /// [`CallError::RetriesExhausted`] when attempts or the retry budget run out;
@@ -649,9 +706,11 @@ impl QuotaScheduler {
             cancel,
             observer,
             shared_observer,
+            deadlines,
             ..
         } = call;
         let observer = observer.or(shared_observer.as_deref());
+        let deadlines = self.inner.deadlines(&key.name, deadlines);
         let estimate = self.estimate(model, &request, key, budget);
         let mut record = CallRecord::default();
         let result = CallAttempts {
@@ -671,6 +730,8 @@ impl QuotaScheduler {
             observer,
             record: &mut record,
             attempt: 0,
+            deadlines,
+            expired: false,
         }
         .run()
         .await;

@@ -21,11 +21,13 @@ use agent_core::{
 };
 use futures::future::Either;
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use super::admission::{Key, Ticket};
 use super::attempt::{CallAttempts, Delivery, charge_usage};
+use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
 use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler};
@@ -48,9 +50,14 @@ impl Delivery for Streamed {
         &self,
         model: &'m dyn ChatModel,
         request: ChatRequest,
+        deadlines: Deadlines,
     ) -> impl Future<Output = Result<Opened, ModelError>> + Send + 'm {
         async move {
-            let mut rest = model.stream(request).await?;
+            let started = Instant::now();
+            let rest = model.stream(request).await?;
+            // The attempt deadline counts from before the request; the idle one between events
+            // (the first included), for the whole stream, after this returns too.
+            let mut rest = deadlines.bound_stream(rest, started);
             match rest.next().await {
                 Some(Ok(first)) => Ok(Opened { first, rest }),
                 Some(Err(error)) => Err(error),
@@ -153,9 +160,11 @@ impl QuotaScheduler {
             cancel,
             observer,
             shared_observer,
+            deadlines,
             ..
         } = call;
         let any_observer = observer.or(shared_observer.as_deref());
+        let deadlines = self.inner.deadlines(&key.name, deadlines);
         let estimate = self.estimate(model, &request, key, budget);
         let mut record = CallRecord::default();
         let result = CallAttempts {
@@ -175,6 +184,8 @@ impl QuotaScheduler {
             observer: any_observer,
             record: &mut record,
             attempt: 0,
+            deadlines,
+            expired: false,
         }
         .attempts(&Streamed)
         .await;
