@@ -46,6 +46,8 @@ pub(super) struct Opened {
 impl Delivery for Streamed {
     type Response = Opened;
 
+    // Not an `async fn`: that future would borrow the stage too, which the trait does not allow.
+    #[allow(clippy::manual_async_fn)]
     fn send<'m>(
         &self,
         model: &'m dyn ChatModel,
@@ -237,6 +239,8 @@ pub struct ModelStream {
     state: State,
 }
 
+// The last event is held once, for one poll; boxing it would cost an allocation per stream.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Open(Box<Open>),
     /// Ended: the last item, after a shared backend has been told.
@@ -266,6 +270,8 @@ struct Open {
 }
 
 /// Why a stream is being reconciled.
+// Lives on the stack for one call.
+#[allow(clippy::large_enum_variant)]
 enum End {
     Completed(Completion),
     Failed(ModelError),
