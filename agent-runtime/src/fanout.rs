@@ -724,6 +724,7 @@ mod tests {
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [
+            "stream",
             "wall_s",
             "completed",
             "failed",
