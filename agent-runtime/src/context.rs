@@ -103,6 +103,25 @@ impl SchedulerContext {
     pub fn observer(&self) -> Option<&Arc<dyn CallObserver>> {
         self.observer.as_ref()
     }
+
+    /// A call on behalf of this turn (no observer yet: a call borrows it, a stream keeps it).
+    fn model_call<'a>(
+        &'a self,
+        model: &'a dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> ModelCall<'a> {
+        ModelCall::new(
+            model,
+            request,
+            kind,
+            &self.conversation,
+            &self.agent,
+            &self.budget,
+        )
+        .with_priority(self.priority)
+        .with_cancel(&self.cancel)
+    }
 }
 
 // Written out rather than with `#[async_trait]`: the macro would wrap the scheduler's future in
@@ -120,16 +139,7 @@ impl TurnContext for SchedulerContext {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let mut call = ModelCall::new(
-            model,
-            request,
-            kind,
-            &self.conversation,
-            &self.agent,
-            &self.budget,
-        )
-        .with_priority(self.priority)
-        .with_cancel(&self.cancel);
+        let mut call = self.model_call(model, request, kind);
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
@@ -154,16 +164,7 @@ impl TurnContext for SchedulerContext {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let mut call = ModelCall::new(
-            model,
-            request,
-            kind,
-            &self.conversation,
-            &self.agent,
-            &self.budget,
-        )
-        .with_priority(self.priority)
-        .with_cancel(&self.cancel);
+        let mut call = self.model_call(model, request, kind);
         if let Some(o) = &self.observer {
             // The stream reports its deltas and its end after this returns: it keeps a handle.
             call = call.with_shared_observer(o.clone());

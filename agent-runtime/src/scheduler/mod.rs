@@ -697,6 +697,23 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<Completion, CallError> {
         let key = key.borrow();
+        let call = self.prepare(call, key);
+        let mut record = CallRecord::default();
+        let result = call.attempts(&self.inner, key, &mut record).run().await;
+        self.inner.finish_call(
+            key,
+            call.model.id(),
+            call.conversation,
+            &mut record,
+            call.observer(),
+            result.as_ref(),
+        );
+        result
+    }
+
+    /// Unpacks a call for the attempt loop: its estimate (prompt, quota cost, budget charge)
+    /// and its deadlines on `key`.
+    fn prepare<'c>(&self, call: ModelCall<'c>, key: &Key) -> Prepared<'c> {
         let ModelCall {
             model,
             request,
@@ -709,52 +726,7 @@ impl QuotaScheduler {
             deadlines,
             ..
         } = call;
-        let observer = observer.or(shared_observer.as_deref());
-        let deadlines = self.inner.deadlines(&key.name, deadlines);
-        let estimate = self.estimate(model, &request, key, budget);
-        let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
-            model,
-            request: &request,
-            key,
-            budget,
-            charge: estimate.charge,
-            ticket: Ticket {
-                cost: estimate.cost,
-                conversation,
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer,
-            record: &mut record,
-            attempt: 0,
-            deadlines,
-            expired: false,
-        }
-        .run()
-        .await;
-        self.inner.finish_call(
-            key,
-            model.id(),
-            conversation,
-            &mut record,
-            observer,
-            result.as_ref(),
-        );
-        result
-    }
-
-    /// What a call reserves: its prompt estimate, its quota cost and its budget charge.
-    fn estimate(
-        &self,
-        model: &dyn ChatModel,
-        request: &ChatRequest,
-        key: &Key,
-        budget: &Budget,
-    ) -> Estimate {
-        let prompt = self.inner.estimator.prompt_tokens(request);
+        let prompt = self.inner.estimator.prompt_tokens(&request);
         let completion_cap = u64::from(
             request
                 .max_completion_tokens
@@ -769,7 +741,16 @@ impl QuotaScheduler {
             tokens: cost.tokens,
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
-        Estimate {
+        Prepared {
+            deadlines: self.inner.deadlines(&key.name, deadlines),
+            model,
+            request,
+            conversation,
+            budget,
+            priority,
+            cancel,
+            observer,
+            shared_observer,
             prompt,
             cost,
             charge,
@@ -777,13 +758,61 @@ impl QuotaScheduler {
     }
 }
 
-/// What a call reserves before its first attempt.
-#[derive(Debug, Clone, Copy)]
-struct Estimate {
+/// A call unpacked for the attempt loop (what [`QuotaScheduler::call`] and
+/// [`QuotaScheduler::call_stream`] share).
+struct Prepared<'c> {
+    model: &'c dyn ChatModel,
+    request: ChatRequest,
+    conversation: &'c str,
+    budget: &'c Budget,
+    priority: u8,
+    cancel: Option<&'c CancellationToken>,
+    observer: Option<&'c dyn CallObserver>,
+    shared_observer: Option<Arc<dyn CallObserver>>,
+    deadlines: Deadlines,
     /// Estimated prompt tokens.
     prompt: u64,
     /// Quota taken at admission.
     cost: Cost,
     /// Budget reserved per attempt.
     charge: Charge,
+}
+
+impl<'c> Prepared<'c> {
+    /// The observer of queueing and admission: the borrowed one, else the shared one.
+    fn observer(&self) -> Option<&dyn CallObserver> {
+        self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// The attempt loop's state for this call on `key`, recording into `record`.
+    fn attempts<'a, 's>(
+        &'a self,
+        scheduler: &'s Inner,
+        key: &'s Arc<Key>,
+        record: &'a mut CallRecord,
+    ) -> CallAttempts<'s, 'a>
+    where
+        'c: 'a,
+    {
+        CallAttempts {
+            scheduler,
+            model: self.model,
+            request: &self.request,
+            key,
+            budget: self.budget,
+            charge: self.charge,
+            ticket: Ticket {
+                cost: self.cost,
+                conversation: self.conversation,
+                priority: self.priority,
+                retry: false,
+                cancel: self.cancel,
+            },
+            observer: self.observer(),
+            record,
+            attempt: 0,
+            deadlines: self.deadlines,
+            expired: false,
+        }
+    }
 }

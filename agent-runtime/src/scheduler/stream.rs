@@ -25,8 +25,8 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
-use super::admission::{Key, Ticket};
-use super::attempt::{CallAttempts, Delivery, charge_usage};
+use super::admission::Key;
+use super::attempt::{Delivery, charge_usage};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
@@ -153,53 +153,21 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<ModelStream, CallError> {
         let key = key.borrow();
-        let ModelCall {
-            model,
-            request,
-            conversation,
-            budget,
-            priority,
-            cancel,
-            observer,
-            shared_observer,
-            deadlines,
-            ..
-        } = call;
-        let any_observer = observer.or(shared_observer.as_deref());
-        let deadlines = self.inner.deadlines(&key.name, deadlines);
-        let estimate = self.estimate(model, &request, key, budget);
+        let mut call = self.prepare(call, key);
         let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
-            model,
-            request: &request,
-            key,
-            budget,
-            charge: estimate.charge,
-            ticket: Ticket {
-                cost: estimate.cost,
-                conversation,
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer: any_observer,
-            record: &mut record,
-            attempt: 0,
-            deadlines,
-            expired: false,
-        }
-        .attempts(&Streamed)
-        .await;
+        let result = call
+            .attempts(&self.inner, key, &mut record)
+            .attempts(&Streamed)
+            .await;
         let (in_flight, opened) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
                     key,
-                    model.id(),
-                    conversation,
+                    call.model.id(),
+                    call.conversation,
                     &mut record,
-                    any_observer,
+                    call.observer(),
                     Err(&error),
                 );
                 return Err(error);
@@ -212,13 +180,13 @@ impl QuotaScheduler {
                 first: Some(opened.first),
                 rest: opened.rest,
                 parked: in_flight.park(),
-                budget: budget.clone(),
-                model: Arc::from(model.id()),
-                conversation: Arc::from(conversation),
-                observer: shared_observer,
-                cancel: cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
+                budget: call.budget.clone(),
+                model: Arc::from(call.model.id()),
+                conversation: Arc::from(call.conversation),
+                observer: call.shared_observer.take(),
+                cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
                 record,
-                prompt: estimate.prompt,
+                prompt: call.prompt,
                 received: String::new(),
             })),
         })
@@ -410,90 +378,64 @@ fn settle(
         received,
         ..
     } = open;
-    let in_flight = parked.resume(scheduler, key);
-    let (last, remote) = match end {
-        End::Completed(completion) => {
-            let reading = completion.rate_limits.as_ref();
-            let (outcome, usage, reported) = match completion.usage {
-                Some(usage) => (
-                    Outcome::Completed {
-                        usage: Some(usage),
-                        reading,
-                    },
-                    usage,
-                    true,
-                ),
-                None => {
-                    let completion_tokens = scheduler.estimator.message_tokens(&completion.message);
-                    let usage = Usage::new(prompt, completion_tokens);
-                    let outcome = Outcome::Streamed {
-                        tokens: usage.total(),
-                        reading,
-                        end: StreamEnd::Completed,
-                    };
-                    (outcome, usage, false)
-                }
-            };
-            let (reservation, _, remote) = in_flight.finish(outcome);
-            if let Some(r) = reservation {
-                charge_usage(r, &budget, &model, usage, reported, &mut record);
+    // The estimate of what the provider generated, when it does not say.
+    let counted =
+        |message: &Message| Usage::new(prompt, scheduler.estimator.message_tokens(message));
+    let (result, usage, reported, stream_end) = match end {
+        End::Completed(completion) => match completion.usage {
+            Some(usage) => (Ok(completion), usage, true, StreamEnd::Completed),
+            None => {
+                let usage = counted(&completion.message);
+                (Ok(completion), usage, false, StreamEnd::Completed)
             }
-            tracing::debug!(
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                reported,
-                "stream completed"
-            );
-            scheduler.finish_call(
-                key,
-                &model,
-                &conversation,
-                &mut record,
-                observer.as_deref(),
-                Ok(&completion),
-            );
-            (Ok(StreamEvent::Completed(completion)), remote)
-        }
-        End::Failed(_) | End::Cancelled | End::Dropped => {
-            let completion_tokens = if received.is_empty() {
-                0
+        },
+        end => {
+            let usage = if received.is_empty() {
+                Usage::new(prompt, 0)
             } else {
-                scheduler
-                    .estimator
-                    .message_tokens(&Message::assistant(&*model, received))
+                counted(&Message::assistant(&*model, received))
             };
-            let usage = Usage::new(prompt, completion_tokens);
-            let (stream_end, error) = match end {
+            let (error, stream_end) = match end {
                 End::Failed(error) if error.is_retryable() => {
-                    (StreamEnd::Cut, CallError::Model(error))
+                    (CallError::Model(error), StreamEnd::Cut)
                 }
-                End::Failed(error) => (StreamEnd::Abandoned, CallError::Model(error)),
-                _ => (StreamEnd::Abandoned, CallError::Cancelled),
+                End::Failed(error) => (CallError::Model(error), StreamEnd::Abandoned),
+                _ => (CallError::Cancelled, StreamEnd::Abandoned),
             };
-            let (reservation, _, remote) = in_flight.finish(Outcome::Streamed {
-                tokens: usage.total(),
-                reading: None,
-                end: stream_end,
-            });
-            if let Some(r) = reservation {
-                charge_usage(r, &budget, &model, usage, false, &mut record);
-            }
-            tracing::debug!(
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                ?stream_end,
-                "stream ended early"
-            );
-            scheduler.finish_call(
-                key,
-                &model,
-                &conversation,
-                &mut record,
-                observer.as_deref(),
-                Err(&error),
-            );
-            (Err(error), remote)
+            (Err(error), usage, false, stream_end)
         }
     };
-    (Some(last), remote)
+    let reading = result.as_ref().ok().and_then(|c| c.rate_limits.as_ref());
+    let outcome = if reported {
+        Outcome::Completed {
+            usage: Some(usage),
+            reading,
+        }
+    } else {
+        Outcome::Streamed {
+            tokens: usage.total(),
+            reading,
+            end: stream_end,
+        }
+    };
+    let (reservation, _, remote) = parked.resume(scheduler, key).finish(outcome);
+    if let Some(r) = reservation {
+        charge_usage(r, &budget, &model, usage, reported, &mut record);
+    }
+    tracing::debug!(
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        reported,
+        ?stream_end,
+        "stream ended"
+    );
+    scheduler.finish_call(
+        key,
+        &model,
+        &conversation,
+        &mut record,
+        observer.as_deref(),
+        result.as_ref(),
+    );
+    (Some(result.map(StreamEvent::Completed)), remote)
 }
