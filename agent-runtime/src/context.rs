@@ -104,6 +104,14 @@ impl SchedulerContext {
         self.observer.as_ref()
     }
 
+    /// The quota key of `model` when it is the first model this context called (looked up
+    /// once); `None` for another model.
+    fn first_key(&self, model: &dyn ChatModel) -> Option<&KeyHandle> {
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        (key.name() == name).then_some(key)
+    }
+
     /// A call on behalf of this turn (no observer yet: a call borrows it, a stream keeps it).
     fn model_call<'a>(
         &'a self,
@@ -143,13 +151,10 @@ impl TurnContext for SchedulerContext {
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        let name = model.id();
-        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
-        if key.name() == name {
-            Box::pin(self.scheduler.call_on(call, key))
-        } else {
+        match self.first_key(model) {
+            Some(key) => Box::pin(self.scheduler.call_on(call, key)),
             // An agent calling a second model: the ordinary lookup.
-            Box::pin(self.scheduler.call(call))
+            None => Box::pin(self.scheduler.call(call)),
         }
     }
 
@@ -169,13 +174,11 @@ impl TurnContext for SchedulerContext {
             // The stream reports its deltas and its end after this returns: it keeps a handle.
             call = call.with_shared_observer(o.clone());
         }
-        let name = model.id();
-        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        let key = self.first_key(model);
         Box::pin(async move {
-            let stream = if key.name() == name {
-                self.scheduler.call_stream_on(call, key).await?
-            } else {
-                self.scheduler.call_stream(call).await?
+            let stream = match key {
+                Some(key) => self.scheduler.call_stream_on(call, key).await?,
+                None => self.scheduler.call_stream(call).await?,
             };
             Ok(CallStream::new(stream))
         })

@@ -675,20 +675,8 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
-        );
-        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
-        // `log` feature is on in the dependency graph): leave it out when it is disabled.
-        if span.is_disabled() {
-            Either::Left(self.run(call, key))
-        } else {
-            Either::Right(self.run(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.run(call, key))
     }
 
     async fn run<K: std::borrow::Borrow<Arc<Key>>>(
@@ -755,6 +743,30 @@ impl QuotaScheduler {
             cost,
             charge,
         }
+    }
+}
+
+/// The span a call's pipeline runs in.
+fn admission_span(call: &ModelCall<'_>, key: &Key) -> tracing::Span {
+    tracing::debug_span!(
+        "admission",
+        conversation = call.conversation,
+        agent = call.agent,
+        key = &*key.name,
+        kind = ?call.kind,
+    )
+}
+
+/// `pipeline` in `span`, or alone when the span is disabled: a span nobody records still costs a
+/// `log` check on every poll and on drop (tracing's `log` feature is on in the dependency graph).
+fn traced<F: Future>(
+    span: tracing::Span,
+    pipeline: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(pipeline)
+    } else {
+        Either::Right(pipeline.instrument(span))
     }
 }
 

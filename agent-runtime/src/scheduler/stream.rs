@@ -19,18 +19,16 @@ use agent_core::{
     Budget, CallError, ChatModel, ChatRequest, Completion, CompletionStream, Message, ModelError,
     StreamEvent, Usage,
 };
-use futures::future::Either;
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tracing::Instrument;
 
 use super::admission::Key;
 use super::attempt::{Delivery, charge_usage};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
-use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler};
+use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced};
 
 /// The provider stage of [`QuotaScheduler::call_stream`]: the provider's stream, once its first
 /// event has arrived. An error before that fails the attempt (and may be retried); nothing after
@@ -132,19 +130,8 @@ impl QuotaScheduler {
         call: ModelCall<'a>,
         key: K,
     ) -> impl Future<Output = Result<ModelStream, CallError>> + Send + 'a {
-        let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
-            stream = true,
-        );
-        if span.is_disabled() {
-            Either::Left(self.open_stream(call, key))
-        } else {
-            Either::Right(self.open_stream(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.open_stream(call, key))
     }
 
     async fn open_stream<K: Borrow<Arc<Key>>>(
