@@ -285,6 +285,8 @@ pub struct FanoutReport {
     pub agents: usize,
     /// Messages per conversation, the task message included.
     pub max_messages: u64,
+    /// Whether the agents streamed their replies.
+    pub stream: bool,
     /// Seconds from the start of the run to the end of the last conversation.
     pub wall_s: f64,
     /// Conversations that ended with a result.
@@ -606,6 +608,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         conversations: run.config.conversations,
         agents: run.config.agents,
         max_messages: run.config.max_messages,
+        stream: run.config.stream,
         wall_s: secs(wall),
         completed,
         failed,
@@ -761,6 +764,7 @@ mod tests {
             conversations: 1,
             agents: 1,
             max_messages: 2,
+            stream: false,
             wall_s: 1.5,
             completed: 1,
             failed: 0,
@@ -783,6 +787,7 @@ mod tests {
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [
+            "stream",
             "wall_s",
             "completed",
             "failed",

@@ -15,7 +15,7 @@ use agent_core::{
     CompletionStream, LlmAgent, ModelError, StreamEvent, Usage, async_trait,
 };
 use agent_runtime::chat::{ChatEvent, GroupChat};
-use agent_runtime::scheduler::{ModelCall, ModelStream, Quota, QuotaScheduler};
+use agent_runtime::scheduler::{Deadlines, ModelCall, ModelStream, Quota, QuotaScheduler};
 use futures::StreamExt;
 use scheduler_support::{ExactEstimator, TimedModel, completion, request, server_error};
 use tokio_util::sync::CancellationToken;
@@ -370,4 +370,58 @@ async fn a_streaming_agent_puts_its_tokens_on_the_chat_event_stream() {
     assert_eq!(budget.used().calls, 2);
     assert_eq!(budget.used().tokens, 25);
     assert_eq!(scheduler.snapshot().keys["test/stream"].in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadlines_bound_a_stream_retried_before_its_first_event_and_cut_after() {
+    let scheduler = QuotaScheduler::builder()
+        .quota("test/stream", Quota::per_minute().requests(10))
+        .estimator(ExactEstimator)
+        .deadlines(Deadlines::new(Duration::from_secs(60)).idle(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let model = Streaming::default()
+        // Silent for longer than the idle deadline before the first event: retried.
+        .then(Plan::Events(vec![(
+            Duration::from_secs(10),
+            Ok(StreamEvent::TextDelta("slow".into())),
+        )]))
+        // Then quiet mid-stream: cut, not retried.
+        .then(Plan::Events(vec![
+            (Duration::ZERO, Ok(StreamEvent::TextDelta("ab".into()))),
+            (
+                Duration::from_secs(30),
+                Ok(StreamEvent::TextDelta("late".into())),
+            ),
+        ]));
+    let budget = Budget::unlimited();
+    let start = tokio::time::Instant::now();
+    let mut stream = open(&scheduler, &model, &budget).await.unwrap();
+    // The idle deadline, then the retry's backoff (under a second).
+    let opened = start.elapsed();
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(6)).contains(&opened),
+        "{opened:?}"
+    );
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        stream.next().await.unwrap().unwrap(),
+        StreamEvent::TextDelta("ab".into())
+    );
+    let err = stream.next().await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, CallError::Model(ModelError::Transient { message, .. }) if message.contains("idle")),
+        "{err}"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert!(stream.next().await.is_none());
+    assert_eq!(model.requests(), 2);
+    let key = &scheduler.snapshot().keys["test/stream"];
+    assert_eq!(
+        (key.attempts, key.transient_errors, key.in_flight),
+        (2, 2, 0)
+    );
+    // The first attempt cost a call and no tokens; the second the prompt and "ab".
+    assert_eq!(budget.used().calls, 2);
+    assert_eq!(budget.used().tokens, 22);
 }

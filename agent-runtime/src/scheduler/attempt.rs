@@ -20,9 +20,11 @@ use agent_core::{
 use tokio::time::Instant;
 
 use super::admission::{Key, Ticket, cancelled};
+use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
-use super::{CallObserver, Inner};
+use super::retry::WhenOpen;
+use super::{CallObserver, Inner, feedback};
 use crate::cache::{CacheMode, Hit, Lookup, Pending, ResponseCache};
 
 /// What the reconcile stage decided about a failed attempt.
@@ -53,11 +55,14 @@ pub(super) trait Delivery: Sync {
     type Response: Send;
 
     /// Sends one attempt to `model`. The attempt has succeeded once this resolves `Ok`: after
-    /// that, nothing about it is retried.
+    /// that, nothing about it is retried. The provider stage bounds the future by
+    /// `deadlines.attempt`; what the response goes on to deliver (a stream's later events) is
+    /// the response's to bound.
     fn send<'m>(
         &self,
         model: &'m dyn ChatModel,
         request: ChatRequest,
+        deadlines: Deadlines,
     ) -> impl Future<Output = Result<Self::Response, ModelError>> + Send + 'm;
 }
 
@@ -72,6 +77,7 @@ impl Delivery for Whole {
         &self,
         model: &'m dyn ChatModel,
         request: ChatRequest,
+        _: Deadlines,
     ) -> impl Future<Output = Result<Completion, ModelError>> + Send + 'm {
         model.complete(request)
     }
@@ -117,6 +123,10 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) record: &'c mut CallRecord,
     /// Attempts admitted so far (1-based once the first is).
     pub(super) attempt: u32,
+    /// How long each attempt may take (the call's, the key's or the scheduler's).
+    pub(super) deadlines: Deadlines,
+    /// The last attempt ran past its deadline (the provider stage abandoned it).
+    pub(super) expired: bool,
     /// The response cache in force for this call (the most specific one configured).
     pub(super) cache: Option<&'c ResponseCache>,
 }
@@ -179,8 +189,8 @@ impl<'s> CallAttempts<'s, '_> {
                 Next::Retry(error) => error,
             };
             let delay = self.retry_delay(error)?;
-            self.key.lock().stats.retries += 1;
-            self.record.retries += 1;
+            // Retries are counted when admitted (`KeyCounters::admitted`, the admit stage), so
+            // one the breaker or the admission wait refuses is not counted as made.
             // Every attempt that reaches the provider is a model call in the budget.
             reservation = self.reserve()?;
             if let Some(delay) = delay {
@@ -216,6 +226,7 @@ impl<'s> CallAttempts<'s, '_> {
             .await
             .map_err(|r| scheduler.refusal(self.key, r))?;
         self.record.attempts += 1;
+        self.record.retries += u64::from(self.ticket.retry);
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {
             o.admitted(&self.key.name, admitted.wait);
@@ -236,16 +247,47 @@ impl<'s> CallAttempts<'s, '_> {
         })
     }
 
-    /// Provider stage: one attempt. Cancellation ends the call here; the caller's in-flight
-    /// guard, dropped with it, keeps the attempt charged (the provider may have done the work).
+    /// Provider stage: one attempt, within the attempt's deadline. Cancellation ends the call
+    /// here; the caller's in-flight guard, dropped with it, keeps the attempt charged (the
+    /// provider may have done the work). An attempt past its deadline is abandoned (its
+    /// connection dropped) and ends in a transient error the reconcile stage settles and the
+    /// retry stage retries.
+    ///
+    /// While the key still learns its limits this attempt may be the one call in flight (see
+    /// [`feedback::starts_probing`]); should it run past the deadlines' `probe` time, the key
+    /// stops waiting for it and lets the others go, so a stalled first call blocks nobody for
+    /// longer than that.
     async fn send<D: Delivery>(
-        &self,
+        &mut self,
         delivery: &D,
     ) -> Result<Result<D::Response, ModelError>, CallError> {
-        tokio::select! {
-            biased;
-            r = delivery.send(self.model, self.request.clone()) => Ok(r),
-            () = cancelled(self.ticket.cancel) => Err(CallError::Cancelled),
+        let deadlines = self.deadlines;
+        self.expired = false;
+        // A key that is configured with limits never probes: spare it the lock.
+        let mut probing = feedback::starts_probing(&self.key.quota) && self.key.lock().probing;
+        let attempt = tokio::time::timeout(
+            deadlines.attempt,
+            delivery.send(self.model, self.request.clone(), deadlines),
+        );
+        let mut attempt = std::pin::pin!(attempt);
+        let mut patience = std::pin::pin!(tokio::time::sleep(deadlines.probe));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut attempt => return Ok(match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.expired = true;
+                        tracing::debug!(attempt = self.attempt, deadline = ?deadlines.attempt, "attempt deadline passed");
+                        Err(deadlines.attempt_expired())
+                    }
+                }),
+                () = cancelled(self.ticket.cancel) => return Err(CallError::Cancelled),
+                () = &mut patience, if probing => {
+                    probing = false;
+                    stop_probing(self.key, deadlines.probe);
+                }
+            }
         }
     }
 
@@ -266,6 +308,8 @@ impl<'s> CallAttempts<'s, '_> {
                 // Grows with the attempt, so hint-less 429s back off exponentially.
                 fallback: self.scheduler.backoff(self.attempt),
             },
+            // Abandoned at its deadline: the provider may have done (and charged) the work.
+            ModelError::Transient { .. } if self.expired => Outcome::TimedOut,
             ModelError::Transient { .. } => Outcome::Transient,
             // Quota exhausted, request too large, invalid request, malformed response: the same
             // request would fail again, so it is never retried.
@@ -340,12 +384,14 @@ impl<'s> CallAttempts<'s, '_> {
         let ModelError::Transient { retry_after, .. } = &error else {
             return Ok(None);
         };
-        if !self
-            .key
-            .lock()
-            .retry_budget
-            .withdraw(Instant::now(), policy)
-        {
+        let granted = {
+            let mut inner = self.key.lock();
+            // While the breaker holds the key's calls back, a retry queues behind its probe and
+            // adds no load: the budget, which exists to cap load, is not drawn on.
+            (policy.when_open == WhenOpen::Wait && inner.breaker.is_tripped())
+                || inner.retry_budget.withdraw(Instant::now(), policy)
+        };
+        if !granted {
             tracing::debug!("retry budget spent");
             return Err(CallError::RetriesExhausted {
                 attempts: self.attempt,
@@ -360,4 +406,23 @@ impl<'s> CallAttempts<'s, '_> {
             None => Ok(Some(scheduler.backoff(self.attempt))),
         }
     }
+}
+
+/// Lets a key that is still learning its limits stop waiting for its first call: the others go
+/// ahead under the configured limits (or none), and the first call's answer still teaches the
+/// limits when it comes.
+fn stop_probing(key: &Key, after: Duration) {
+    let mut inner = key.lock();
+    let inner = &mut *inner;
+    if !inner.probing {
+        return;
+    }
+    inner.probing = false;
+    inner.limits = feedback::effective_limits(&key.quota, inner.learned, false);
+    inner.queue.notify_head();
+    tracing::info!(
+        key = &*key.name,
+        after = ?after,
+        "the key's first call is still running; the calls waiting behind it go ahead without learned limits"
+    );
 }

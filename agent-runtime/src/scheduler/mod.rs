@@ -10,7 +10,7 @@
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
 //!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
-//!   only in `attempt`;
+//!   only in `attempt`, within the attempt's [`Deadlines`] (`deadline`);
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -20,6 +20,7 @@
 mod admission;
 mod attempt;
 mod bucket;
+mod deadline;
 mod feedback;
 pub mod metrics;
 pub mod quota;
@@ -31,11 +32,12 @@ mod stream;
 #[cfg(feature = "redis")]
 pub mod redis_state;
 
+pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
-pub use retry::{CircuitState, RetryPolicy};
+pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 pub use stream::ModelStream;
 
@@ -146,6 +148,8 @@ pub struct ModelCall<'a> {
     /// [`ModelStream`] keeps: a stream reports its deltas and its end after
     /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
     pub shared_observer: Option<Arc<dyn CallObserver>>,
+    /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
+    pub deadlines: Option<Deadlines>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -157,6 +161,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("deadlines", &self.deadlines)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +189,7 @@ impl<'a> ModelCall<'a> {
             quota_key: None,
             cache: None,
             shared_observer: None,
+            deadlines: None,
         }
     }
 
@@ -230,6 +236,15 @@ impl<'a> ModelCall<'a> {
         self.shared_observer = Some(observer);
         self
     }
+
+    /// Sets the deadlines of this call's attempts, overriding the key's and the scheduler's.
+    /// Zero durations are not refused here (a call has no build step): an attempt with a zero
+    /// deadline times out at once and the call fails after its retries.
+    #[must_use]
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = Some(deadlines);
+        self
+    }
 }
 
 /// The scheduler handle. Cheap to clone; clones share all state.
@@ -269,6 +284,8 @@ struct Inner {
     backend: Backend,
     conversations: Conversations,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: HashMap<String, Deadlines>,
     cache: Option<ResponseCache>,
 }
 
@@ -302,6 +319,8 @@ pub struct QuotaSchedulerBuilder {
     poll: Duration,
     max_tracked_conversations: usize,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: Vec<(String, Deadlines)>,
     cache: Option<ResponseCache>,
 }
 
@@ -323,6 +342,8 @@ impl Default for QuotaSchedulerBuilder {
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
+            deadlines: Deadlines::DEFAULT,
+            key_deadlines: Vec::new(),
             cache: None,
         }
     }
@@ -394,8 +415,27 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
+    /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the deadlines of the attempts on quota key `key` (a provider's model id, or a label),
+    /// overriding [`deadlines`](Self::deadlines); a call's own
+    /// [`ModelCall::with_deadlines`] overrides both.
+    pub fn key_deadlines(mut self, key: impl Into<String>, deadlines: Deadlines) -> Self {
+        self.key_deadlines.push((key.into(), deadlines));
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<QuotaScheduler, QuotaConfigError> {
+        self.deadlines.validate()?;
+        for (_, deadlines) in &self.key_deadlines {
+            deadlines.validate()?;
+        }
         self.default_quota.validate_for("(default)")?;
         for (key, quota) in &self.quotas {
             quota.validate_for(key)?;
@@ -433,6 +473,8 @@ impl QuotaSchedulerBuilder {
                 backend,
                 conversations: Conversations::new(self.max_tracked_conversations),
                 max_admission_wait: self.max_admission_wait,
+                deadlines: self.deadlines,
+                key_deadlines: self.key_deadlines.into_iter().collect(),
                 cache: self.cache,
             }),
         }
@@ -480,6 +522,20 @@ impl Inner {
             };
             o.call_finished(&info, result);
         }
+    }
+
+    /// The deadlines of a call on `key`: its own, else the key's, else the scheduler's.
+    fn deadlines(&self, key: &str, call: Option<Deadlines>) -> Deadlines {
+        call.unwrap_or_else(|| {
+            // Most schedulers configure none per key: skip the hashing.
+            if self.key_deadlines.is_empty() {
+                return self.deadlines;
+            }
+            self.key_deadlines
+                .get(key)
+                .copied()
+                .unwrap_or(self.deadlines)
+        })
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -610,7 +666,8 @@ impl QuotaScheduler {
     ///
     /// Errors: [`CallError::BudgetExhausted`] before anything is queued when the budget (or an
     /// ancestor's) cannot cover the call; [`CallError::ExceedsQuota`] at once when the call can
-    /// never fit a bucket; [`CallError::CircuitOpen`] while the key's breaker is open;
+    /// never fit a bucket; [`CallError::CircuitOpen`] when the key's breaker stays open beyond the
+    /// call's admission wait (or at once with [`WhenOpen::FailFast`]);
     /// [`CallError::Model`] for provider errors that are never retried (quota exhausted, request
     /// too large, invalid request) and for waits beyond `max_admission_wait`;
     /// [`CallError::RetriesExhausted`] when attempts or the retry budget run out;
@@ -646,20 +703,8 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
-        );
-        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
-        // `log` feature is on in the dependency graph): leave it out when it is disabled.
-        if span.is_disabled() {
-            Either::Left(self.run(call, key))
-        } else {
-            Either::Right(self.run(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.run(call, key))
     }
 
     async fn run<K: std::borrow::Borrow<Arc<Key>>>(
@@ -668,6 +713,23 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<Completion, CallError> {
         let key = key.borrow();
+        let call = self.prepare(call, key);
+        let mut record = CallRecord::default();
+        let result = call.attempts(&self.inner, key, &mut record).run().await;
+        self.inner.finish_call(
+            key,
+            call.model.id(),
+            call.conversation,
+            &mut record,
+            call.observer(),
+            result.as_ref(),
+        );
+        result
+    }
+
+    /// Unpacks a call for the attempt loop: its estimate (prompt, quota cost, budget charge)
+    /// and its deadlines on `key`.
+    fn prepare<'c>(&self, call: ModelCall<'c>, key: &Key) -> Prepared<'c> {
         let ModelCall {
             model,
             request,
@@ -678,52 +740,10 @@ impl QuotaScheduler {
             observer,
             cache,
             shared_observer,
+            deadlines,
             ..
         } = call;
-        let observer = observer.or(shared_observer.as_deref());
-        let estimate = self.estimate(model, &request, key, budget);
-        let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
-            model,
-            request: &request,
-            key,
-            budget,
-            charge: estimate.charge,
-            ticket: Ticket {
-                cost: estimate.cost,
-                conversation,
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer,
-            record: &mut record,
-            attempt: 0,
-            cache: cache.or(self.inner.cache.as_ref()),
-        }
-        .run()
-        .await;
-        self.inner.finish_call(
-            key,
-            model.id(),
-            conversation,
-            &mut record,
-            observer,
-            result.as_ref(),
-        );
-        result
-    }
-
-    /// What a call reserves: its prompt estimate, its quota cost and its budget charge.
-    fn estimate(
-        &self,
-        model: &dyn ChatModel,
-        request: &ChatRequest,
-        key: &Key,
-        budget: &Budget,
-    ) -> Estimate {
-        let prompt = self.inner.estimator.prompt_tokens(request);
+        let prompt = self.inner.estimator.prompt_tokens(&request);
         let completion_cap = u64::from(
             request
                 .max_completion_tokens
@@ -738,7 +758,17 @@ impl QuotaScheduler {
             tokens: cost.tokens,
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
-        Estimate {
+        Prepared {
+            deadlines: self.inner.deadlines(&key.name, deadlines),
+            model,
+            request,
+            conversation,
+            budget,
+            priority,
+            cancel,
+            observer,
+            shared_observer,
+            cache,
             prompt,
             cost,
             charge,
@@ -746,13 +776,89 @@ impl QuotaScheduler {
     }
 }
 
-/// What a call reserves before its first attempt.
-#[derive(Debug, Clone, Copy)]
-struct Estimate {
+/// The span a call's pipeline runs in.
+fn admission_span(call: &ModelCall<'_>, key: &Key) -> tracing::Span {
+    tracing::debug_span!(
+        "admission",
+        conversation = call.conversation,
+        agent = call.agent,
+        key = &*key.name,
+        kind = ?call.kind,
+    )
+}
+
+/// `pipeline` in `span`, or alone when the span is disabled: a span nobody records still costs a
+/// `log` check on every poll and on drop (tracing's `log` feature is on in the dependency graph).
+fn traced<F: Future>(
+    span: tracing::Span,
+    pipeline: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(pipeline)
+    } else {
+        Either::Right(pipeline.instrument(span))
+    }
+}
+
+/// A call unpacked for the attempt loop (what [`QuotaScheduler::call`] and
+/// [`QuotaScheduler::call_stream`] share).
+struct Prepared<'c> {
+    model: &'c dyn ChatModel,
+    request: ChatRequest,
+    conversation: &'c str,
+    budget: &'c Budget,
+    priority: u8,
+    cancel: Option<&'c CancellationToken>,
+    observer: Option<&'c dyn CallObserver>,
+    shared_observer: Option<Arc<dyn CallObserver>>,
+    /// The call's own response cache (over the scheduler's).
+    cache: Option<&'c ResponseCache>,
+    deadlines: Deadlines,
     /// Estimated prompt tokens.
     prompt: u64,
     /// Quota taken at admission.
     cost: Cost,
     /// Budget reserved per attempt.
     charge: Charge,
+}
+
+impl<'c> Prepared<'c> {
+    /// The observer of queueing and admission: the borrowed one, else the shared one.
+    fn observer(&self) -> Option<&dyn CallObserver> {
+        self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// The attempt loop's state for this call on `key`, recording into `record`.
+    fn attempts<'a, 's>(
+        &'a self,
+        scheduler: &'s Inner,
+        key: &'s Arc<Key>,
+        record: &'a mut CallRecord,
+    ) -> CallAttempts<'s, 'a>
+    where
+        'c: 'a,
+        's: 'a,
+    {
+        CallAttempts {
+            scheduler,
+            model: self.model,
+            request: &self.request,
+            key,
+            budget: self.budget,
+            charge: self.charge,
+            ticket: Ticket {
+                cost: self.cost,
+                conversation: self.conversation,
+                priority: self.priority,
+                retry: false,
+                cancel: self.cancel,
+            },
+            observer: self.observer(),
+            record,
+            attempt: 0,
+            deadlines: self.deadlines,
+            expired: false,
+            cache: self.cache.or(scheduler.cache.as_ref()),
+        }
+    }
 }

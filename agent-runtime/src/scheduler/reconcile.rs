@@ -27,6 +27,9 @@ pub(super) enum Outcome<'r> {
         fallback: Duration,
     },
     Transient,
+    /// Abandoned at its deadline: a transient failure whose reservation stays charged (the
+    /// provider may have done the work).
+    TimedOut,
     Rejected,
     /// A stream the provider reported no usage for: `tokens` is the prompt's estimate plus the
     /// estimate of what arrived.
@@ -79,6 +82,7 @@ impl InFlight<'_> {
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
             Outcome::Streamed { tokens, .. } => *tokens,
+            Outcome::TimedOut => self.cost.tokens,
             // The provider rejected the attempt before generating: no tokens were used.
             _ => 0,
         };
@@ -118,8 +122,9 @@ impl InFlight<'_> {
                     inner.breaker.success();
                     *reading
                 }
-                Outcome::Transient => {
+                Outcome::Transient | Outcome::TimedOut => {
                     inner.stats.transient_errors += 1;
+                    inner.stats.timeouts += u64::from(matches!(outcome, Outcome::TimedOut));
                     inner.breaker.failure(now, &scheduler.retry);
                     None
                 }
@@ -145,6 +150,7 @@ impl InFlight<'_> {
             let failed = matches!(
                 outcome,
                 Outcome::Transient
+                    | Outcome::TimedOut
                     | Outcome::Streamed {
                         end: StreamEnd::Cut,
                         ..

@@ -23,16 +23,17 @@ use agent_core::{
     Budget, CallError, ChatModel, ChatRequest, Completion, CompletionStream, Message, ModelError,
     StreamEvent, Usage,
 };
-use futures::future::Either;
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tracing::Instrument;
 
-use super::admission::{Key, Ticket};
-use super::attempt::{Cached, CallAttempts, Delivery, charge_usage};
+use super::admission::Key;
+use super::attempt::Cached;
+use super::attempt::{Delivery, charge_usage};
+use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
-use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler};
+use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced};
 use crate::cache::{Hit, Pending};
 
 /// The provider stage of [`QuotaScheduler::call_stream`]: the provider's stream, once its first
@@ -49,13 +50,20 @@ pub(super) struct Opened {
 impl Delivery for Streamed {
     type Response = Opened;
 
+    // Not an `async fn`: that future would borrow the stage too, which the trait does not allow.
+    #[allow(clippy::manual_async_fn)]
     fn send<'m>(
         &self,
         model: &'m dyn ChatModel,
         request: ChatRequest,
+        deadlines: Deadlines,
     ) -> impl Future<Output = Result<Opened, ModelError>> + Send + 'm {
         async move {
-            let mut rest = model.stream(request).await?;
+            let started = Instant::now();
+            let rest = model.stream(request).await?;
+            // The attempt deadline counts from before the request; the idle one between events
+            // (the first included), for the whole stream, after this returns too.
+            let mut rest = deadlines.bound_stream(rest, started);
             match rest.next().await {
                 Some(Ok(first)) => Ok(Opened { first, rest }),
                 Some(Err(error)) => Err(error),
@@ -128,19 +136,8 @@ impl QuotaScheduler {
         call: ModelCall<'a>,
         key: K,
     ) -> impl Future<Output = Result<ModelStream, CallError>> + Send + 'a {
-        let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
-            stream = true,
-        );
-        if span.is_disabled() {
-            Either::Left(self.open_stream(call, key))
-        } else {
-            Either::Right(self.open_stream(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.open_stream(call, key))
     }
 
     async fn open_stream<K: Borrow<Arc<Key>>>(
@@ -149,74 +146,47 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<ModelStream, CallError> {
         let key = key.borrow();
-        let ModelCall {
-            model,
-            request,
-            conversation,
-            budget,
-            priority,
-            cancel,
-            observer,
-            shared_observer,
-            cache,
-            ..
-        } = call;
-        let any_observer = observer.or(shared_observer.as_deref());
-        let estimate = self.estimate(model, &request, key, budget);
+        let mut call = self.prepare(call, key);
         let mut record = CallRecord::default();
-        let mut attempts = CallAttempts {
-            scheduler: &self.inner,
-            model,
-            request: &request,
-            key,
-            budget,
-            charge: estimate.charge,
-            ticket: Ticket {
-                cost: estimate.cost,
-                conversation,
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer: any_observer,
-            record: &mut record,
-            attempt: 0,
-            cache: cache.or(self.inner.cache.as_ref()),
-        };
-        let pending = match attempts.lookup().await {
+        // The cache stage first: a hit is replayed; nothing is reserved for it.
+        let looked = call.attempts(&self.inner, key, &mut record).lookup().await;
+        let pending = match looked {
             Ok(Cached::Hit(hit)) => {
                 return Ok(ModelStream::replay(
                     self.inner.clone(),
                     key.clone(),
                     hit,
-                    model.id(),
-                    conversation,
-                    shared_observer,
+                    call.model.id(),
+                    call.conversation,
+                    call.shared_observer.take(),
                 ));
             }
             Ok(Cached::Miss(pending)) => pending,
             Err(error) => {
                 self.inner.finish_call(
                     key,
-                    model.id(),
-                    conversation,
+                    call.model.id(),
+                    call.conversation,
                     &mut record,
-                    any_observer,
+                    call.observer(),
                     Err(&error),
                 );
                 return Err(error);
             }
         };
-        let result = attempts.attempts(&Streamed).await;
+        let result = call
+            .attempts(&self.inner, key, &mut record)
+            .attempts(&Streamed)
+            .await;
         let (in_flight, opened) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
                     key,
-                    model.id(),
-                    conversation,
+                    call.model.id(),
+                    call.conversation,
                     &mut record,
-                    any_observer,
+                    call.observer(),
                     Err(&error),
                 );
                 return Err(error);
@@ -229,13 +199,13 @@ impl QuotaScheduler {
                 first: Some(opened.first),
                 rest: opened.rest,
                 parked: in_flight.park(),
-                budget: budget.clone(),
-                model: Arc::from(model.id()),
-                conversation: Arc::from(conversation),
-                observer: shared_observer,
-                cancel: cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
+                budget: call.budget.clone(),
+                model: Arc::from(call.model.id()),
+                conversation: Arc::from(call.conversation),
+                observer: call.shared_observer.take(),
+                cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
                 record,
-                prompt: estimate.prompt,
+                prompt: call.prompt,
                 received: String::new(),
                 deltas: Vec::new(),
                 pending,
@@ -258,6 +228,8 @@ pub struct ModelStream {
     state: State,
 }
 
+// The last event is held once, for one poll; boxing it would cost an allocation per stream.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Open(Box<Open>),
     /// A cache hit being replayed.
@@ -302,6 +274,8 @@ struct Replay {
 }
 
 /// Why a stream is being reconciled.
+// Lives on the stack for one call.
+#[allow(clippy::large_enum_variant)]
 enum End {
     Completed(Completion),
     Failed(ModelError),
@@ -523,90 +497,64 @@ fn settle(
         received,
         ..
     } = open;
-    let in_flight = parked.resume(scheduler, key);
-    let (last, remote) = match end {
-        End::Completed(completion) => {
-            let reading = completion.rate_limits.as_ref();
-            let (outcome, usage, reported) = match completion.usage {
-                Some(usage) => (
-                    Outcome::Completed {
-                        usage: Some(usage),
-                        reading,
-                    },
-                    usage,
-                    true,
-                ),
-                None => {
-                    let completion_tokens = scheduler.estimator.message_tokens(&completion.message);
-                    let usage = Usage::new(prompt, completion_tokens);
-                    let outcome = Outcome::Streamed {
-                        tokens: usage.total(),
-                        reading,
-                        end: StreamEnd::Completed,
-                    };
-                    (outcome, usage, false)
-                }
-            };
-            let (reservation, _, remote) = in_flight.finish(outcome);
-            if let Some(r) = reservation {
-                charge_usage(r, &budget, &model, usage, reported, &mut record);
+    // The estimate of what the provider generated, when it does not say.
+    let counted =
+        |message: &Message| Usage::new(prompt, scheduler.estimator.message_tokens(message));
+    let (result, usage, reported, stream_end) = match end {
+        End::Completed(completion) => match completion.usage {
+            Some(usage) => (Ok(completion), usage, true, StreamEnd::Completed),
+            None => {
+                let usage = counted(&completion.message);
+                (Ok(completion), usage, false, StreamEnd::Completed)
             }
-            tracing::debug!(
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                reported,
-                "stream completed"
-            );
-            scheduler.finish_call(
-                key,
-                &model,
-                &conversation,
-                &mut record,
-                observer.as_deref(),
-                Ok(&completion),
-            );
-            (Ok(StreamEvent::Completed(completion)), remote)
-        }
-        End::Failed(_) | End::Cancelled | End::Dropped => {
-            let completion_tokens = if received.is_empty() {
-                0
+        },
+        end => {
+            let usage = if received.is_empty() {
+                Usage::new(prompt, 0)
             } else {
-                scheduler
-                    .estimator
-                    .message_tokens(&Message::assistant(&*model, received))
+                counted(&Message::assistant(&*model, received))
             };
-            let usage = Usage::new(prompt, completion_tokens);
-            let (stream_end, error) = match end {
+            let (error, stream_end) = match end {
                 End::Failed(error) if error.is_retryable() => {
-                    (StreamEnd::Cut, CallError::Model(error))
+                    (CallError::Model(error), StreamEnd::Cut)
                 }
-                End::Failed(error) => (StreamEnd::Abandoned, CallError::Model(error)),
-                _ => (StreamEnd::Abandoned, CallError::Cancelled),
+                End::Failed(error) => (CallError::Model(error), StreamEnd::Abandoned),
+                _ => (CallError::Cancelled, StreamEnd::Abandoned),
             };
-            let (reservation, _, remote) = in_flight.finish(Outcome::Streamed {
-                tokens: usage.total(),
-                reading: None,
-                end: stream_end,
-            });
-            if let Some(r) = reservation {
-                charge_usage(r, &budget, &model, usage, false, &mut record);
-            }
-            tracing::debug!(
-                prompt_tokens = usage.prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                ?stream_end,
-                "stream ended early"
-            );
-            scheduler.finish_call(
-                key,
-                &model,
-                &conversation,
-                &mut record,
-                observer.as_deref(),
-                Err(&error),
-            );
-            (Err(error), remote)
+            (Err(error), usage, false, stream_end)
         }
     };
-    (Some(last), remote)
+    let reading = result.as_ref().ok().and_then(|c| c.rate_limits.as_ref());
+    let outcome = if reported {
+        Outcome::Completed {
+            usage: Some(usage),
+            reading,
+        }
+    } else {
+        Outcome::Streamed {
+            tokens: usage.total(),
+            reading,
+            end: stream_end,
+        }
+    };
+    let (reservation, _, remote) = parked.resume(scheduler, key).finish(outcome);
+    if let Some(r) = reservation {
+        charge_usage(r, &budget, &model, usage, reported, &mut record);
+    }
+    tracing::debug!(
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        reported,
+        ?stream_end,
+        "stream ended"
+    );
+    scheduler.finish_call(
+        key,
+        &model,
+        &conversation,
+        &mut record,
+        observer.as_deref(),
+        result.as_ref(),
+    );
+    (Some(result.map(StreamEvent::Completed)), remote)
 }
