@@ -13,7 +13,7 @@
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let model = ScriptedModel::new("test/m").text("Hello!");
-//! let agent = LlmAgent::builder("greeter", model).build()?;
+//! let agent = LlmAgent::builder("greeter", std::sync::Arc::new(model)).build()?;
 //! let mut chat = GroupChat::builder()
 //!     .participant(agent)
 //!     .max_turns(1)

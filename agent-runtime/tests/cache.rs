@@ -2,6 +2,8 @@
 //! provider and reproduces every transcript; caches per chat and per agent; the Redis store, and
 //! a Redis that is down.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -217,7 +219,7 @@ async fn the_redis_store_shares_entries_and_a_redis_that_is_down_is_a_miss() {
                 .unwrap()
                 .with_prefix(prefix.clone()),
         )
-        .mode(CacheMode::On)
+        .mode(agent_runtime::cache::CacheMode::On)
         .max_age(Duration::from_secs(300))
         .build()
         .unwrap()

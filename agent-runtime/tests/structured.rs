@@ -2,6 +2,8 @@
 //! in-process simulator, and over HTTP from the mock server through the OpenAI provider (the
 //! request carries the JSON schema, the mock answers with JSON that fits it).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests fail loudly
+
 use std::sync::Arc;
 
 use agent_core::{ChatModel, Content, LlmAgent, Message, TurnContext};

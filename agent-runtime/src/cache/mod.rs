@@ -255,8 +255,9 @@ impl Hit {
 
 /// What the lookup stage found.
 pub(crate) enum Lookup {
-    /// Answered without the provider.
-    Hit(Hit),
+    /// Answered without the provider (boxed: it is large, and the pipeline's future holds the
+    /// lookup's result on every call).
+    Hit(Box<Hit>),
     /// Not answered: run the pipeline, then hand the result to [`Pending::remember`].
     Miss(Pending),
 }
@@ -379,7 +380,7 @@ impl ResponseCache {
                         // Nothing to wait for: followers that joined meanwhile take it too.
                         guard.land(Some(Arc::new(hit.clone())));
                         bump(&self.inner.counters.hits);
-                        return Ok(Lookup::Hit(hit));
+                        return Ok(Lookup::Hit(Box::new(hit)));
                     }
                     return miss(Some(guard));
                 }
@@ -394,7 +395,7 @@ impl ResponseCache {
                     };
                     if let Some(hit) = landed {
                         bump(&self.inner.counters.coalesced);
-                        return Ok(Lookup::Hit((*hit).clone()));
+                        return Ok(Lookup::Hit(Box::new((*hit).clone())));
                     }
                     // The leader failed: try again (one of the waiting calls leads now).
                 }

@@ -37,7 +37,7 @@ pub(super) enum Next {
 
 /// What the cache stage found.
 pub(super) enum Cached {
-    Hit(Hit),
+    Hit(Box<Hit>),
     /// Not in the cache (`None`: no cache in force).
     Miss(Option<Pending>),
 }

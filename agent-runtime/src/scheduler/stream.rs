@@ -311,12 +311,12 @@ impl ModelStream {
     fn replay(
         scheduler: Arc<Inner>,
         key: Arc<Key>,
-        hit: Hit,
+        hit: Box<Hit>,
         model: &str,
         conversation: &str,
         observer: Option<Arc<dyn CallObserver>>,
     ) -> Self {
-        let Hit { completion, deltas } = hit;
+        let Hit { completion, deltas } = *hit;
         let deltas = if deltas.is_empty() {
             completion
                 .message

@@ -114,7 +114,7 @@ fn value_for(schema: &Value, root: &Value, seed: usize, depth: u32) -> Value {
                 .unwrap_or(f64::MAX);
             json!((min + (seed % 100) as f64 / 2.0).min(max))
         }
-        "boolean" => Value::Bool(seed % 2 == 0),
+        "boolean" => Value::Bool(seed.is_multiple_of(2)),
         "null" => Value::Null,
         _ => {
             let mut text = WORDS[seed % WORDS.len()].to_owned();
