@@ -258,19 +258,8 @@ impl ResponseFormat {
         schema.remove("$schema");
         let mut value = schema.to_value();
         let strict = close_objects(&mut value);
-        let name: String = T::schema_name()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
-            .collect();
         ResponseFormat::JsonSchema {
-            name: name.into(),
+            name: api_name(&T::schema_name()).into(),
             description: None,
             schema: Arc::new(value),
             strict,
@@ -292,6 +281,26 @@ impl ResponseFormat {
             _ => None,
         }
     }
+}
+
+/// `text` as a name chat-completion APIs accept (`^[a-zA-Z0-9_-]{1,64}$`, OpenAI's rule for
+/// speaker names and schema names): other characters become `_`, and it is cut to 64. Empty when
+/// `text` is.
+///
+/// ```
+/// assert_eq!(agent_core::model::api_name("Vec<my::Plan>"), "Vec_my__Plan_");
+/// ```
+pub fn api_name(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
 }
 
 /// Sets `additionalProperties: false` on every object schema that does not say otherwise, and

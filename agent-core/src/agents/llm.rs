@@ -907,22 +907,21 @@ mod tests {
         // Every attempt was a call through the context, charged to the budget.
         assert_eq!(ctx.budget().used().calls, 3);
         let requests = model.requests();
-        let second = requests[1]
-            .messages
-            .last()
-            .unwrap()
-            .text()
-            .unwrap()
-            .to_owned();
-        assert!(second.contains("not valid JSON"), "{second}");
-        let third = requests[2]
-            .messages
-            .last()
-            .unwrap()
-            .text()
-            .unwrap()
-            .to_owned();
-        assert!(third.contains("invalid type"), "{third}");
+        let correction = |i: usize| {
+            requests[i]
+                .messages
+                .last()
+                .unwrap()
+                .text()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            correction(1).contains("not valid JSON"),
+            "{}",
+            correction(1)
+        );
+        assert!(correction(2).contains("invalid type"), "{}", correction(2));
         assert!(requests.iter().all(|r| r.response_format.is_some()));
 
         // With one correction allowed, two bad replies fail with a typed error.

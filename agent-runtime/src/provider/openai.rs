@@ -614,17 +614,7 @@ fn finish_reason(reason: Option<WireFinish>) -> FinishReason {
 
 /// OpenAI's `name` must match `^[a-zA-Z0-9_-]{1,64}$`.
 fn wire_name(source: Option<&str>) -> Option<String> {
-    let name: String = source?
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
+    let name = agent_core::model::api_name(source?);
     (!name.is_empty()).then_some(name)
 }
 

@@ -148,9 +148,9 @@ impl QuotaScheduler {
         let key = key.borrow();
         let mut call = self.prepare(call, key);
         let mut record = CallRecord::default();
-        // The cache stage first: a hit is replayed; nothing is reserved for it.
+        // The cache stage first: a hit is replayed, with nothing reserved for it.
         let looked = call.attempts(&self.inner, key, &mut record).lookup().await;
-        let pending = match looked {
+        let result = match looked {
             Ok(Cached::Hit(hit)) => {
                 return Ok(ModelStream::replay(
                     self.inner.clone(),
@@ -161,24 +161,14 @@ impl QuotaScheduler {
                     call.shared_observer.take(),
                 ));
             }
-            Ok(Cached::Miss(pending)) => pending,
-            Err(error) => {
-                self.inner.finish_call(
-                    key,
-                    call.model.id(),
-                    call.conversation,
-                    &mut record,
-                    call.observer(),
-                    Err(&error),
-                );
-                return Err(error);
-            }
+            Ok(Cached::Miss(pending)) => call
+                .attempts(&self.inner, key, &mut record)
+                .attempts(&Streamed)
+                .await
+                .map(|opened| (opened, pending)),
+            Err(error) => Err(error),
         };
-        let result = call
-            .attempts(&self.inner, key, &mut record)
-            .attempts(&Streamed)
-            .await;
-        let (in_flight, opened) = match result {
+        let ((in_flight, opened), pending) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
