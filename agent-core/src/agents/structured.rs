@@ -7,7 +7,8 @@ use std::sync::Arc;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::agent::AgentReply;
+use super::LlmAgent;
+use crate::agent::{Agent, AgentError, AgentReply, TurnContext};
 use crate::message::{Content, Message};
 use crate::model::ResponseFormat;
 
@@ -108,6 +109,97 @@ impl OutputSpec {
             attempts,
             last,
         }
+    }
+}
+
+impl LlmAgent {
+    /// A final reply made to fit the response format: sent back with its problem until it fits
+    /// or the corrections run out. A reply with no format passes as is.
+    pub(super) async fn conformed(
+        &self,
+        ctx: &dyn TurnContext,
+        messages: &mut Vec<Message>,
+        mut message: Message,
+    ) -> Result<Message, AgentError> {
+        let Some(spec) = &self.output else {
+            return Ok(message);
+        };
+        let mut attempts = 1;
+        loop {
+            match spec.conform(&message) {
+                Ok(content) => {
+                    if let Some(content) = content {
+                        message.content = content;
+                    }
+                    return Ok(message);
+                }
+                Err(problem) if attempts > spec.max_retries => {
+                    return Err(AgentError::failed(
+                        format!("agent '{}'", self.name),
+                        spec.exhausted(attempts, problem),
+                    ));
+                }
+                Err(problem) => {
+                    tracing::debug!(agent = %self.name, attempts, %problem, "reply sent back for correction");
+                    messages.push(message);
+                    messages.push(spec.correction(&problem));
+                    message = self.call(ctx, messages).await?;
+                    attempts += 1;
+                }
+            }
+        }
+    }
+
+    /// [`reply`](Agent::reply), with the final message decoded as `T` (the agent is normally
+    /// built with [`output::<T>()`](LlmAgentBuilder::output)).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use agent_core::{testing::TestContext, LlmAgent, Message, ScriptedModel};
+    ///
+    /// #[derive(Debug, PartialEq, serde::Deserialize, schemars::JsonSchema)]
+    /// struct Verdict { approved: bool, reason: String }
+    ///
+    /// let model = ScriptedModel::new("test/model")
+    ///     .text("looks fine to me")                           // not JSON: sent back
+    ///     .text(r#"{"approved": true, "reason": "tests pass"}"#);
+    /// let reviewer = LlmAgent::builder("reviewer", Arc::new(model.clone()))
+    ///     .output::<Verdict>()
+    ///     .build()
+    ///     .unwrap();
+    /// let ctx = TestContext::new();
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let typed = reviewer.reply_as::<Verdict>(&[Message::user("review #42")], &ctx).await.unwrap();
+    /// assert_eq!(typed.value, Verdict { approved: true, reason: "tests pass".into() });
+    /// // Both calls went through the context and were charged.
+    /// assert_eq!(ctx.budget().used().calls, 2);
+    /// assert!(model.requests()[0].response_format.is_some());
+    /// # });
+    /// ```
+    pub async fn reply_as<T: serde::de::DeserializeOwned>(
+        &self,
+        history: &[Message],
+        ctx: &dyn TurnContext,
+    ) -> Result<TypedReply<T>, AgentError> {
+        let reply = self.reply(history, ctx).await?;
+        let last = reply
+            .last()
+            .ok_or_else(|| AgentError::Other(format!("agent '{}' said nothing", self.name)))?;
+        let decoded = match last.value_as::<T>() {
+            Some(decoded) => decoded,
+            // A text reply from an agent without a format: decode its text.
+            None => serde_json::from_str(last.text().unwrap_or_default()),
+        };
+        let value = decoded.map_err(|e| {
+            AgentError::failed(
+                format!(
+                    "agent '{}': the final message does not decode as the requested type",
+                    self.name
+                ),
+                e,
+            )
+        })?;
+        Ok(TypedReply { value, reply })
     }
 }
 
