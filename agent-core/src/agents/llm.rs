@@ -892,4 +892,38 @@ mod tests {
             }
         );
     }
+
+    #[tokio::test]
+    async fn a_streaming_agent_replies_as_a_calling_one_and_charges_alike() {
+        let model = || {
+            ScriptedModel::new("test/m")
+                .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a":1,"b":2}"#)])
+                .text("3")
+        };
+        let tools = ToolRegistry::new()
+            .with(TypedTool::new("add", "Adds.", |x: Add| async move {
+                Ok(x.a + x.b)
+            }))
+            .unwrap();
+        let build = |stream| {
+            LlmAgent::builder("math", Arc::new(model()))
+                .tools(tools.clone())
+                .stream(stream)
+                .build()
+                .unwrap()
+        };
+        let (called, streamed) = (TestContext::new(), TestContext::new());
+        let whole = build(false)
+            .reply(&[Message::user("1+2?")], &called)
+            .await
+            .unwrap();
+        let parts = build(true)
+            .reply(&[Message::user("1+2?")], &streamed)
+            .await
+            .unwrap();
+        assert_eq!(whole, parts);
+        assert_eq!(parts.last().unwrap().text(), Some("3"));
+        assert_eq!(called.budget().used(), streamed.budget().used());
+        assert_eq!(streamed.calls().len(), 2);
+    }
 }

@@ -720,11 +720,25 @@ impl GroupChat {
             .session
             .finish(outcome, &self.thread.messages, run_start, started)
             .await;
-        tracing::debug!(
-            conversation = %self.session.conversation,
-            stop = ?result.as_ref().map(|r| &r.stop_reason),
-            "chat run finished"
-        );
+        match &result {
+            Ok(r) => tracing::info!(
+                chat = %self.session.name,
+                conversation = %self.session.conversation,
+                stop = %r.stop_reason,
+                messages = r.messages.len(),
+                calls = r.usage.total.calls,
+                tokens = r.usage.total.total_tokens(),
+                cost_usd = r.cost_usd(),
+                wall_ms = u64::try_from(r.wall_time.as_millis()).unwrap_or(u64::MAX),
+                "chat stopped"
+            ),
+            Err(e) => tracing::info!(
+                chat = %self.session.name,
+                conversation = %self.session.conversation,
+                error = %e,
+                "chat failed"
+            ),
+        }
         result
     }
 
