@@ -155,7 +155,7 @@ impl LlmAgent {
     ///
     /// ```
     /// use std::sync::Arc;
-    /// use agent_core::{testing::TestContext, LlmAgent, Message, ScriptedModel};
+    /// use agent_core::{testing::TestContext, LlmAgent, Message, ScriptedModel, TurnContext};
     ///
     /// #[derive(Debug, PartialEq, serde::Deserialize, schemars::JsonSchema)]
     /// struct Verdict { approved: bool, reason: String }
