@@ -145,8 +145,10 @@ impl QuotaScheduler {
         let result = call
             .attempts(&self.inner, key, &mut record)
             .attempts(&Streamed)
-            .await;
-        let (in_flight, opened) = match result {
+            .await
+            // Parked at once: the guard no longer borrows the call's state.
+            .map(|(in_flight, opened)| (in_flight.park(), opened));
+        let (parked, opened) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
@@ -166,10 +168,11 @@ impl QuotaScheduler {
             state: State::Open(Box::new(Open {
                 first: Some(opened.first),
                 rest: opened.rest,
-                parked: in_flight.park(),
+                parked,
                 budget: call.budget.clone(),
                 model: Arc::from(call.model.id()),
                 conversation: Arc::from(call.conversation),
+                client: Arc::from(call.client()),
                 observer: call.shared_observer.take(),
                 cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
                 record,
@@ -215,6 +218,8 @@ struct Open {
     budget: Budget,
     model: Arc<str>,
     conversation: Arc<str>,
+    /// Whose share the call took in the queue (its tenant, or its conversation).
+    client: Arc<str>,
     observer: Option<Arc<dyn CallObserver>>,
     cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     record: CallRecord,
@@ -359,6 +364,7 @@ fn settle(
         budget,
         model,
         conversation,
+        client,
         observer,
         mut record,
         prompt,
@@ -400,12 +406,12 @@ fn settle(
         }
     } else {
         Outcome::Streamed {
-            tokens: usage.total(),
+            usage,
             reading,
             end: stream_end,
         }
     };
-    let (reservation, _, remote) = parked.resume(scheduler, key).finish(outcome);
+    let (reservation, _, remote) = parked.resume(scheduler, key, &client).finish(outcome);
     if let Some(r) = reservation {
         charge_usage(r, &budget, &model, usage, reported, &mut record);
     }
