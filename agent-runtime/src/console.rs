@@ -6,14 +6,16 @@
 //! the examples use:
 //!
 //! ```
+//! use std::sync::Arc;
+//!
 //! use agent_core::{LlmAgent, ScriptedModel};
 //! use agent_runtime::chat::GroupChat;
 //! use agent_runtime::console::ConsolePrinter;
 //! use agent_runtime::QuotaScheduler;
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-//! let model = ScriptedModel::new("test/m").text("Hello!");
-//! let agent = LlmAgent::builder("greeter", std::sync::Arc::new(model)).build()?;
+//! let model = Arc::new(ScriptedModel::new("test/m").text("Hello!"));
+//! let agent = LlmAgent::builder("greeter", model).build()?;
 //! let mut chat = GroupChat::builder()
 //!     .participant(agent)
 //!     .max_turns(1)

@@ -131,7 +131,7 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) cache: Option<&'c ResponseCache>,
 }
 
-impl<'s> CallAttempts<'s, '_> {
+impl<'s, 'c> CallAttempts<'s, 'c> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
         // The cache first: a hit spends no budget, no quota and no provider call.
@@ -172,7 +172,7 @@ impl<'s> CallAttempts<'s, '_> {
     pub(super) async fn attempts<D: Delivery>(
         &mut self,
         delivery: &D,
-    ) -> Result<(InFlight<'s>, D::Response), CallError> {
+    ) -> Result<(InFlight<'s, 'c>, D::Response), CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
         let mut reservation = self.reserve()?;
         if let Some(o) = self.observer {
@@ -212,7 +212,7 @@ impl<'s> CallAttempts<'s, '_> {
     /// Admission stage: waits for the key's quota in the fair queue. The returned guard holds
     /// the quota (and the budget reservation) until the reconcile stage settles it; dropped
     /// before that, it keeps everything charged and frees the in-flight slot.
-    async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s>, CallError> {
+    async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s, 'c>, CallError> {
         let scheduler = self.scheduler;
         self.attempt += 1;
         let admitted = self
@@ -241,6 +241,7 @@ impl<'s> CallAttempts<'s, '_> {
             scheduler,
             key: self.key,
             cost: self.ticket.cost,
+            ticket: self.ticket,
             admitted,
             reservation: Some(reservation),
             done: false,
@@ -294,7 +295,7 @@ impl<'s> CallAttempts<'s, '_> {
     /// Reconcile stage for a failed attempt: settles quota and budget to the failure and decides
     /// whether the call may be retried. (A successful attempt is reconciled by its caller:
     /// [`completed`](Self::completed), or the stream when it ends.)
-    async fn reconcile(&mut self, in_flight: InFlight<'s>, error: ModelError) -> Next {
+    async fn reconcile(&mut self, in_flight: InFlight<'s, 'c>, error: ModelError) -> Next {
         let outcome = match &error {
             ModelError::RateLimited {
                 kind,
@@ -340,7 +341,11 @@ impl<'s> CallAttempts<'s, '_> {
     /// The reconcile stage for a completed attempt: the budget is settled to the reported usage
     /// before anything is awaited, so a caller dropping the future during a shared backend's
     /// settle cannot refund a call that was made.
-    async fn completed(&mut self, in_flight: InFlight<'s>, completion: Completion) -> Completion {
+    async fn completed(
+        &mut self,
+        in_flight: InFlight<'s, 'c>,
+        completion: Completion,
+    ) -> Completion {
         let usage = completion.usage;
         let outcome = Outcome::Completed {
             usage,

@@ -6,7 +6,8 @@
 //!
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
 //! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
-//! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
+//! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
+//!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
 //!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
@@ -23,6 +24,7 @@ mod bucket;
 mod deadline;
 mod feedback;
 pub mod metrics;
+mod queue;
 pub mod quota;
 mod reconcile;
 pub mod retry;
@@ -36,6 +38,7 @@ pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
+pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
 pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
@@ -43,6 +46,7 @@ pub use stream::ModelStream;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -61,6 +65,7 @@ use crate::cache::ResponseCache;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
+use queue::Demand;
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
@@ -128,7 +133,8 @@ pub struct ModelCall<'a> {
     pub request: ChatRequest,
     /// Why the call is made.
     pub kind: CallKind,
-    /// The conversation it is charged to (fair queueing is per conversation).
+    /// The conversation it is charged to (its place in the admission queue, unless a tenant is
+    /// set with [`with_tenant`](Self::with_tenant)).
     pub conversation: &'a str,
     /// The agent making it.
     pub agent: &'a str,
@@ -150,6 +156,9 @@ pub struct ModelCall<'a> {
     pub shared_observer: Option<Arc<dyn CallObserver>>,
     /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
     pub deadlines: Option<Deadlines>,
+    /// The tenant whose share of the key the call takes in the admission queue, instead of its
+    /// conversation's, and the tenant's weight (see [`with_tenant`](Self::with_tenant)).
+    pub tenant: Option<(&'a str, NonZeroU32)>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -162,6 +171,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
             .field("deadlines", &self.deadlines)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -190,6 +200,7 @@ impl<'a> ModelCall<'a> {
             cache: None,
             shared_observer: None,
             deadlines: None,
+            tenant: None,
         }
     }
 
@@ -198,6 +209,31 @@ impl<'a> ModelCall<'a> {
     #[must_use]
     pub fn with_cache(mut self, cache: &'a ResponseCache) -> Self {
         self.cache = Some(cache);
+        self
+    }
+
+    /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
+    /// place in the key's queue, whatever its conversation. Under
+    /// [`QueuePolicy::TokenFair`] a waiting tenant gets a share of the key's token rate
+    /// proportional to its weight (a tenant of weight 2 gets twice the share of one of weight 1);
+    /// the other policies ignore the weight. Give all calls of a tenant the same weight.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use agent_core::{Budget, CallKind, ChatRequest, Message, ScriptedModel};
+    /// use agent_runtime::scheduler::ModelCall;
+    ///
+    /// let model = ScriptedModel::new("m");
+    /// let budget = Budget::unlimited();
+    /// let request = ChatRequest::new(vec![Message::user("hello")]);
+    /// let weight = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
+    /// let call = ModelCall::new(&model, request, CallKind::Reply, "chat-1", "bot", &budget)
+    ///     .with_tenant("team-a", weight);
+    /// assert_eq!(call.tenant, Some(("team-a", weight)));
+    /// ```
+    #[must_use]
+    pub fn with_tenant(mut self, label: &'a str, weight: NonZeroU32) -> Self {
+        self.tenant = Some((label, weight));
         self
     }
 
@@ -741,6 +777,7 @@ impl QuotaScheduler {
             cache,
             shared_observer,
             deadlines,
+            tenant,
             ..
         } = call;
         let prompt = self.inner.estimator.prompt_tokens(&request);
@@ -769,7 +806,12 @@ impl QuotaScheduler {
             observer,
             shared_observer,
             cache,
+            tenant,
             prompt,
+            demand: Demand {
+                prompt,
+                completion: completion_cap,
+            },
             cost,
             charge,
         }
@@ -813,9 +855,12 @@ struct Prepared<'c> {
     shared_observer: Option<Arc<dyn CallObserver>>,
     /// The call's own response cache (over the scheduler's).
     cache: Option<&'c ResponseCache>,
+    tenant: Option<(&'c str, NonZeroU32)>,
     deadlines: Deadlines,
     /// Estimated prompt tokens.
     prompt: u64,
+    /// What the queue charges (the estimate).
+    demand: Demand,
     /// Quota taken at admission.
     cost: Cost,
     /// Budget reserved per attempt.
@@ -826,6 +871,11 @@ impl<'c> Prepared<'c> {
     /// The observer of queueing and admission: the borrowed one, else the shared one.
     fn observer(&self) -> Option<&dyn CallObserver> {
         self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// Whose share the call takes in the queue: its tenant label, or else its conversation.
+    fn client(&self) -> &'c str {
+        self.tenant.map_or(self.conversation, |(label, _)| label)
     }
 
     /// The attempt loop's state for this call on `key`, recording into `record`.
@@ -848,7 +898,9 @@ impl<'c> Prepared<'c> {
             charge: self.charge,
             ticket: Ticket {
                 cost: self.cost,
-                conversation: self.conversation,
+                demand: self.demand,
+                client: self.client(),
+                weight: self.tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
                 priority: self.priority,
                 retry: false,
                 cancel: self.cancel,

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::queue::QueuePolicy;
+
 /// The default period of a [`Quota`]: providers quote RPM/TPM, so a minute.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
 
@@ -64,6 +66,8 @@ pub struct Quota {
     /// `guard` at the start of a saturated run, never throughput. In-memory state only (a shared
     /// backend admits by its own clock).
     pub guard: Duration,
+    /// How calls waiting for this key are ordered (default [`QueuePolicy::token_fair`]).
+    pub queue: QueuePolicy,
 }
 
 impl Default for Quota {
@@ -88,6 +92,7 @@ impl Quota {
             learn_from_headers: true,
             start_empty: false,
             guard: Duration::ZERO,
+            queue: QueuePolicy::token_fair(),
         }
     }
 
@@ -190,6 +195,13 @@ impl Quota {
         self
     }
 
+    /// Sets how waiting calls are ordered (see `docs/quota.md`, "Fair admission").
+    #[must_use]
+    pub const fn queue(mut self, policy: QueuePolicy) -> Self {
+        self.queue = policy;
+        self
+    }
+
     /// Checks the configuration: periods must be positive, limits set must be at least 1.
     pub fn validate(&self) -> Result<(), QuotaConfigError> {
         self.validate_for("")
@@ -219,6 +231,12 @@ impl Quota {
                     dimension,
                 });
             }
+        }
+        if let Some(reason) = self.queue.invalid() {
+            return Err(QuotaConfigError::InvalidQueuePolicy {
+                key: key.to_owned(),
+                reason,
+            });
         }
         Ok(())
     }
@@ -412,6 +430,14 @@ pub enum QuotaConfigError {
     ZeroDeadline {
         /// Which deadline (`attempt`, `idle` or `probe`).
         what: &'static str,
+    },
+    /// The queue policy cannot order calls.
+    #[error("quota '{key}': {reason}")]
+    InvalidQueuePolicy {
+        /// The quota key (empty for the default quota).
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// The retry policy is inconsistent.
     #[error("invalid retry policy: {reason}")]

@@ -2,13 +2,15 @@
 //! settled to actual usage, limits learned from the provider's reading, a 429's pause, the
 //! breaker and the counters — for the in-memory state at once and for a shared backend after.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{RateLimitKind, RateLimitReading, Reservation, Usage};
 use tokio::time::Instant;
 
-use super::admission::{Admitted, Backend, Key};
+use super::admission::{Admitted, Backend, Key, KeyInner, Ticket};
+use super::queue::Demand;
 use super::quota::{Cost, Limits};
 use super::state::{self, Lease, QuotaState, Settlement};
 use super::{Inner, feedback};
@@ -34,7 +36,7 @@ pub(super) enum Outcome<'r> {
     /// A stream the provider reported no usage for: `tokens` is the prompt's estimate plus the
     /// estimate of what arrived.
     Streamed {
-        tokens: u64,
+        usage: Usage,
         reading: Option<&'r RateLimitReading>,
         end: StreamEnd,
     },
@@ -54,21 +56,48 @@ pub(super) enum StreamEnd {
 /// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
 /// future was dropped mid-call), it keeps everything charged (the provider may have done the
 /// work) and frees the in-flight slot.
-pub(super) struct InFlight<'a> {
+pub(super) struct InFlight<'a, 'c> {
     pub(super) scheduler: &'a Inner,
     pub(super) key: &'a Arc<Key>,
     pub(super) cost: Cost,
+    /// The admission request, for the queue's correction to actual usage.
+    pub(super) ticket: Ticket<'c>,
     pub(super) admitted: Admitted,
     pub(super) reservation: Option<Reservation>,
     pub(super) done: bool,
 }
 
-impl InFlight<'_> {
+impl InFlight<'_, '_> {
     fn settlement(&self, actual_tokens: u64) -> Settlement {
         Settlement {
             actual_tokens,
             refund_unused: self.key.quota.refund_unused,
         }
+    }
+
+    /// Corrects the queue's charge of the call's client from the estimate to what the call used
+    /// (its reported usage; nothing for an attempt the provider refused). Both backends: the
+    /// queue is this process's own.
+    fn correct_queue(&self, inner: &mut KeyInner, outcome: &Outcome<'_>) {
+        let Some(charged) = self.admitted.units else {
+            return;
+        };
+        let used = match outcome {
+            Outcome::Completed { usage: None, .. } => return,
+            Outcome::Completed { usage: Some(u), .. } | Outcome::Streamed { usage: u, .. } => {
+                Demand {
+                    prompt: u.prompt_tokens,
+                    completion: u.completion_tokens,
+                }
+            }
+            _ => Demand::default(),
+        };
+        let t = &self.ticket;
+        let used = inner.queue.units(used, t.weight);
+        let delta = i64::try_from(used)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(charged).unwrap_or(i64::MAX));
+        inner.queue.correct(t.client, t.priority, delta);
     }
 
     /// Reconciles quota to the outcome, learns from the provider, updates the breaker and
@@ -81,7 +110,7 @@ impl InFlight<'_> {
         self.done = true;
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
-            Outcome::Streamed { tokens, .. } => *tokens,
+            Outcome::Streamed { usage, .. } => usage.total(),
             Outcome::TimedOut => self.cost.tokens,
             // The provider rejected the attempt before generating: no tokens were used.
             _ => 0,
@@ -182,6 +211,7 @@ impl InFlight<'_> {
             if let Backend::Local = scheduler.backend {
                 inner.buckets.settle(now, &limits, self.cost, settlement);
             }
+            self.correct_queue(inner, &outcome);
             if let Some(r) = reading {
                 match scheduler.backend {
                     Backend::Local => {
@@ -248,16 +278,22 @@ impl InFlight<'_> {
 /// it; [`resume`](Self::resume) puts it back for the reconcile stage.
 pub(super) struct Parked {
     cost: Cost,
+    demand: Demand,
+    weight: NonZeroU32,
+    priority: u8,
     admitted: Admitted,
     reservation: Option<Reservation>,
 }
 
-impl InFlight<'_> {
+impl InFlight<'_, '_> {
     /// Lifts the guard off its borrows; the parked state is settled when resumed.
     pub(super) fn park(mut self) -> Parked {
         self.done = true;
         Parked {
             cost: self.cost,
+            demand: self.ticket.demand,
+            weight: self.ticket.weight,
+            priority: self.ticket.priority,
             admitted: self.admitted,
             reservation: self.reservation.take(),
         }
@@ -265,12 +301,27 @@ impl InFlight<'_> {
 }
 
 impl Parked {
-    /// The in-flight guard again, on `scheduler` and `key` (those it was admitted on).
-    pub(super) fn resume<'a>(self, scheduler: &'a Inner, key: &'a Arc<Key>) -> InFlight<'a> {
+    /// The in-flight guard again, on the `scheduler`, `key` and queue `client` it was admitted
+    /// on.
+    pub(super) fn resume<'a>(
+        self,
+        scheduler: &'a Inner,
+        key: &'a Arc<Key>,
+        client: &'a str,
+    ) -> InFlight<'a, 'a> {
         InFlight {
             scheduler,
             key,
             cost: self.cost,
+            ticket: Ticket {
+                cost: self.cost,
+                demand: self.demand,
+                client,
+                weight: self.weight,
+                priority: self.priority,
+                retry: false,
+                cancel: None,
+            },
             admitted: self.admitted,
             reservation: self.reservation,
             done: false,
@@ -329,7 +380,7 @@ impl RemoteSettle {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight<'_, '_> {
     fn drop(&mut self) {
         if self.done {
             return;

@@ -165,10 +165,11 @@ impl QuotaScheduler {
                 .attempts(&self.inner, key, &mut record)
                 .attempts(&Streamed)
                 .await
-                .map(|opened| (opened, pending)),
+                // Parked at once: the guard no longer borrows the call's state.
+                .map(|(in_flight, opened)| ((in_flight.park(), opened), pending)),
             Err(error) => Err(error),
         };
-        let ((in_flight, opened), pending) = match result {
+        let ((parked, opened), pending) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
@@ -188,10 +189,11 @@ impl QuotaScheduler {
             state: State::Open(Box::new(Open {
                 first: Some(opened.first),
                 rest: opened.rest,
-                parked: in_flight.park(),
+                parked,
                 budget: call.budget.clone(),
                 model: Arc::from(call.model.id()),
                 conversation: Arc::from(call.conversation),
+                client: Arc::from(call.client()),
                 observer: call.shared_observer.take(),
                 cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
                 record,
@@ -241,6 +243,8 @@ struct Open {
     budget: Budget,
     model: Arc<str>,
     conversation: Arc<str>,
+    /// Whose share the call took in the queue (its tenant, or its conversation).
+    client: Arc<str>,
     observer: Option<Arc<dyn CallObserver>>,
     cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     record: CallRecord,
@@ -481,6 +485,7 @@ fn settle(
         budget,
         model,
         conversation,
+        client,
         observer,
         mut record,
         prompt,
@@ -522,12 +527,12 @@ fn settle(
         }
     } else {
         Outcome::Streamed {
-            tokens: usage.total(),
+            usage,
             reading,
             end: stream_end,
         }
     };
-    let (reservation, _, remote) = parked.resume(scheduler, key).finish(outcome);
+    let (reservation, _, remote) = parked.resume(scheduler, key, &client).finish(outcome);
     if let Some(r) = reservation {
         charge_usage(r, &budget, &model, usage, reported, &mut record);
     }
