@@ -59,7 +59,7 @@ impl RedisStore {
         let addr = client.get_connection_info().addr();
         let endpoint = addr.to_string();
         if matches!(addr, redis::ConnectionAddr::TcpTls { .. }) {
-            crate::scheduler::redis_state::install_tls_provider();
+            crate::tls::install_crypto_provider();
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))

@@ -36,7 +36,8 @@ pub mod redis_state;
 
 pub use deadline::Deadlines;
 pub use metrics::{
-    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
+    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WAIT_BUCKETS,
+    WaitStats,
 };
 pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
@@ -548,6 +549,9 @@ impl Inner {
         result: Result<&Completion, &CallError>,
     ) {
         record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
         self.conversations.record(conversation, record);
         if let Some(o) = observer {
             let info = CallInfo {
@@ -739,7 +743,29 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        let span = admission_span(&call, key.borrow());
+        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
+        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
+        let model = call.model.id();
+        let span = tracing::debug_span!(
+            "model_call",
+            otel.name = %format_args!("chat {model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+            gen_ai.request.model = model,
+            gen_ai.request.max_tokens = call.request.max_completion_tokens,
+            gen_ai.agent.name = call.agent,
+            gen_ai.conversation.id = call.conversation,
+            turnstile.call.kind = ?call.kind,
+            turnstile.quota.key = &*key.borrow().name,
+            turnstile.quota.wait_seconds = tracing::field::Empty,
+            turnstile.attempts = tracing::field::Empty,
+            turnstile.cost_usd = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
         traced(span, self.run(call, key))
     }
 
@@ -760,6 +786,45 @@ impl QuotaScheduler {
             call.observer(),
             result.as_ref(),
         );
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match &result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent = call.agent,
+            kind = ?call.kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
         result
     }
 
@@ -769,7 +834,9 @@ impl QuotaScheduler {
         let ModelCall {
             model,
             request,
+            kind,
             conversation,
+            agent,
             budget,
             priority,
             cancel,
@@ -799,6 +866,8 @@ impl QuotaScheduler {
             deadlines: self.inner.deadlines(&key.name, deadlines),
             model,
             request,
+            kind,
+            agent,
             conversation,
             budget,
             priority,
@@ -847,6 +916,8 @@ fn traced<F: Future>(
 struct Prepared<'c> {
     model: &'c dyn ChatModel,
     request: ChatRequest,
+    kind: CallKind,
+    agent: &'c str,
     conversation: &'c str,
     budget: &'c Budget,
     priority: u8,
@@ -912,5 +983,20 @@ impl<'c> Prepared<'c> {
             expired: false,
             cache: self.cache.or(scheduler.cache.as_ref()),
         }
+    }
+}
+
+/// The `error.type` of a failed call: a short, stable name for its kind.
+fn error_type(error: &CallError) -> &'static str {
+    match error {
+        CallError::Model(ModelError::RateLimited { .. }) => "rate_limited",
+        CallError::Model(ModelError::Transient { .. }) => "transient",
+        CallError::Model(ModelError::InvalidRequest { .. }) => "invalid_request",
+        CallError::Model(ModelError::MalformedResponse { .. }) => "malformed_response",
+        CallError::Model(ModelError::Cancelled) | CallError::Cancelled => "cancelled",
+        CallError::Model(_) => "provider_error",
+        CallError::BudgetExhausted(_) => "budget_exhausted",
+        CallError::ExceedsQuota { .. } => "exceeds_quota",
+        _ => "other",
     }
 }

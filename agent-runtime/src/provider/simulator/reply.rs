@@ -8,7 +8,8 @@
 //!    `Tool NAME returned CONTENT.`;
 //! 4. when the request asks for a response format, the reply is JSON that fits it
 //!    (`structured`);
-//! 5. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
+//! 5. with scripted replies ([`SimConfig::with_replies`]), the next text in turn order;
+//! 6. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
 //!    `reply_tokens` tokens.
 //!
 //! A reply is split into chunks of `chars_per_token` bytes; each chunk is one completion token
@@ -78,6 +79,18 @@ impl Reply {
                     .map(|r| format!("Tool {} returned {}.", r.name, r.content))
                     .collect();
                 (reports.join(" "), false)
+            }
+            _ if !config.replies.is_empty() => {
+                let turn = request
+                    .messages
+                    .iter()
+                    .filter(|m| m.role != Role::System)
+                    .count()
+                    .saturating_sub(1);
+                (
+                    config.replies[turn % config.replies.len()].to_string(),
+                    false,
+                )
             }
             _ => (
                 filler(&prefix, count, config.reply_tokens as usize * per_token),
