@@ -8,7 +8,7 @@
 //! ```
 //! use std::sync::Arc;
 //!
-//! use agent_core::{LlmAgent, ScriptedModel};
+//! use agent_runtime::{LlmAgent, ScriptedModel};
 //! use agent_runtime::chat::GroupChat;
 //! use agent_runtime::console::ConsolePrinter;
 //! use agent_runtime::QuotaScheduler;

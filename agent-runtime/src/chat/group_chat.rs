@@ -8,6 +8,7 @@ use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cancel::CancelHandle;
 use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
@@ -685,7 +686,13 @@ impl GroupChat {
         let started = Instant::now();
         self.session.begin(events);
         let run_start = self.thread.messages.len();
-        let outcome = self.drive(task).await;
+        // One span per chat run, the parent of its turns' spans (docs/observability.md).
+        let span = self.session.run_span();
+        let outcome = if span.is_disabled() {
+            self.drive(task).await
+        } else {
+            self.drive(task).instrument(span).await
+        };
         if let Ok(stop) = &outcome
             && *stop != StopReason::Cancelled
         {
@@ -695,25 +702,11 @@ impl GroupChat {
             .session
             .finish(outcome, &self.thread.messages, run_start, started)
             .await;
-        match &result {
-            Ok(r) => tracing::info!(
-                chat = %self.session.name,
-                conversation = %self.session.conversation,
-                stop = %r.stop_reason,
-                messages = r.messages.len(),
-                calls = r.usage.total.calls,
-                tokens = r.usage.total.total_tokens(),
-                cost_usd = r.cost_usd(),
-                wall_ms = u64::try_from(r.wall_time.as_millis()).unwrap_or(u64::MAX),
-                "chat stopped"
-            ),
-            Err(e) => tracing::info!(
-                chat = %self.session.name,
-                conversation = %self.session.conversation,
-                error = %e,
-                "chat failed"
-            ),
-        }
+        tracing::debug!(
+            conversation = %self.session.conversation,
+            stop = ?result.as_ref().map(|r| &r.stop_reason),
+            "chat run finished"
+        );
         result
     }
 

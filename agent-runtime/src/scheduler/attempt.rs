@@ -183,7 +183,11 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
                 scheduler.max_admission_wait,
             )
             .await
-            .map_err(|r| scheduler.refusal(self.key, r))?;
+            .map_err(|r| {
+                self.record.submitted |= r.counted();
+                scheduler.refusal(self.key, r)
+            })?;
+        self.record.submitted = true;
         self.record.attempts += 1;
         self.record.retries += u64::from(self.ticket.retry);
         self.record.wait = self.record.wait.saturating_add(admitted.wait);

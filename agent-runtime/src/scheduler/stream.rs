@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use agent_core::{
-    Budget, CallError, ChatModel, ChatRequest, Completion, CompletionStream, Message, ModelError,
-    StreamEvent, Usage,
+    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, CompletionStream, Message,
+    ModelError, StreamEvent, Usage,
 };
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
@@ -28,7 +28,9 @@ use super::attempt::{Delivery, charge_usage};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
-use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced};
+use super::{
+    CallObserver, Caller, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced,
+};
 
 /// The provider stage of [`QuotaScheduler::call_stream`]: the provider's stream, once its first
 /// event has arrived. An error before that fails the attempt (and may be retried); nothing after
@@ -153,8 +155,7 @@ impl QuotaScheduler {
             Err(error) => {
                 self.inner.finish_call(
                     key,
-                    call.model.id(),
-                    call.conversation,
+                    call.caller(),
                     &mut record,
                     call.observer(),
                     Err(&error),
@@ -172,6 +173,8 @@ impl QuotaScheduler {
                 budget: call.budget.clone(),
                 model: Arc::from(call.model.id()),
                 conversation: Arc::from(call.conversation),
+                agent: Arc::from(call.agent),
+                kind: call.kind,
                 client: Arc::from(call.client()),
                 observer: call.shared_observer.take(),
                 cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
@@ -218,6 +221,8 @@ struct Open {
     budget: Budget,
     model: Arc<str>,
     conversation: Arc<str>,
+    agent: Arc<str>,
+    kind: CallKind,
     /// Whose share the call took in the queue (its tenant, or its conversation).
     client: Arc<str>,
     observer: Option<Arc<dyn CallObserver>>,
@@ -364,6 +369,8 @@ fn settle(
         budget,
         model,
         conversation,
+        agent,
+        kind,
         client,
         observer,
         mut record,
@@ -422,10 +429,15 @@ fn settle(
         ?stream_end,
         "stream ended"
     );
+    let caller = Caller {
+        model: &model,
+        conversation: &conversation,
+        agent: &agent,
+        kind,
+    };
     scheduler.finish_call(
         key,
-        &model,
-        &conversation,
+        caller,
         &mut record,
         observer.as_deref(),
         result.as_ref(),
