@@ -538,12 +538,12 @@ impl Inner {
             .clone()
     }
 
-    /// Records a finished call in its conversation and tells its observer.
+    /// Records a finished call in its conversation, on its span and in its log line, and tells
+    /// its observer.
     fn finish_call(
         &self,
         key: &Key,
-        model: &str,
-        conversation: &str,
+        caller: Caller<'_>,
         record: &mut CallRecord,
         observer: Option<&dyn CallObserver>,
         result: Result<&Completion, &CallError>,
@@ -552,11 +552,50 @@ impl Inner {
         if record.failed && record.submitted {
             key.lock().stats.failed += 1;
         }
-        self.conversations.record(conversation, record);
+        self.conversations.record(caller.conversation, record);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent = caller.agent,
+            kind = ?caller.kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
         if let Some(o) = observer {
             let info = CallInfo {
                 key: &key.name,
-                model,
+                model: caller.model,
                 attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
                 cost_nanos: record.cost_nanos,
             };
@@ -743,29 +782,7 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
-        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
-        let model = call.model.id();
-        let span = tracing::debug_span!(
-            "model_call",
-            otel.name = %format_args!("chat {model}"),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
-            gen_ai.request.model = model,
-            gen_ai.request.max_tokens = call.request.max_completion_tokens,
-            gen_ai.agent.name = call.agent,
-            gen_ai.conversation.id = call.conversation,
-            turnstile.call.kind = ?call.kind,
-            turnstile.quota.key = &*key.borrow().name,
-            turnstile.quota.wait_seconds = tracing::field::Empty,
-            turnstile.attempts = tracing::field::Empty,
-            turnstile.cost_usd = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            gen_ai.response.finish_reasons = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        let span = admission_span(&call, key.borrow());
         traced(span, self.run(call, key))
     }
 
@@ -780,50 +797,10 @@ impl QuotaScheduler {
         let result = call.attempts(&self.inner, key, &mut record).run().await;
         self.inner.finish_call(
             key,
-            call.model.id(),
-            call.conversation,
+            call.caller(),
             &mut record,
             call.observer(),
             result.as_ref(),
-        );
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
-            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
-            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            span.record("turnstile.attempts", int(record.attempts));
-            span.record(
-                "turnstile.cost_usd",
-                agent_core::budget::nanos_to_usd(record.cost_nanos),
-            );
-            match &result {
-                Ok(c) => {
-                    if let Some(u) = c.usage {
-                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
-                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
-                    }
-                    span.record(
-                        "gen_ai.response.finish_reasons",
-                        tracing::field::debug(&c.finish_reason),
-                    );
-                }
-                Err(e) => {
-                    span.record("error.type", tracing::field::display(error_type(e)));
-                }
-            }
-        }
-        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
-        tracing::info!(
-            key = &*key.name,
-            agent = call.agent,
-            kind = ?call.kind,
-            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
-            prompt_tokens = record.prompt_tokens,
-            completion_tokens = record.completion_tokens,
-            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
-            attempts = record.attempts,
-            ok = !record.failed,
-            "model call"
         );
         result
     }
@@ -867,8 +844,8 @@ impl QuotaScheduler {
             model,
             request,
             kind,
-            agent,
             conversation,
+            agent,
             budget,
             priority,
             cancel,
@@ -887,14 +864,30 @@ impl QuotaScheduler {
     }
 }
 
-/// The span a call's pipeline runs in.
+/// The span a call's pipeline runs in: one per model call, quota wait included, named and
+/// attributed by OpenTelemetry's GenAI semantic conventions (docs/observability.md);
+/// [`Inner::finish_call`] records the outcome on it.
 fn admission_span(call: &ModelCall<'_>, key: &Key) -> tracing::Span {
+    let model = call.model.id();
     tracing::debug_span!(
-        "admission",
-        conversation = call.conversation,
-        agent = call.agent,
-        key = &*key.name,
-        kind = ?call.kind,
+        "model_call",
+        otel.name = %format_args!("chat {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+        gen_ai.request.model = model,
+        gen_ai.request.max_tokens = call.request.max_completion_tokens,
+        gen_ai.agent.name = call.agent,
+        gen_ai.conversation.id = call.conversation,
+        turnstile.call.kind = ?call.kind,
+        turnstile.quota.key = &*key.name,
+        turnstile.quota.wait_seconds = tracing::field::Empty,
+        turnstile.attempts = tracing::field::Empty,
+        turnstile.cost_usd = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        error.type = tracing::field::Empty,
     )
 }
 
@@ -911,14 +904,24 @@ fn traced<F: Future>(
     }
 }
 
+/// Who made a call, for its record, its log line and its observer.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'x> {
+    /// The model's id.
+    model: &'x str,
+    conversation: &'x str,
+    agent: &'x str,
+    kind: CallKind,
+}
+
 /// A call unpacked for the attempt loop (what [`QuotaScheduler::call`] and
 /// [`QuotaScheduler::call_stream`] share).
 struct Prepared<'c> {
     model: &'c dyn ChatModel,
     request: ChatRequest,
     kind: CallKind,
-    agent: &'c str,
     conversation: &'c str,
+    agent: &'c str,
     budget: &'c Budget,
     priority: u8,
     cancel: Option<&'c CancellationToken>,
@@ -942,6 +945,16 @@ impl<'c> Prepared<'c> {
     /// The observer of queueing and admission: the borrowed one, else the shared one.
     fn observer(&self) -> Option<&dyn CallObserver> {
         self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// Who makes the call.
+    fn caller(&self) -> Caller<'c> {
+        Caller {
+            model: self.model.id(),
+            conversation: self.conversation,
+            agent: self.agent,
+            kind: self.kind,
+        }
     }
 
     /// Whose share the call takes in the queue: its tenant label, or else its conversation.

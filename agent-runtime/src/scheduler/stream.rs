@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use agent_core::{
-    Budget, CallError, ChatModel, ChatRequest, Completion, CompletionStream, Message, ModelError,
-    StreamEvent, Usage,
+    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, CompletionStream, Message,
+    ModelError, StreamEvent, Usage,
 };
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
@@ -33,7 +33,9 @@ use super::attempt::{Delivery, charge_usage};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
-use super::{CallObserver, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced};
+use super::{
+    CallObserver, Caller, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced,
+};
 use crate::cache::{Hit, Pending};
 
 /// The provider stage of [`QuotaScheduler::call_stream`]: the provider's stream, once its first
@@ -156,8 +158,7 @@ impl QuotaScheduler {
                     self.inner.clone(),
                     key.clone(),
                     hit,
-                    call.model.id(),
-                    call.conversation,
+                    call.caller(),
                     call.shared_observer.take(),
                 ));
             }
@@ -174,8 +175,7 @@ impl QuotaScheduler {
             Err(error) => {
                 self.inner.finish_call(
                     key,
-                    call.model.id(),
-                    call.conversation,
+                    call.caller(),
                     &mut record,
                     call.observer(),
                     Err(&error),
@@ -193,6 +193,8 @@ impl QuotaScheduler {
                 budget: call.budget.clone(),
                 model: Arc::from(call.model.id()),
                 conversation: Arc::from(call.conversation),
+                agent: Arc::from(call.agent),
+                kind: call.kind,
                 client: Arc::from(call.client()),
                 observer: call.shared_observer.take(),
                 cancel: call.cancel.map(|c| Box::pin(c.clone().cancelled_owned())),
@@ -243,6 +245,8 @@ struct Open {
     budget: Budget,
     model: Arc<str>,
     conversation: Arc<str>,
+    agent: Arc<str>,
+    kind: CallKind,
     /// Whose share the call took in the queue (its tenant, or its conversation).
     client: Arc<str>,
     observer: Option<Arc<dyn CallObserver>>,
@@ -264,6 +268,8 @@ struct Replay {
     completion: Completion,
     model: Arc<str>,
     conversation: Arc<str>,
+    agent: Arc<str>,
+    kind: CallKind,
     observer: Option<Arc<dyn CallObserver>>,
 }
 
@@ -306,8 +312,7 @@ impl ModelStream {
         scheduler: Arc<Inner>,
         key: Arc<Key>,
         hit: Box<Hit>,
-        model: &str,
-        conversation: &str,
+        caller: Caller<'_>,
         observer: Option<Arc<dyn CallObserver>>,
     ) -> Self {
         let Hit { completion, deltas } = *hit;
@@ -327,8 +332,10 @@ impl ModelStream {
             state: State::Replay(Box::new(Replay {
                 deltas,
                 completion,
-                model: Arc::from(model),
-                conversation: Arc::from(conversation),
+                model: Arc::from(caller.model),
+                conversation: Arc::from(caller.conversation),
+                agent: Arc::from(caller.agent),
+                kind: caller.kind,
                 observer,
             })),
         }
@@ -399,13 +406,20 @@ impl Stream for ModelStream {
                         completion,
                         model,
                         conversation,
+                        agent,
+                        kind,
                         observer,
                         ..
                     } = *replay;
+                    let caller = Caller {
+                        model: &model,
+                        conversation: &conversation,
+                        agent: &agent,
+                        kind,
+                    };
                     this.scheduler.finish_call(
                         &this.key,
-                        &model,
-                        &conversation,
+                        caller,
                         &mut CallRecord::default(),
                         observer.as_deref(),
                         Ok(&completion),
@@ -485,6 +499,8 @@ fn settle(
         budget,
         model,
         conversation,
+        agent,
+        kind,
         client,
         observer,
         mut record,
@@ -543,10 +559,15 @@ fn settle(
         ?stream_end,
         "stream ended"
     );
+    let caller = Caller {
+        model: &model,
+        conversation: &conversation,
+        agent: &agent,
+        kind,
+    };
     scheduler.finish_call(
         key,
-        &model,
-        &conversation,
+        caller,
         &mut record,
         observer.as_deref(),
         result.as_ref(),
