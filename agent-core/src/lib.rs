@@ -17,16 +17,19 @@ pub mod history;
 pub mod message;
 pub mod model;
 pub mod prices;
+pub mod response_format;
 pub mod scripted;
 pub mod termination;
 pub mod testing;
 pub mod tool;
 
 pub use agent::{
-    Agent, AgentError, AgentReply, CallError, CallKind, InputSource, QuotaDimension, TurnContext,
+    Agent, AgentError, AgentReply, CallError, CallKind, CallStream, InputSource, QuotaDimension,
+    TurnContext,
 };
 pub use agents::{
-    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,
+    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput,
+    StructuredOutputError, TypedReply, UserProxy,
 };
 pub use budget::{
     Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetUsage, Charge, Price, PriceTable,
@@ -36,8 +39,8 @@ pub use estimate::{CharsPerToken, TokenEstimator};
 pub use history::HistoryPolicy;
 pub use message::{Content, Message, Role, ToolCall, ToolResult, Usage};
 pub use model::{
-    ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError, RateLimitKind,
-    RateLimitReading, StreamEvent, ToolSpec,
+    CacheIdentity, ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError,
+    RateLimitKind, RateLimitReading, ResponseFormat, StreamEvent, ToolSpec,
 };
 pub use scripted::ScriptedModel;
 pub use termination::{StopReason, Termination, TerminationConfigError, TerminationExt};

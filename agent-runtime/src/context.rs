@@ -7,10 +7,12 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use agent_core::{
-    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
+    Budget, CallError, CallKind, CallStream, ChatModel, ChatRequest, Completion, TokenEstimator,
+    TurnContext,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::ResponseCache;
 use crate::scheduler::{CallObserver, KeyHandle, ModelCall, QuotaScheduler};
 
 /// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
@@ -25,6 +27,8 @@ pub struct SchedulerContext {
     observer: Option<Arc<dyn CallObserver>>,
     /// The quota key of the first model called, looked up once.
     key: OnceLock<KeyHandle>,
+    /// The response cache of this context's calls, over the scheduler's.
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -55,7 +59,21 @@ impl SchedulerContext {
             cancel: CancellationToken::new(),
             observer: None,
             key: OnceLock::new(),
+            cache: None,
         }
+    }
+
+    /// Answers this context's calls through `cache` instead of the scheduler's (a chat sets it
+    /// per chat or per agent; [`ResponseCache::disabled`] bypasses caching).
+    #[must_use]
+    pub fn with_cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The response cache set on this context, if any.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.cache.as_ref()
     }
 
     /// The same context for another agent.
@@ -102,6 +120,37 @@ impl SchedulerContext {
     pub fn observer(&self) -> Option<&Arc<dyn CallObserver>> {
         self.observer.as_ref()
     }
+
+    /// The quota key of `model` when it is the first model this context called (looked up
+    /// once); `None` for another model.
+    fn first_key(&self, model: &dyn ChatModel) -> Option<&KeyHandle> {
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        (key.name() == name).then_some(key)
+    }
+
+    /// A call on behalf of this turn (no observer yet: a call borrows it, a stream keeps it).
+    fn model_call<'a>(
+        &'a self,
+        model: &'a dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> ModelCall<'a> {
+        let call = ModelCall::new(
+            model,
+            request,
+            kind,
+            &self.conversation,
+            &self.agent,
+            &self.budget,
+        )
+        .with_priority(self.priority)
+        .with_cancel(&self.cancel);
+        match &self.cache {
+            Some(cache) => call.with_cache(cache),
+            None => call,
+        }
+    }
 }
 
 // Written out rather than with `#[async_trait]`: the macro would wrap the scheduler's future in
@@ -119,27 +168,41 @@ impl TurnContext for SchedulerContext {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let mut call = ModelCall::new(
-            model,
-            request,
-            kind,
-            &self.conversation,
-            &self.agent,
-            &self.budget,
-        )
-        .with_priority(self.priority)
-        .with_cancel(&self.cancel);
+        let mut call = self.model_call(model, request, kind);
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        let name = model.id();
-        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
-        if key.name() == name {
-            Box::pin(self.scheduler.call_on(call, key))
-        } else {
+        match self.first_key(model) {
+            Some(key) => Box::pin(self.scheduler.call_on(call, key)),
             // An agent calling a second model: the ordinary lookup.
-            Box::pin(self.scheduler.call(call))
+            None => Box::pin(self.scheduler.call(call)),
         }
+    }
+
+    fn stream<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        model: &'life1 dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> Pin<Box<dyn Future<Output = Result<CallStream, CallError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let mut call = self.model_call(model, request, kind);
+        if let Some(o) = &self.observer {
+            // The stream reports its deltas and its end after this returns: it keeps a handle.
+            call = call.with_shared_observer(o.clone());
+        }
+        let key = self.first_key(model);
+        Box::pin(async move {
+            let stream = match key {
+                Some(key) => self.scheduler.call_stream_on(call, key).await?,
+                None => self.scheduler.call_stream(call).await?,
+            };
+            Ok(CallStream::new(stream))
+        })
     }
 
     fn conversation(&self) -> &str {

@@ -15,11 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{AgentConfigError, Budget, BudgetLimits, ChatModel, LlmAgent};
+use agent_core::{AgentConfigError, Budget, BudgetLimits, ChatModel, LlmAgent, Message};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cache::CacheStats;
 use crate::chat::{ChatConfigError, GroupChat};
 use crate::scheduler::{ConversationStats, KeyStats, QuotaScheduler};
 
@@ -61,6 +62,16 @@ pub struct FanoutConfig {
     pub chat_budget: BudgetLimits,
     /// Caps of the whole run, the parent of every conversation's budget (default unlimited).
     pub run_budget: BudgetLimits,
+    /// Whether the agents stream their replies ([`LlmAgent`] `stream(true)`; default off): each
+    /// call is then a [`QuotaScheduler::call_stream`], admitted and charged like a call.
+    pub stream: bool,
+    /// Whether each conversation's report keeps its transcript (default off).
+    pub transcripts: bool,
+    /// Whether each conversation's task ends with its number (`… (conversation 7)`), so no two
+    /// conversations are alike (default off: all start from the same task). With a response
+    /// cache, identical conversations share their answers — turn this on to measure a run whose
+    /// calls all reach the provider.
+    pub distinct_tasks: bool,
 }
 
 impl Default for FanoutConfig {
@@ -74,6 +85,9 @@ impl Default for FanoutConfig {
             max_completion_tokens: Some(64),
             chat_budget: BudgetLimits::UNLIMITED,
             run_budget: BudgetLimits::UNLIMITED,
+            stream: false,
+            transcripts: false,
+            distinct_tasks: false,
         }
     }
 }
@@ -132,6 +146,28 @@ impl FanoutConfig {
     #[must_use]
     pub fn with_run_budget(mut self, limits: BudgetLimits) -> Self {
         self.run_budget = limits;
+        self
+    }
+
+    /// Sets whether each conversation's report keeps its transcript
+    /// ([`ConversationReport::transcript`]).
+    #[must_use]
+    pub fn with_transcripts(mut self, keep: bool) -> Self {
+        self.transcripts = keep;
+        self
+    }
+
+    /// Sets whether each conversation's task ends with its number.
+    #[must_use]
+    pub fn with_distinct_tasks(mut self, distinct: bool) -> Self {
+        self.distinct_tasks = distinct;
+        self
+    }
+
+    /// Sets whether the agents stream their replies.
+    #[must_use]
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
         self
     }
 
@@ -266,6 +302,10 @@ pub struct ConversationReport {
     pub stop_reason: Option<String>,
     /// What failed (failed conversations).
     pub error: Option<String>,
+    /// The messages, when [`FanoutConfig::transcripts`] is set (left out of the JSON when
+    /// empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<Message>,
 }
 
 /// How a run went. Serializes to the JSON the `fanout` example prints.
@@ -280,6 +320,8 @@ pub struct FanoutReport {
     pub agents: usize,
     /// Messages per conversation, the task message included.
     pub max_messages: u64,
+    /// Whether the agents streamed their replies.
+    pub stream: bool,
     /// Seconds from the start of the run to the end of the last conversation.
     pub wall_s: f64,
     /// Conversations that ended with a result.
@@ -318,6 +360,11 @@ pub struct FanoutReport {
     pub stop_reasons: BTreeMap<String, usize>,
     /// The error of the first failed conversation (in conversation order).
     pub first_error: Option<String>,
+    /// The scheduler's response cache counters, when it has a cache (left out of the JSON
+    /// otherwise). Cache hits reach no provider: `calls` and `attempts` count only the calls
+    /// that did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStats>,
     /// Each conversation, in order (left out of the JSON when empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_conversation: Vec<ConversationReport>,
@@ -330,6 +377,7 @@ struct Ended {
     finished: Duration,
     messages: usize,
     result: Result<String, String>,
+    transcript: Vec<Message>,
 }
 
 /// What every conversation task shares.
@@ -420,6 +468,7 @@ pub async fn run_fanout(
                     finished: now,
                     messages: 0,
                     result: Err(format!("the conversation's task failed: {e}")),
+                    transcript: Vec::new(),
                 };
                 (index_of.remove(&e.id()), outcome)
             }
@@ -442,11 +491,24 @@ pub async fn run_fanout(
 /// Runs conversation `i` to its end.
 async fn converse(run: &Run, i: usize) -> Ended {
     let started = run.start.elapsed();
-    let (messages, result) = match build_chat(run, i) {
-        Err(e) => (0, Err(e.to_string())),
-        Ok(mut chat) => match chat.run(run.config.task.as_str()).await {
-            Ok(result) => (result.messages.len(), Ok(result.stop_reason.to_string())),
-            Err(e) => (e.transcript().len(), Err(e.to_string())),
+    let keep = run.config.transcripts;
+    let (messages, result, transcript) = match build_chat(run, i) {
+        Err(e) => (0, Err(e.to_string()), Vec::new()),
+        Ok(mut chat) => match chat.run(task_of(&run.config, i)).await {
+            Ok(result) => (
+                result.messages.len(),
+                Ok(result.stop_reason.to_string()),
+                if keep { result.messages } else { Vec::new() },
+            ),
+            Err(e) => (
+                e.transcript().len(),
+                Err(e.to_string()),
+                if keep {
+                    e.transcript().to_vec()
+                } else {
+                    Vec::new()
+                },
+            ),
         },
     };
     Ended {
@@ -454,6 +516,7 @@ async fn converse(run: &Run, i: usize) -> Ended {
         finished: run.start.elapsed(),
         messages,
         result,
+        transcript,
     }
 }
 
@@ -483,9 +546,18 @@ fn build_chat(run: &Run, i: usize) -> Result<GroupChat, BuildError> {
         if let Some(max) = config.max_completion_tokens {
             agent = agent.max_completion_tokens(max);
         }
-        chat = chat.participant(agent.build()?);
+        chat = chat.participant(agent.stream(config.stream).build()?);
     }
     Ok(chat.build()?)
+}
+
+/// Conversation `i`'s task.
+fn task_of(config: &FanoutConfig, i: usize) -> String {
+    if config.distinct_tasks {
+        format!("{} (conversation {i})", config.task)
+    } else {
+        config.task.clone()
+    }
 }
 
 fn conversation_id(i: usize) -> String {
@@ -539,6 +611,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
             finished: wall,
             messages: 0,
             result: Err("the conversation never finished".to_owned()),
+            transcript: Vec::new(),
         });
         let (stop_reason, error) = match outcome.result {
             Ok(reason) => {
@@ -566,6 +639,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
             wait_ms: ms(wait.total),
             stop_reason,
             error,
+            transcript: outcome.transcript,
         });
     }
     FanoutReport {
@@ -573,6 +647,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         conversations: run.config.conversations,
         agents: run.config.agents,
         max_messages: run.config.max_messages,
+        stream: run.config.stream,
         wall_s: secs(wall),
         completed,
         failed,
@@ -591,6 +666,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         learned_tpm: learned.tokens,
         stop_reasons,
         first_error,
+        cache: run.scheduler.cache().map(|c| c.stats()),
         per_conversation,
     }
 }
@@ -728,6 +804,7 @@ mod tests {
             conversations: 1,
             agents: 1,
             max_messages: 2,
+            stream: false,
             wall_s: 1.5,
             completed: 1,
             failed: 0,
@@ -746,10 +823,12 @@ mod tests {
             learned_tpm: None,
             stop_reasons: BTreeMap::new(),
             first_error: None,
+            cache: None,
             per_conversation: Vec::new(),
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [
+            "stream",
             "wall_s",
             "completed",
             "failed",

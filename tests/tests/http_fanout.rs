@@ -1,6 +1,7 @@
 //! Many group chats sharing one quota over real HTTP: 20 conversations × 3 agents × 6 messages
 //! against the mock OpenAI server limited to 60 requests per 6-second period — once with the
-//! limit configured in the client, once with nothing configured (learned from headers).
+//! limit configured in the client, once with nothing configured (learned from headers), and once
+//! with every reply streamed (SSE) through the scheduler.
 
 use agent_runtime::fanout::{FanoutConfig, FanoutReport, run_fanout};
 use agent_runtime::provider::SimConfig;
@@ -120,5 +121,40 @@ async fn learned_limits_complete_every_chat_and_every_429_is_retried() {
     assert_eq!(stats["admitted"], CALLS);
     let max = stats["max_requests_in_period"].as_u64().unwrap();
     assert!(max <= bucket_bound_per_period(), "{max} in one period");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_replies_complete_every_chat_without_a_429() {
+    let server = start_mock(limited()).await.unwrap();
+    let model = provider(&server).unwrap();
+    let key = model.id().to_owned();
+    let quota = Quota::per_period(PERIOD).requests(RPM);
+    let scheduler = scheduler(&key, Some(quota), fast_retries()).unwrap();
+    warm_up(&model, &scheduler).await.unwrap();
+
+    let report = run_fanout(
+        model,
+        scheduler.clone(),
+        &workload().with_stream(true),
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    assert_all_completed(&report, 1);
+    assert_eq!(report.http_429, 0, "the scheduler saw a 429");
+    assert_eq!(report.retries, 0);
+    let stats = &scheduler.snapshot().keys[&key];
+    assert_eq!((stats.in_flight, stats.succeeded), (0, CALLS + 1));
+    // The usage chunk was asked for and charged: reported tokens, not estimates.
+    assert_eq!(report.completion_tokens, stats.completion_tokens);
+    assert!(
+        report.completion_tokens >= CALLS,
+        "every stream reported its usage"
+    );
+    let stats = stats_over_http(&server).await.unwrap();
+    assert_eq!(stats["rate_limited_requests"], 0, "the mock sent a 429");
+    assert_eq!(stats["requests"], CALLS + 1, "one HTTP request per call");
     server.shutdown().await.unwrap();
 }

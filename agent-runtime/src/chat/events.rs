@@ -19,8 +19,8 @@ use crate::scheduler::{CallInfo, CallObserver};
 ///
 /// A [`ChatEventStream`] yields `Message`s as they are appended (task messages first),
 /// `SpeakerSelected` before each turn, the model-call life-cycle of every call the run causes
-/// (hidden ones included), `Stopped` when the run decides to stop, and finally `Finished` with the
-/// run's result.
+/// (hidden ones included) with the `TokenDelta`s of streamed ones, `Stopped` when the run
+/// decides to stop, and finally `Finished` with the run's result.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ChatEvent {
@@ -47,6 +47,15 @@ pub enum ChatEvent {
         /// How long it waited in the queue.
         wait: Duration,
     },
+    /// A streamed model call delivered more text (AutoGen's `ModelClientStreamingChunkEvent`):
+    /// the reply's tokens as they arrive, before its `Message`. Only agents that stream (an
+    /// [`LlmAgent`](agent_core::LlmAgent) built with `stream(true)`) produce these.
+    TokenDelta {
+        /// The agent whose call it is.
+        agent: Arc<str>,
+        /// The text that arrived.
+        text: String,
+    },
     /// A model call finished.
     CallFinished {
         /// The agent.
@@ -63,6 +72,8 @@ pub enum ChatEvent {
         attempts: u32,
         /// The error, when the call failed.
         error: Option<CallError>,
+        /// True when a response cache answered (no quota, no budget, no provider call).
+        cached: bool,
     },
     /// The run stopped for this reason (a `Finished` follows).
     Stopped(StopReason),
@@ -190,6 +201,16 @@ impl CallObserver for AgentObserver {
         });
     }
 
+    fn delta(&self, key: &str, text: &str) {
+        for f in self.forward.iter() {
+            f.delta(key, text);
+        }
+        self.emit(|| ChatEvent::TokenDelta {
+            agent: self.agent.clone(),
+            text: text.to_owned(),
+        });
+    }
+
     fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         for f in self.forward.iter() {
             f.call_finished(info, result);
@@ -197,15 +218,20 @@ impl CallObserver for AgentObserver {
         let usage = result.ok().and_then(|c| c.usage);
         // Usage "per model" is keyed by the model's id and priced once, by the scheduler: the
         // quota key may be any label.
+        let cached = result.is_ok_and(|c| c.cached);
         let mut inner = self.shared.lock();
-        inner.ledger.record(
-            &self.agent,
-            info.model,
-            usage,
-            result.is_err(),
-            info.attempts,
-            info.cost_nanos,
-        );
+        if cached {
+            inner.ledger.record_cached(&self.agent, info.model, usage);
+        } else {
+            inner.ledger.record(
+                &self.agent,
+                info.model,
+                usage,
+                result.is_err(),
+                info.attempts,
+                info.cost_nanos,
+            );
+        }
         if let Some(tx) = &inner.events {
             let _ = tx.send(ChatEvent::CallFinished {
                 agent: self.agent.clone(),
@@ -215,6 +241,7 @@ impl CallObserver for AgentObserver {
                 usage,
                 attempts: info.attempts,
                 error: result.err().cloned(),
+                cached,
             });
         }
     }

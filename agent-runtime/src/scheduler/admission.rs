@@ -90,7 +90,7 @@ pub(crate) struct Ticket<'a> {
 }
 
 /// An admitted call.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Admitted {
     /// When the call was admitted.
     pub(crate) at: Instant,
@@ -357,7 +357,7 @@ impl Key {
                 }
                 let slot = inner
                     .queue
-                    .push(ticket.client, ticket.priority, ticket.retry, start);
+                    .push(ticket.client, ticket.priority, ticket.retry, now);
                 break 'admit (slot, probe);
             };
             tokio::select! {

@@ -1,17 +1,21 @@
 //! One call's way through the pipeline, stage by stage, with the only retry loop:
+//! response cache ([`CallAttempts::lookup`], a hit ends the call here) →
 //! budget ([`CallAttempts::reserve`]) → quota admission ([`CallAttempts::admit`]) → provider
 //! ([`CallAttempts::send`]) → reconcile ([`CallAttempts::reconcile`]) → retry decision
-//! ([`CallAttempts::retry_delay`]) and back to the budget.
+//! ([`CallAttempts::retry_delay`]) and back to the budget; a miss's outcome is stored
+//! ([`Pending::remember`]) when the loop ends.
 //!
 //! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
 //! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
-//! one stage instead of the loop.
+//! one stage instead of the loop. The provider stage has two shapes ([`Delivery`]): a whole
+//! completion ([`Whole`]), or a stream whose first event has arrived
+//! ([`Streamed`](super::stream::Streamed)); the loop is the same for both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation,
+    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation, Usage,
 };
 use tokio::time::Instant;
 
@@ -21,6 +25,7 @@ use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
 use super::retry::WhenOpen;
 use super::{CallObserver, Inner, feedback};
+use crate::cache::{CacheMode, Hit, Lookup, Pending, ResponseCache};
 
 /// What the reconcile stage decided about a failed attempt.
 pub(super) enum Next {
@@ -30,12 +35,79 @@ pub(super) enum Next {
     Fail(CallError),
 }
 
+/// What the cache stage found.
+pub(super) enum Cached {
+    Hit(Box<Hit>),
+    /// Not in the cache (`None`: no cache in force).
+    Miss(Option<Pending>),
+}
+
 /// A budget charge for an attempt that reached the provider and failed: one call, no tokens.
 const FAILED_ATTEMPT: Charge = Charge {
     calls: 1,
     tokens: 0,
     cost_nanos: 0,
 };
+
+/// The provider stage's shape: what one attempt sends and what a successful one hands on.
+pub(super) trait Delivery: Sync {
+    /// A successful attempt's answer.
+    type Response: Send;
+
+    /// Sends one attempt to `model`. The attempt has succeeded once this resolves `Ok`: after
+    /// that, nothing about it is retried. The provider stage bounds the future by
+    /// `deadlines.attempt`; what the response goes on to deliver (a stream's later events) is
+    /// the response's to bound.
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+        deadlines: Deadlines,
+    ) -> impl Future<Output = Result<Self::Response, ModelError>> + Send + 'm;
+}
+
+/// The provider stage of [`QuotaScheduler::call`](super::QuotaScheduler::call): one whole
+/// completion.
+pub(super) struct Whole;
+
+impl Delivery for Whole {
+    type Response = Completion;
+
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+        _: Deadlines,
+    ) -> impl Future<Output = Result<Completion, ModelError>> + Send + 'm {
+        model.complete(request)
+    }
+}
+
+/// Settles a completed attempt's budget reservation to `usage` priced for `model`, and records
+/// the cost (and the tokens, when the provider `reported` them rather than the scheduler
+/// counting them).
+pub(super) fn charge_usage(
+    reservation: Reservation,
+    budget: &Budget,
+    model: &str,
+    usage: Usage,
+    reported: bool,
+    record: &mut CallRecord,
+) {
+    let cost_nanos = budget.cost_nanos(model, usage);
+    record.cost_nanos = cost_nanos;
+    reservation.settle(Charge {
+        calls: 1,
+        tokens: usage.total(),
+        cost_nanos,
+    });
+    if reported {
+        record.prompt_tokens = record.prompt_tokens.saturating_add(usage.prompt_tokens);
+        record.completion_tokens = record
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+    }
+}
 
 /// The state one call carries through its attempts.
 pub(super) struct CallAttempts<'s, 'c> {
@@ -55,11 +127,52 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) deadlines: Deadlines,
     /// The last attempt ran past its deadline (the provider stage abandoned it).
     pub(super) expired: bool,
+    /// The response cache in force for this call (the most specific one configured).
+    pub(super) cache: Option<&'c ResponseCache>,
 }
 
 impl<'s, 'c> CallAttempts<'s, 'c> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
+        // The cache first: a hit spends no budget, no quota and no provider call.
+        let pending = match self.lookup().await? {
+            Cached::Hit(hit) => return Ok(hit.completion),
+            Cached::Miss(pending) => pending,
+        };
+        let result = match self.attempts(&Whole).await {
+            Ok((in_flight, completion)) => Ok(self.completed(in_flight, completion).await),
+            Err(error) => Err(error),
+        };
+        if let Some(pending) = pending {
+            pending.remember(result.as_ref()).await;
+        }
+        result
+    }
+
+    /// Cache stage: answers from the response cache, or says what a miss must store. Waiting
+    /// for an identical call in flight is cancellable like a queued call.
+    pub(super) async fn lookup(&self) -> Result<Cached, CallError> {
+        let Some(cache) = self.cache.filter(|c| c.mode() != CacheMode::Off) else {
+            return Ok(Cached::Miss(None));
+        };
+        match cache
+            .lookup(self.model.id(), self.request, self.ticket.cancel)
+            .await?
+        {
+            Lookup::Hit(hit) => {
+                tracing::debug!("answered from the response cache");
+                Ok(Cached::Hit(hit))
+            }
+            Lookup::Miss(pending) => Ok(Cached::Miss(Some(pending))),
+        }
+    }
+
+    /// Runs attempts until one succeeds: its in-flight guard (still holding quota and budget,
+    /// for the caller's reconcile) and its answer; or the error that ends the call.
+    pub(super) async fn attempts<D: Delivery>(
+        &mut self,
+        delivery: &D,
+    ) -> Result<(InFlight<'s, 'c>, D::Response), CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
         let mut reservation = self.reserve()?;
         if let Some(o) = self.observer {
@@ -67,11 +180,13 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         }
         loop {
             let in_flight = self.admit(reservation).await?;
-            let result = self.send().await?;
-            let error = match self.reconcile(in_flight, result).await {
-                Ok(completion) => return Ok(completion),
-                Err(Next::Fail(error)) => return Err(error),
-                Err(Next::Retry(error)) => error,
+            let error = match self.send(delivery).await? {
+                Ok(response) => return Ok((in_flight, response)),
+                Err(error) => error,
+            };
+            let error = match self.reconcile(in_flight, error).await {
+                Next::Fail(error) => return Err(error),
+                Next::Retry(error) => error,
             };
             let delay = self.retry_delay(error)?;
             // Retries are counted when admitted (`KeyCounters::admitted`, the admit stage), so
@@ -151,13 +266,18 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
     /// [`feedback::starts_probing`]); should it run past the deadlines' `probe` time, the key
     /// stops waiting for it and lets the others go, so a stalled first call blocks nobody for
     /// longer than that.
-    async fn send(&mut self) -> Result<Result<Completion, ModelError>, CallError> {
+    async fn send<D: Delivery>(
+        &mut self,
+        delivery: &D,
+    ) -> Result<Result<D::Response, ModelError>, CallError> {
         let deadlines = self.deadlines;
         self.expired = false;
         // A key that is configured with limits never probes: spare it the lock.
         let mut probing = feedback::starts_probing(&self.key.quota) && self.key.lock().probing;
-        let attempt =
-            tokio::time::timeout(deadlines.attempt, self.model.complete(self.request.clone()));
+        let attempt = tokio::time::timeout(
+            deadlines.attempt,
+            delivery.send(self.model, self.request.clone(), deadlines),
+        );
         let mut attempt = std::pin::pin!(attempt);
         // No timer at all for the usual call, which is not a probe.
         let mut patience = std::pin::pin!(async move {
@@ -187,17 +307,10 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         }
     }
 
-    /// Reconcile stage: settles quota and budget to the attempt's outcome and decides whether a
-    /// failed attempt may be retried.
-    async fn reconcile(
-        &mut self,
-        in_flight: InFlight<'s, 'c>,
-        result: Result<Completion, ModelError>,
-    ) -> Result<Completion, Next> {
-        let error = match result {
-            Ok(completion) => return Ok(self.completed(in_flight, completion).await),
-            Err(error) => error,
-        };
+    /// Reconcile stage for a failed attempt: settles quota and budget to the failure and decides
+    /// whether the call may be retried. (A successful attempt is reconciled by its caller:
+    /// [`completed`](Self::completed), or the stream when it ends.)
+    async fn reconcile(&mut self, in_flight: InFlight<'s, 'c>, error: ModelError) -> Next {
         let outcome = match &error {
             ModelError::RateLimited {
                 kind,
@@ -231,12 +344,12 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
                 self.record.rate_limited += 1;
                 tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
                 if pause > self.scheduler.max_admission_wait {
-                    return Err(Next::Fail(CallError::Model(error)));
+                    return Next::Fail(CallError::Model(error));
                 }
-                Err(Next::Retry(error))
+                Next::Retry(error)
             }
-            ModelError::Transient { .. } => Err(Next::Retry(error)),
-            _ => Err(Next::Fail(CallError::Model(error))),
+            ModelError::Transient { .. } => Next::Retry(error),
+            _ => Next::Fail(CallError::Model(error)),
         }
     }
 
@@ -256,19 +369,7 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         let (reservation, _, remote) = in_flight.finish(outcome);
         match (reservation, usage) {
             (Some(r), Some(u)) => {
-                let cost_nanos = self.budget.cost_nanos(self.model.id(), u);
-                self.record.cost_nanos = cost_nanos;
-                r.settle(Charge {
-                    calls: 1,
-                    tokens: u.total(),
-                    cost_nanos,
-                });
-                self.record.prompt_tokens =
-                    self.record.prompt_tokens.saturating_add(u.prompt_tokens);
-                self.record.completion_tokens = self
-                    .record
-                    .completion_tokens
-                    .saturating_add(u.completion_tokens);
+                charge_usage(r, self.budget, self.model.id(), u, true, self.record);
             }
             // Without reported usage the estimate stands as the charge.
             (Some(r), None) => {

@@ -9,8 +9,9 @@
 //! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
 //!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
-//! - provider — [`ChatModel::complete`], called only in `attempt`, within the attempt's
-//!   [`Deadlines`] (`deadline`);
+//! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
+//!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
+//!   only in `attempt`, within the attempt's [`Deadlines`] (`deadline`);
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -28,6 +29,7 @@ pub mod quota;
 mod reconcile;
 pub mod retry;
 pub mod state;
+mod stream;
 
 #[cfg(feature = "redis")]
 pub mod redis_state;
@@ -41,6 +43,7 @@ pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
 pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
+pub use stream::ModelStream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -59,6 +62,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cache::ResponseCache;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
@@ -82,6 +86,10 @@ pub trait CallObserver: Send + Sync {
     fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         self.finished(info.key, result, info.attempts);
     }
+
+    /// A streamed call ([`QuotaScheduler::call_stream`]) delivered `text` on quota key `key`.
+    /// Called from the stream's reader as each delta passes, so keep it quick.
+    fn delta(&self, _key: &str, _text: &str) {}
 }
 
 /// What the scheduler knows about a finished call, for [`CallObserver::call_finished`].
@@ -141,6 +149,12 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// The response cache for this call, over the scheduler's (see [`crate::cache`]).
+    pub cache: Option<&'a ResponseCache>,
+    /// Sees the call's life-cycle like `observer`, and is the observer a
+    /// [`ModelStream`] keeps: a stream reports its deltas and its end after
+    /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
+    pub shared_observer: Option<Arc<dyn CallObserver>>,
     /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
     pub deadlines: Option<Deadlines>,
     /// The tenant whose share of the key the call takes in the admission queue, instead of its
@@ -184,9 +198,19 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            cache: None,
+            shared_observer: None,
             deadlines: None,
             tenant: None,
         }
+    }
+
+    /// Answers the call through `cache` instead of the scheduler's (a cache in
+    /// [`CacheMode::Off`](crate::cache::CacheMode::Off) bypasses caching for it).
+    #[must_use]
+    pub fn with_cache(mut self, cache: &'a ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
@@ -242,6 +266,14 @@ impl<'a> ModelCall<'a> {
         self
     }
 
+    /// Sets an observer the call may keep: the one a [`ModelStream`] reports its deltas and
+    /// its end to. Use it instead of [`with_observer`](Self::with_observer) for streams.
+    #[must_use]
+    pub fn with_shared_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.shared_observer = Some(observer);
+        self
+    }
+
     /// Sets the deadlines of this call's attempts, overriding the key's and the scheduler's.
     /// Zero durations are not refused here (a call has no build step): an attempt with a zero
     /// deadline times out at once and the call fails after its retries.
@@ -291,6 +323,7 @@ struct Inner {
     max_admission_wait: Duration,
     deadlines: Deadlines,
     key_deadlines: HashMap<String, Deadlines>,
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -325,6 +358,7 @@ pub struct QuotaSchedulerBuilder {
     max_admission_wait: Duration,
     deadlines: Deadlines,
     key_deadlines: Vec<(String, Deadlines)>,
+    cache: Option<ResponseCache>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -347,6 +381,7 @@ impl Default for QuotaSchedulerBuilder {
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
             deadlines: Deadlines::DEFAULT,
             key_deadlines: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -410,6 +445,13 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Answers every call through `cache` unless the call, its chat or its agent sets another
+    /// (see [`crate::cache`]): a hit spends no quota and no budget.
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
     /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
@@ -470,6 +512,7 @@ impl QuotaSchedulerBuilder {
                 max_admission_wait: self.max_admission_wait,
                 deadlines: self.deadlines,
                 key_deadlines: self.key_deadlines.into_iter().collect(),
+                cache: self.cache,
             }),
         }
     }
@@ -493,6 +536,71 @@ impl Inner {
             .entry(Arc::from(name))
             .or_insert_with(|| Arc::new(Key::new(name, quota, &self.retry)))
             .clone()
+    }
+
+    /// Records a finished call in its conversation, on its span and in its log line, and tells
+    /// its observer.
+    fn finish_call(
+        &self,
+        key: &Key,
+        caller: Caller<'_>,
+        record: &mut CallRecord,
+        observer: Option<&dyn CallObserver>,
+        result: Result<&Completion, &CallError>,
+    ) {
+        record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
+        self.conversations.record(caller.conversation, record);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent = caller.agent,
+            kind = ?caller.kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
+        if let Some(o) = observer {
+            let info = CallInfo {
+                key: &key.name,
+                model: caller.model,
+                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
+                cost_nanos: record.cost_nanos,
+            };
+            o.call_finished(&info, result);
+        }
     }
 
     /// The deadlines of a call on `key`: its own, else the key's, else the scheduler's.
@@ -592,6 +700,11 @@ impl QuotaScheduler {
             .unwrap_or(&self.inner.default_quota)
     }
 
+    /// The response cache every call uses unless it sets its own.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.inner.cache.as_ref()
+    }
+
     /// Counters per key and per conversation.
     pub fn snapshot(&self) -> SchedulerSnapshot {
         let keys: Vec<Arc<Key>> = self
@@ -669,36 +782,8 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
-        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
-        let model = call.model.id();
-        let span = tracing::debug_span!(
-            "model_call",
-            otel.name = %format_args!("chat {model}"),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
-            gen_ai.request.model = model,
-            gen_ai.request.max_tokens = call.request.max_completion_tokens,
-            gen_ai.agent.name = call.agent,
-            gen_ai.conversation.id = call.conversation,
-            turnstile.call.kind = ?call.kind,
-            turnstile.quota.key = &*key.borrow().name,
-            turnstile.quota.wait_seconds = tracing::field::Empty,
-            turnstile.attempts = tracing::field::Empty,
-            turnstile.cost_usd = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            gen_ai.response.finish_reasons = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
-        // `log` feature is on in the dependency graph): leave it out when it is disabled.
-        if span.is_disabled() {
-            Either::Left(self.run(call, key))
-        } else {
-            Either::Right(self.run(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.run(call, key))
     }
 
     async fn run<K: std::borrow::Borrow<Arc<Key>>>(
@@ -707,6 +792,22 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<Completion, CallError> {
         let key = key.borrow();
+        let call = self.prepare(call, key);
+        let mut record = CallRecord::default();
+        let result = call.attempts(&self.inner, key, &mut record).run().await;
+        self.inner.finish_call(
+            key,
+            call.caller(),
+            &mut record,
+            call.observer(),
+            result.as_ref(),
+        );
+        result
+    }
+
+    /// Unpacks a call for the attempt loop: its estimate (prompt, quota cost, budget charge)
+    /// and its deadlines on `key`.
+    fn prepare<'c>(&self, call: ModelCall<'c>, key: &Key) -> Prepared<'c> {
         let ModelCall {
             model,
             request,
@@ -717,11 +818,12 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            cache,
+            shared_observer,
             deadlines,
             tenant,
             ..
         } = call;
-        let deadlines = self.inner.deadlines(&key.name, deadlines);
         let prompt = self.inner.estimator.prompt_tokens(&request);
         let completion_cap = u64::from(
             request
@@ -737,88 +839,163 @@ impl QuotaScheduler {
             tokens: cost.tokens,
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
-        let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
+        Prepared {
+            deadlines: self.inner.deadlines(&key.name, deadlines),
             model,
-            request: &request,
-            key,
-            budget,
-            charge,
-            ticket: Ticket {
-                cost,
-                demand: Demand {
-                    prompt,
-                    completion: completion_cap,
-                },
-                client: tenant.map_or(conversation, |(label, _)| label),
-                weight: tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
-                priority,
-                retry: false,
-                cancel,
-            },
-            observer,
-            record: &mut record,
-            attempt: 0,
-            deadlines,
-            expired: false,
-        }
-        .run()
-        .await;
-        record.failed = result.is_err();
-        if record.failed && record.submitted {
-            key.lock().stats.failed += 1;
-        }
-        self.inner.conversations.record(conversation, &record);
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
-            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
-            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            span.record("turnstile.attempts", int(record.attempts));
-            span.record(
-                "turnstile.cost_usd",
-                agent_core::budget::nanos_to_usd(record.cost_nanos),
-            );
-            match &result {
-                Ok(c) => {
-                    if let Some(u) = c.usage {
-                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
-                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
-                    }
-                    span.record(
-                        "gen_ai.response.finish_reasons",
-                        tracing::field::debug(&c.finish_reason),
-                    );
-                }
-                Err(e) => {
-                    span.record("error.type", tracing::field::display(error_type(e)));
-                }
-            }
-        }
-        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
-        tracing::info!(
-            key = &*key.name,
+            request,
+            kind,
+            conversation,
             agent,
-            kind = ?kind,
-            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
-            prompt_tokens = record.prompt_tokens,
-            completion_tokens = record.completion_tokens,
-            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
-            attempts = record.attempts,
-            ok = !record.failed,
-            "model call"
-        );
-        if let Some(o) = observer {
-            let info = CallInfo {
-                key: &key.name,
-                model: model.id(),
-                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
-                cost_nanos: record.cost_nanos,
-            };
-            o.call_finished(&info, result.as_ref());
+            budget,
+            priority,
+            cancel,
+            observer,
+            shared_observer,
+            cache,
+            tenant,
+            prompt,
+            demand: Demand {
+                prompt,
+                completion: completion_cap,
+            },
+            cost,
+            charge,
         }
-        result
+    }
+}
+
+/// The span a call's pipeline runs in: one per model call, quota wait included, named and
+/// attributed by OpenTelemetry's GenAI semantic conventions (docs/observability.md);
+/// [`Inner::finish_call`] records the outcome on it.
+fn admission_span(call: &ModelCall<'_>, key: &Key) -> tracing::Span {
+    let model = call.model.id();
+    tracing::debug_span!(
+        "model_call",
+        otel.name = %format_args!("chat {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+        gen_ai.request.model = model,
+        gen_ai.request.max_tokens = call.request.max_completion_tokens,
+        gen_ai.agent.name = call.agent,
+        gen_ai.conversation.id = call.conversation,
+        turnstile.call.kind = ?call.kind,
+        turnstile.quota.key = &*key.name,
+        turnstile.quota.wait_seconds = tracing::field::Empty,
+        turnstile.attempts = tracing::field::Empty,
+        turnstile.cost_usd = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// `pipeline` in `span`, or alone when the span is disabled: a span nobody records still costs a
+/// `log` check on every poll and on drop (tracing's `log` feature is on in the dependency graph).
+fn traced<F: Future>(
+    span: tracing::Span,
+    pipeline: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(pipeline)
+    } else {
+        Either::Right(pipeline.instrument(span))
+    }
+}
+
+/// Who made a call, for its record, its log line and its observer.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'x> {
+    /// The model's id.
+    model: &'x str,
+    conversation: &'x str,
+    agent: &'x str,
+    kind: CallKind,
+}
+
+/// A call unpacked for the attempt loop (what [`QuotaScheduler::call`] and
+/// [`QuotaScheduler::call_stream`] share).
+struct Prepared<'c> {
+    model: &'c dyn ChatModel,
+    request: ChatRequest,
+    kind: CallKind,
+    conversation: &'c str,
+    agent: &'c str,
+    budget: &'c Budget,
+    priority: u8,
+    cancel: Option<&'c CancellationToken>,
+    observer: Option<&'c dyn CallObserver>,
+    shared_observer: Option<Arc<dyn CallObserver>>,
+    /// The call's own response cache (over the scheduler's).
+    cache: Option<&'c ResponseCache>,
+    tenant: Option<(&'c str, NonZeroU32)>,
+    deadlines: Deadlines,
+    /// Estimated prompt tokens.
+    prompt: u64,
+    /// What the queue charges (the estimate).
+    demand: Demand,
+    /// Quota taken at admission.
+    cost: Cost,
+    /// Budget reserved per attempt.
+    charge: Charge,
+}
+
+impl<'c> Prepared<'c> {
+    /// The observer of queueing and admission: the borrowed one, else the shared one.
+    fn observer(&self) -> Option<&dyn CallObserver> {
+        self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// Who makes the call.
+    fn caller(&self) -> Caller<'c> {
+        Caller {
+            model: self.model.id(),
+            conversation: self.conversation,
+            agent: self.agent,
+            kind: self.kind,
+        }
+    }
+
+    /// Whose share the call takes in the queue: its tenant label, or else its conversation.
+    fn client(&self) -> &'c str {
+        self.tenant.map_or(self.conversation, |(label, _)| label)
+    }
+
+    /// The attempt loop's state for this call on `key`, recording into `record`.
+    fn attempts<'a, 's>(
+        &'a self,
+        scheduler: &'s Inner,
+        key: &'s Arc<Key>,
+        record: &'a mut CallRecord,
+    ) -> CallAttempts<'s, 'a>
+    where
+        'c: 'a,
+        's: 'a,
+    {
+        CallAttempts {
+            scheduler,
+            model: self.model,
+            request: &self.request,
+            key,
+            budget: self.budget,
+            charge: self.charge,
+            ticket: Ticket {
+                cost: self.cost,
+                demand: self.demand,
+                client: self.client(),
+                weight: self.tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
+                priority: self.priority,
+                retry: false,
+                cancel: self.cancel,
+            },
+            observer: self.observer(),
+            record,
+            attempt: 0,
+            deadlines: self.deadlines,
+            expired: false,
+            cache: self.cache.or(scheduler.cache.as_ref()),
+        }
     }
 }
 
