@@ -224,4 +224,6 @@ impl StreamState {
 }
 
 #[cfg(test)]
+mod limiter_tests;
+#[cfg(test)]
 mod tests;
