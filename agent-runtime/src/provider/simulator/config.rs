@@ -176,13 +176,19 @@ pub enum SimConfigError {
     #[error("the rate-limit period must be longer than zero (use e.g. 60 s, or 6 s to compress)")]
     ZeroPeriod,
     /// A limit is zero, so nothing could ever be admitted.
-    #[error("the {0} limit is zero, so no request could ever be admitted; use None for no limit")]
+    #[error(
+        "the {0} limit is zero, so no request could ever be admitted; leave it unset (None) for no limit"
+    )]
     ZeroLimit(&'static str),
     /// `max_concurrency` is zero.
-    #[error("max_concurrency is zero, so every request would get 503; use None for no cap")]
+    #[error(
+        "max_concurrency is zero, so every request would get 503; leave it unset (None) for no cap"
+    )]
     ZeroConcurrency,
     /// A fault fires "every 0 requests".
-    #[error("fault `{0}` is set to every 0 requests; use 1 for every request or None to disable")]
+    #[error(
+        "fault `{0}` is set to every 0 requests; use 1 for every request, or leave it unset to disable it"
+    )]
     ZeroFaultInterval(&'static str),
     /// A fixed window's phase is not shorter than its period.
     #[error(
