@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use agent_core::ModelError;
 
+pub mod dialects;
 pub mod headers;
 #[cfg(feature = "openai")]
 mod openai;

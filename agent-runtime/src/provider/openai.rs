@@ -819,6 +819,7 @@ impl ErrorMapper {
                     kind: response.api_error.r#type,
                     param: response.api_error.param,
                     code: response.api_error.code,
+                    ..ApiErrorBody::default()
                 },
             ),
             OpenAIError::JSONDeserialize(e, content) => ModelError::MalformedResponse {

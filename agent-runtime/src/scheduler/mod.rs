@@ -5,7 +5,8 @@
 //! machinery has its module:
 //!
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
-//! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
+//! - [`quota`] — what a key allows; `limiter` — how each limiter kind counts (continuous
+//!   bucket, fixed window, sliding log), one module per kind;
 //! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`], called only in `attempt`;
@@ -17,8 +18,8 @@
 
 mod admission;
 mod attempt;
-mod bucket;
 mod feedback;
+mod limiter;
 pub mod metrics;
 pub mod quota;
 mod reconcile;
@@ -31,7 +32,7 @@ pub mod redis_state;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
-pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
+pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
 pub use retry::{CircuitState, RetryPolicy};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 

@@ -34,7 +34,7 @@ use agent_core::{RateLimitKind, RateLimitReading};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::bucket::Bucket;
+use super::limiter::Meter;
 use super::quota::{Cost, Dimension, Limits, Rate};
 
 /// A granted admission: its cost is taken from the buckets and it holds an in-flight slot until
@@ -217,7 +217,7 @@ pub(crate) struct Present {
 /// scheduler can update it under its per-key lock with no allocation and no `await`.
 #[derive(Debug, Default)]
 pub(crate) struct KeyBuckets {
-    buckets: [Option<Bucket>; 4],
+    buckets: [Option<Meter>; 4],
     /// Any bucket exists (lets an unlimited key skip `sync`).
     has_buckets: bool,
     in_flight: u32,
@@ -259,7 +259,7 @@ impl KeyBuckets {
                         b.set_rate(r, now);
                     }
                 }
-                (None, Some(r)) => *slot = Some(Bucket::new(r, now, !limits.start_empty)),
+                (None, Some(r)) => *slot = Some(Meter::new(r, now, !limits.start_empty)),
                 (Some(_), None) => *slot = None,
                 (None, None) => {}
             }
@@ -445,8 +445,8 @@ impl KeyBuckets {
     pub(crate) fn available(&mut self, now: Instant, limits: &Limits) -> [Option<u64>; 2] {
         self.sync(limits, now);
         [
-            self.buckets[0].as_ref().map(Bucket::available),
-            self.buckets[1].as_ref().map(Bucket::available),
+            self.buckets[0].as_ref().map(Meter::available),
+            self.buckets[1].as_ref().map(Meter::available),
         ]
     }
 }
