@@ -26,7 +26,9 @@ use agent_runtime::chat::GroupChat;
 use agent_runtime::fanout::{DEFAULT_TASK, FanoutConfig, run_fanout};
 use agent_runtime::mock::MockServer;
 use agent_runtime::provider::{LimiterKind, OpenAiProvider, SimConfig, SimStats, WindowAnchor};
-use agent_runtime::scheduler::{KeyStats, ModelCall, Quota, QuotaScheduler, RetryPolicy};
+use agent_runtime::scheduler::{
+    KeyStats, Limiter, ModelCall, Quota, QuotaScheduler, RetryPolicy, WindowStart,
+};
 use support::{Options, Table, jain, thousands};
 
 const MODEL: &str = "gpt-4o-mini";
@@ -95,6 +97,9 @@ struct Scenario {
     /// Open the connection pool with one call before the clock starts. Off for the limiter
     /// semantics rows: they measure a cold start, and the call would spend a window's request.
     warm_up: bool,
+    /// Start the run this far into a clock-aligned window of the request period (waiting for the
+    /// system clock to get there), so a fixed window's bound is the same every run.
+    start_phase: Option<Duration>,
 }
 
 fn sim(period: Duration, reply_tokens: u32) -> SimConfig {
@@ -131,6 +136,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             change: None,
             nothing_to_learn: false,
             warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "TPM-bound: growing history",
@@ -140,6 +146,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             change: None,
             nothing_to_learn: false,
             warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "concurrency-bound: 4 slots",
@@ -149,6 +156,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             change: None,
             nothing_to_learn: true,
             warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "burst: 200 conversations at once",
@@ -158,6 +166,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             change: None,
             nothing_to_learn: false,
             warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "limit halves mid-run",
@@ -171,6 +180,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             }),
             nothing_to_learn: false,
             warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "mixed short and long",
@@ -199,54 +209,62 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             change: None,
             nothing_to_learn: false,
             warm_up: true,
+            start_phase: None,
         },
     ]
 }
 
 /// The 20-chat workload of the LiteLLM measurement (20 chats × 3 agents × 6 messages,
 /// 100 calls) against one provider limit counted each way providers count: 60 requests per 6 s
-/// (a compressed minute), cold start. Fixed windows start 2 s into a window (the bound depends on
-/// the phase: docs/benchmarks.md).
+/// (a compressed minute), cold start, every run started 2 s into a clock-aligned 6 s window (a
+/// fixed window's bound depends on the phase: docs/benchmarks.md). In configured mode the client
+/// is told the limit and how the provider counts it.
 fn semantics_scenarios(quick: bool) -> Vec<Scenario> {
     let six = Duration::from_secs(6);
-    let phase = LimiterKind::FixedWindow(WindowAnchor::Phase(Duration::from_secs(2)));
+    let clock = LimiterKind::FixedWindow(WindowAnchor::Clock);
+    let first = LimiterKind::FixedWindow(WindowAnchor::FirstRequest);
     let conversations = if quick { 8 } else { 20 };
-    let row = |name, sim: SimConfig| Scenario {
+    let row = |name, sim: SimConfig, limiter| Scenario {
         name,
         sim: sim.with_rpm(60),
-        quota: Quota::per_period(six).requests(60),
+        quota: Quota::per_period(six).requests(60).limiter(limiter),
         workload: fanout(conversations, 3, 6, 64),
         change: None,
         nothing_to_learn: false,
         warm_up: false,
+        start_phase: Some(Duration::from_secs(2)),
     };
+    let fixed = Limiter::FixedWindow(WindowStart::Clock);
     vec![
-        row("continuous bucket (OpenAI)", sim(six, 24)),
+        row("continuous bucket (OpenAI)", sim(six, 24), Limiter::Bucket),
         row(
             "fixed window, reset headers",
-            sim(six, 24).with_request_limiter(phase),
+            sim(six, 24).with_request_limiter(clock),
+            fixed,
         ),
         row(
             "fixed window, no reset, no retry-after",
             sim(six, 24)
-                .with_request_limiter(phase)
+                .with_request_limiter(clock)
                 .with_reset_headers(false)
                 .with_retry_after_headers(false),
+            fixed,
         ),
         row(
             "LiteLLM: fixed window, limit − 1, LiteLLM 429s",
-            sim(six, 24)
-                .with_charge_rejected(false)
-                .litellm()
-                .with_limiter(phase),
+            // LiteLLM does not count refused requests.
+            sim(six, 24).with_charge_rejected(false).litellm(),
+            fixed,
         ),
         row(
             "fixed window from first request",
-            sim(six, 24).with_request_limiter(LimiterKind::FixedWindow(WindowAnchor::FirstRequest)),
+            sim(six, 24).with_request_limiter(first),
+            Limiter::FixedWindow(WindowStart::FirstRequest),
         ),
         row(
             "sliding log",
             sim(six, 24).with_request_limiter(LimiterKind::SlidingLog),
+            Limiter::SlidingWindow,
         ),
     ]
 }
@@ -276,6 +294,8 @@ struct Run {
     /// Seconds from the provider's creation to the start of the run (moves a fixed window's
     /// phase).
     lead: f64,
+    /// Seconds into a clock-aligned request window (of the system clock) when the run started.
+    clock_phase: f64,
     makespan: f64,
     conversations: Vec<Conversation>,
     stats: SimStats,
@@ -330,9 +350,13 @@ fn earliest_by_kind(
     limit: f64,
     period: f64,
     lead: f64,
+    clock_phase: f64,
     change: Option<(f64, f64)>,
 ) -> f64 {
     match kind {
+        LimiterKind::FixedWindow(WindowAnchor::Clock) => {
+            earliest_windowed(amount, limit, period, period - clock_phase % period)
+        }
         LimiterKind::FixedWindow(WindowAnchor::Phase(phase)) => {
             // The run starts `lead` after the provider did, so that much further in.
             let into = (phase.as_secs_f64() + lead) % period;
@@ -371,6 +395,7 @@ fn bound(scenario: &Scenario, run: &Run) -> Bound {
             limit,
             sim.requests_window().as_secs_f64(),
             run.lead,
+            run.clock_phase,
             change(scenario.change.and_then(|c| c.rpm)),
         );
         terms.push(("requests (A_R)", a + min_l));
@@ -382,6 +407,7 @@ fn bound(scenario: &Scenario, run: &Run) -> Bound {
             tpm as f64,
             period,
             run.lead,
+            run.clock_phase,
             change(scenario.change.and_then(|c| c.tpm)),
         );
         terms.push(("tokens (A_T)", a + min_l));
@@ -513,6 +539,9 @@ async fn warm_up(model: &Arc<dyn ChatModel>) {
 
 fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Run {
     runtime.block_on(async {
+        if let Some(phase) = scenario.start_phase {
+            tokio::time::sleep(until_phase(scenario.sim.requests_window(), phase)).await;
+        }
         let created = tokio::time::Instant::now();
         let (_, server) = MockServer::start(scenario.sim.clone())
             .await
@@ -525,6 +554,7 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Ru
         }
         let before = server.stats();
         let lead = created.elapsed().as_secs_f64();
+        let clock_phase = since_epoch() % scenario.sim.requests_window().as_secs_f64();
         let simulation = server.simulation().clone();
         let change = scenario.change.map(|c| {
             tokio::spawn(async move {
@@ -566,12 +596,27 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Ru
         server.shutdown().await.expect("mock shutdown");
         Run {
             lead,
+            clock_phase,
             makespan,
             conversations,
             stats,
             key: key_stats,
         }
     })
+}
+
+/// Seconds since the Unix epoch on the system clock (what clock-aligned windows count from).
+fn since_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How long until the system clock is `phase` into a window of `period` aligned to the epoch.
+fn until_phase(period: Duration, phase: Duration) -> Duration {
+    let p = period.as_secs_f64();
+    let now = since_epoch() % p;
+    Duration::from_secs_f64((phase.as_secs_f64() - now).rem_euclid(p))
 }
 
 /// The counters of `after` less those of `before` (the warm-up call). The service-time extremes

@@ -32,21 +32,26 @@ fi
 cargo build --quiet -p turnstile-examples --example fanout
 fanout="$root/target/debug/examples/fanout"
 
-"$venv/bin/litellm" --config "$here/config.yaml" --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
+# The proxy refuses to start without a master key; a throwaway one for this loopback run.
+key="sk-turnstile-bench-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+LITELLM_MASTER_KEY="$key" "$venv/bin/litellm" --config "$here/config.yaml" \
+  --host 127.0.0.1 --port "$port" >"$log" 2>&1 &
 proxy=$!
 trap 'kill "$proxy" 2>/dev/null || true; wait "$proxy" 2>/dev/null || true' EXIT
-for _ in $(seq 1 120); do
-  if curl -fsS "http://127.0.0.1:$port/health/liveliness" >/dev/null 2>&1; then break; fi
+healthy=false
+for _ in $(seq 1 180); do
+  if curl -fsS "http://127.0.0.1:$port/health/liveliness" >/dev/null 2>&1; then healthy=true; break; fi
   if ! kill -0 "$proxy" 2>/dev/null; then echo "run.sh: the proxy exited; see $log" >&2; exit 1; fi
   sleep 1
 done
+if [ "$healthy" != true ]; then echo "run.sh: the proxy did not answer within 180 s; see $log" >&2; exit 1; fi
 
 limits=()
 if [ "$mode" = configured ]; then limits=(--rpm 60 --period-seconds 60); fi
 for run in $(seq 1 "$runs"); do
   before=$(grep -c '429' "$log" || true)
   echo "== run $run ($mode), started at second $(date -u +%S) of the UTC minute"
-  OPENAI_API_KEY=sk-not-used "$fanout" --base-url "http://127.0.0.1:$port/v1" \
+  OPENAI_API_KEY="$key" "$fanout" --base-url "http://127.0.0.1:$port/v1" \
     --conversations 20 --agents 3 --max-messages 6 "${limits[@]}"
   after=$(grep -c '429' "$log" || true)
   echo "== proxy log lines mentioning 429 during the run: $((after - before))"

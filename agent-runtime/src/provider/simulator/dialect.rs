@@ -176,8 +176,8 @@ impl Dialect {
                     level.map_or_else(|| "inf".to_owned(), |l| l.limit.to_string())
                 };
                 let current = |level: Option<Level>| level.map_or(0, |l| l.used);
-                let body = ApiErrorBody {
-                    message: format!(
+                let body = ApiErrorBody::new(
+                    format!(
                         "litellm.RateLimitError: No deployments available for selected model. \
                          Passed model={model}. Deployments={{'{LITELLM_DEPLOYMENT}': \
                          {{'current_tpm': {}, 'tpm_limit': {}, 'current_rpm': {}, \
@@ -188,10 +188,9 @@ impl Dialect {
                         dimension(levels.requests),
                         model = config.model,
                     ),
-                    kind: Some("throttling_error".to_owned()),
-                    param: None,
-                    code: Some("429".to_owned()),
-                };
+                    Some("throttling_error"),
+                    Some("429"),
+                );
                 let headers = vec![("llm_provider-retry-after", LITELLM_RETRY_AFTER.to_owned())];
                 (body.to_json(), headers)
             }
