@@ -124,8 +124,8 @@ pub enum CallError {
         waited: Duration,
         /// 429s the call received.
         rate_limited: u32,
-        /// The last provider error.
-        last: ModelError,
+        /// The last provider error (boxed: it is large, and keeps `CallError` small).
+        last: Box<ModelError>,
     },
     /// The call was cancelled (while queued or in flight).
     #[error("model call cancelled")]

@@ -261,7 +261,7 @@ async fn a_pause_longer_than_the_max_wait_returns_the_429_instead_of_hanging() {
             ..
         } => {
             assert_eq!((key.as_str(), *rate_limited), ("m", 1));
-            assert!(matches!(last, ModelError::RateLimited { .. }), "{last}");
+            assert!(matches!(**last, ModelError::RateLimited { .. }), "{last}");
         }
         other => panic!("{other:?}"),
     }

@@ -238,7 +238,7 @@ impl<'s> CallAttempts<'s, '_> {
                 .map(|s| Instant::now().saturating_duration_since(s))
                 .unwrap_or_default(),
             rate_limited: self.limited.count,
-            last,
+            last: Box::new(last),
         }
     }
 

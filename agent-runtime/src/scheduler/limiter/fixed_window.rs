@@ -40,7 +40,7 @@ pub(crate) struct FixedWindow {
 pub(crate) fn next_clock_boundary(now: Instant, wall: SystemTime, period: Duration) -> Instant {
     let since_epoch = wall
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| nanos(d))
+        .map(nanos)
         .unwrap_or(0);
     let period = nanos(period).max(1);
     let to_next = period - since_epoch.rem_euclid(period);
