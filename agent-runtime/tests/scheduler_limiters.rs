@@ -398,3 +398,91 @@ async fn exact_limits_draw_no_429_at_cold_start() {
         assert_eq!(provider.rejected(), 0, "{chats} chats");
     }
 }
+
+/// A responder answering like a provider whose request limit is described by `reading(n, now)`
+/// for the `n`-th call (from 0), after 50 ms.
+fn reporting(
+    reading: impl Fn(u64, Instant) -> RateLimitReading + Send + Sync + 'static,
+) -> scheduler_support::TimedModel {
+    let calls = Arc::new(Mutex::new(0u64));
+    let model = agent_core::ScriptedModel::new("m").with_responder(move |_| {
+        let mut n = calls.lock().unwrap();
+        let mut done = completion(Usage::new(1, 1));
+        done.rate_limits = Some(reading(*n, Instant::now()));
+        *n += 1;
+        Ok(done)
+    });
+    scheduler_support::TimedModel::new(model).with_latency(Duration::from_millis(50))
+}
+
+async fn sequential_calls(s: &QuotaScheduler, model: &scheduler_support::TimedModel, n: usize) {
+    let budget = Budget::unlimited();
+    for _ in 0..n {
+        let call = ModelCall::new(model, request(1), CallKind::Reply, "c", "a", &budget);
+        s.call(call).await.unwrap();
+    }
+}
+
+/// A bucket of 60 per 12 s (OpenAI-style reset: the time until full again) teaches its period:
+/// nothing configured but the default minute, the learned limit counts over 12 s.
+#[tokio::test(start_paused = true)]
+async fn a_bucket_s_period_is_learned_from_its_reset_headers() {
+    let model = reporting(|n, _| {
+        let remaining = 59 - n.min(59);
+        RateLimitReading {
+            limit_requests: Some(60),
+            remaining_requests: Some(remaining),
+            reset_requests: Some(Duration::from_millis(200 * (60 - remaining))),
+            ..RateLimitReading::default()
+        }
+    });
+    let s = QuotaScheduler::builder()
+        .estimator(ExactEstimator)
+        .build()
+        .unwrap();
+    sequential_calls(&s, &model, 5).await;
+    let key = &s.snapshot().keys["m"];
+    assert_eq!(key.learned.requests_limiter, Some(Limiter::Bucket));
+    assert_eq!(key.learned.requests_period, Some(Duration::from_secs(12)));
+    let rate = key.limits.requests.unwrap();
+    assert_eq!((rate.limit, rate.period), (60, Duration::from_secs(12)));
+}
+
+/// A window whose reset counts down to a fixed boundary while `remaining` falls is a fixed
+/// window: the key takes it for one, aligned to that boundary.
+#[tokio::test(start_paused = true)]
+async fn a_window_is_learned_from_reset_headers_that_count_down() {
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs(30);
+    let model = reporting(move |n, now| RateLimitReading {
+        limit_requests: Some(60),
+        remaining_requests: Some(59 - n.min(59)),
+        reset_requests: Some(end.saturating_duration_since(now)),
+        ..RateLimitReading::default()
+    });
+    // Configured as a bucket (the default) with the right limit: evidence replaces the default.
+    let s = scheduler(Quota::per_minute().requests(60));
+    sequential_calls(&s, &model, 5).await;
+    let key = &s.snapshot().keys["m"];
+    assert_eq!(
+        key.limits.requests.map(|r| r.limiter),
+        Some(Limiter::FixedWindow(WindowStart::Clock))
+    );
+    // A limiter the user chose is never replaced.
+    let model = reporting(move |n, now| RateLimitReading {
+        limit_requests: Some(60),
+        remaining_requests: Some(59 - n.min(59)),
+        reset_requests: Some(end.saturating_duration_since(now)),
+        ..RateLimitReading::default()
+    });
+    let s = scheduler(
+        Quota::per_minute()
+            .requests(60)
+            .limiter(Limiter::SlidingWindow),
+    );
+    sequential_calls(&s, &model, 5).await;
+    assert_eq!(
+        s.snapshot().keys["m"].limits.requests.map(|r| r.limiter),
+        Some(Limiter::SlidingWindow)
+    );
+}

@@ -315,7 +315,6 @@ impl KeyInner {
             let sample = Sample {
                 admitted_at: admitted.at,
                 seq: admitted.seq,
-                answered_at: now,
                 limit,
                 remaining,
                 reset,

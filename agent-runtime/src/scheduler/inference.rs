@@ -29,16 +29,17 @@ pub(crate) struct Sample {
     /// between are `seq − last.seq − 1`).
     pub(crate) admitted_at: Instant,
     pub(crate) seq: u64,
-    /// When the response arrived.
-    pub(crate) answered_at: Instant,
     pub(crate) limit: u64,
     pub(crate) remaining: u64,
     pub(crate) reset: Option<Duration>,
 }
 
 impl Sample {
+    /// When the limit is full again (bucket) or the window ends (fixed), as of the admission:
+    /// the provider counts `remaining` and `reset` when the request arrives, and the admission
+    /// is nearer that than the answer, whose time varies with the length of the reply.
     fn end(&self) -> Option<Instant> {
-        self.reset.map(|r| instant_after(self.answered_at, r))
+        self.reset.map(|r| instant_after(self.admitted_at, r))
     }
 }
 
@@ -191,7 +192,6 @@ mod tests {
         Sample {
             admitted_at: at,
             seq,
-            answered_at: at + Duration::from_millis(20),
             limit: 60,
             remaining,
             reset: reset_ms.map(Duration::from_millis),
@@ -230,7 +230,7 @@ mod tests {
         let mut evidence = Evidence::default();
         for (i, remaining) in [59u64, 58, 57].into_iter().enumerate() {
             let ms = i as u64 * 1_000;
-            let s = sample(t0, ms, i as u64 + 1, remaining, Some(end - ms - 20));
+            let s = sample(t0, ms, i as u64 + 1, remaining, Some(end - ms));
             evidence = track.observe(s, Duration::from_secs(60));
         }
         assert_eq!(
