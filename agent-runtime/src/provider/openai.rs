@@ -805,7 +805,7 @@ impl ErrorMapper {
                         status,
                         reading,
                         body,
-                    } => headers::classify(status, reading, &body),
+                    } => headers::classify(status, *reading, &body),
                     HttpFailure::TimedOut => timeout_error(self.timeout),
                 },
                 Err(other) => ModelError::transient(other.to_string()),
@@ -1009,7 +1009,8 @@ tokio::task_local! {
 enum HttpFailure {
     Status {
         status: u16,
-        reading: RateLimitReading,
+        /// Boxed: a reading is large, and most failures are not about rate limits.
+        reading: Box<RateLimitReading>,
         body: bytes::Bytes,
     },
     TimedOut,
@@ -1077,7 +1078,7 @@ impl tower::Service<HttpRequestFactory> for SingleAttempt {
             };
             Err(OpenAIError::Boxed(Box::new(HttpFailure::Status {
                 status: status.as_u16(),
-                reading,
+                reading: Box::new(reading),
                 body,
             })))
         })

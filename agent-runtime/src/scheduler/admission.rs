@@ -199,6 +199,14 @@ pub(crate) struct KeyInner {
     /// The key knows no limit yet and admits one call at a time until the provider answers
     /// ([`feedback::starts_probing`]).
     pub(crate) probing: bool,
+    /// A 429 without a hint put the key in debt: one probe at a time until a success.
+    pub(crate) debt: Option<feedback::Debt>,
+    /// What the provider's answers show about how it counts requests and tokens.
+    pub(crate) inference: [super::inference::Track; 2],
+    /// When the key first admitted a call, until its first answer (the cold-start shift).
+    pub(crate) cold_since: Option<Instant>,
+    /// The key has seen its first answer.
+    pub(crate) warm: bool,
     pub(crate) queue: FairQueue,
     pub(crate) retry_budget: RetryBudget,
     pub(crate) breaker: Breaker,
@@ -238,6 +246,8 @@ pub(crate) struct Admitted {
     pub(crate) probe: bool,
     /// The shared backend's lease.
     pub(crate) lease: Option<Lease>,
+    /// The key's admission count at this admission (orders responses for inference).
+    pub(crate) seq: u64,
 }
 
 /// Why a call was not admitted.
@@ -410,6 +420,10 @@ impl Key {
                 limits: feedback::effective_limits(&quota, learned, probing),
                 learned,
                 probing,
+                debt: None,
+                inference: Default::default(),
+                cold_since: None,
+                warm: false,
                 queue: FairQueue::default(),
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
@@ -466,11 +480,15 @@ impl Key {
                     .is_ok()
             {
                 inner.stats.admitted(ticket.cost, Duration::ZERO);
+                if !inner.warm {
+                    inner.cold_since.get_or_insert(start);
+                }
                 return Ok(Admitted {
                     at: start,
                     wait: Duration::ZERO,
                     probe,
                     lease: None,
+                    seq: inner.stats.attempts,
                 });
             }
             let slot = inner
@@ -665,11 +683,15 @@ impl Key {
         waiting.done = true;
         let wait = now - start;
         inner.stats.admitted(waiting.ticket.cost, wait);
+        if !inner.warm {
+            inner.cold_since.get_or_insert(now);
+        }
         Admitted {
             at: now,
             wait,
             probe: waiting.probe,
             lease,
+            seq: inner.stats.attempts,
         }
     }
 }

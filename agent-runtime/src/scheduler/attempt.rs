@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation,
+    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, RateLimitKind,
+    Reservation,
 };
 use tokio::time::Instant;
 
-use super::admission::{Key, Ticket, cancelled};
+use super::admission::{Key, Refusal, Ticket, cancelled};
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
 use super::{CallObserver, Inner};
@@ -49,6 +50,29 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) record: &'c mut CallRecord,
     /// Attempts admitted so far (1-based once the first is).
     pub(super) attempt: u32,
+    /// The call's 429s: they use up no attempt, only `max_admission_wait` from the first.
+    pub(super) limited: RateLimitedWait,
+}
+
+/// How long a call has been rate limited by the provider.
+#[derive(Debug, Default)]
+pub(super) struct RateLimitedWait {
+    /// 429s so far.
+    count: u32,
+    /// The first 429.
+    since: Option<Instant>,
+    /// The last 429, for the error that ends the wait.
+    last: Option<ModelError>,
+}
+
+impl RateLimitedWait {
+    /// What is left of `max_wait` (all of it before the first 429).
+    fn left(&self, now: Instant, max_wait: Duration) -> Duration {
+        match self.since {
+            Some(since) => max_wait.saturating_sub(now.saturating_duration_since(since)),
+            None => max_wait,
+        }
+    }
 }
 
 impl<'s> CallAttempts<'s, '_> {
@@ -94,16 +118,20 @@ impl<'s> CallAttempts<'s, '_> {
     async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s>, CallError> {
         let scheduler = self.scheduler;
         self.attempt += 1;
-        let admitted = self
+        let max_wait = self
+            .limited
+            .left(Instant::now(), scheduler.max_admission_wait);
+        let admitted = match self
             .key
-            .admit(
-                &scheduler.backend,
-                self.ticket,
-                &scheduler.retry,
-                scheduler.max_admission_wait,
-            )
+            .admit(&scheduler.backend, self.ticket, &scheduler.retry, max_wait)
             .await
-            .map_err(|r| scheduler.refusal(self.key, r))?;
+        {
+            Ok(admitted) => admitted,
+            Err(Refusal::TooLong { .. }) if self.limited.since.is_some() => {
+                return Err(self.wait_exceeded());
+            }
+            Err(refusal) => return Err(scheduler.refusal(self.key, refusal)),
+        };
         self.record.attempts += 1;
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {
@@ -156,8 +184,6 @@ impl<'s> CallAttempts<'s, '_> {
                 kind: *kind,
                 retry_after: *retry_after,
                 reading: reading.as_deref(),
-                // Grows with the attempt, so hint-less 429s back off exponentially.
-                fallback: self.scheduler.backoff(self.attempt),
             },
             ModelError::Transient { .. } => Outcome::Transient,
             // Quota exhausted, request too large, invalid request, malformed response: the same
@@ -176,13 +202,43 @@ impl<'s> CallAttempts<'s, '_> {
             ModelError::RateLimited { kind, .. } => {
                 self.record.rate_limited += 1;
                 tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
-                if pause > self.scheduler.max_admission_wait {
-                    return Err(Next::Fail(CallError::Model(error)));
+                let now = Instant::now();
+                self.limited.count = self.limited.count.saturating_add(1);
+                self.limited.since.get_or_insert(now);
+                let left = self.limited.left(now, self.scheduler.max_admission_wait);
+                self.limited.last = Some(error.clone());
+                if pause > left {
+                    return Err(Next::Fail(self.wait_exceeded()));
                 }
                 Err(Next::Retry(error))
             }
             ModelError::Transient { .. } => Err(Next::Retry(error)),
             _ => Err(Next::Fail(CallError::Model(error))),
+        }
+    }
+
+    /// The error that ends a call the provider kept rate limiting for `max_admission_wait`.
+    fn wait_exceeded(&self) -> CallError {
+        let last = self
+            .limited
+            .last
+            .clone()
+            .unwrap_or_else(|| ModelError::transient("rate limited"));
+        let kind = match &last {
+            ModelError::RateLimited { kind, .. } => *kind,
+            _ => RateLimitKind::Unknown,
+        };
+        let limits = self.key.lock().limits;
+        CallError::RateLimitWaitExceeded {
+            key: self.key.name.to_string(),
+            limit: super::feedback::describe_limit(&limits, kind),
+            waited: self
+                .limited
+                .since
+                .map(|s| Instant::now().saturating_duration_since(s))
+                .unwrap_or_default(),
+            rate_limited: self.limited.count,
+            last: Box::new(last),
         }
     }
 
@@ -236,7 +292,12 @@ impl<'s> CallAttempts<'s, '_> {
     fn retry_delay(&self, error: ModelError) -> Result<Option<Duration>, CallError> {
         let scheduler = self.scheduler;
         let policy = &scheduler.retry;
-        if self.attempt >= policy.max_attempts {
+        if let ModelError::RateLimited { .. } = error {
+            // A 429 means wait, not fail: the retry waits for the key's pause in the queue and
+            // uses up no attempt (it still counts as a retry in the metrics).
+            return Ok(None);
+        }
+        if self.attempt.saturating_sub(self.limited.count) >= policy.max_attempts {
             return Err(CallError::RetriesExhausted {
                 attempts: self.attempt,
                 last: error,

@@ -19,6 +19,7 @@
 mod admission;
 mod attempt;
 mod feedback;
+mod inference;
 mod limiter;
 pub mod metrics;
 pub mod quota;
@@ -640,6 +641,7 @@ impl QuotaScheduler {
             observer,
             record: &mut record,
             attempt: 0,
+            limited: Default::default(),
         }
         .run()
         .await;

@@ -254,16 +254,16 @@ impl Quota {
         // admission only, `CallError::ExceedsQuota`: configurations that worked before windows
         // existed stay valid.)
         let reserve = u64::from(self.default_max_completion_tokens);
-        if self.tokens_limiter != Limiter::Bucket {
-            if let Some(capacity) = self.tokens.filter(|l| *l < reserve) {
-                return Err(QuotaConfigError::CostExceedsCapacity {
-                    key: key.to_owned(),
-                    dimension: "tokens per period",
-                    limiter: self.tokens_limiter,
-                    cost: reserve,
-                    capacity,
-                });
-            }
+        if self.tokens_limiter != Limiter::Bucket
+            && let Some(capacity) = self.tokens.filter(|l| *l < reserve)
+        {
+            return Err(QuotaConfigError::CostExceedsCapacity {
+                key: key.to_owned(),
+                dimension: "tokens per period",
+                limiter: self.tokens_limiter,
+                cost: reserve,
+                capacity,
+            });
         }
         Ok(())
     }
@@ -582,6 +582,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_token_window_smaller_than_the_default_reservation_is_refused() {
+        let window = Limiter::FixedWindow(WindowStart::Clock);
+        let err = Quota::per_minute()
+            .tokens(100)
+            .tokens_limiter(window)
+            .validate_for("litellm/gpt")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            QuotaConfigError::CostExceedsCapacity {
+                key: "litellm/gpt".into(),
+                dimension: "tokens per period",
+                limiter: window,
+                cost: 256,
+                capacity: 100,
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("lower default_max_completion_tokens")
+        );
+        // Fits once the reservation does; buckets keep their per-call check.
+        let fits = Quota::per_minute()
+            .tokens(100)
+            .tokens_limiter(window)
+            .default_max_completion_tokens(64);
+        assert!(fits.validate().is_ok());
+        assert!(Quota::per_minute().tokens(100).validate().is_ok());
+        // The limiter travels with the limit it counts.
+        let limits = Quota::per_minute()
+            .requests(9)
+            .requests_limiter(Limiter::SlidingWindow)
+            .tokens(1_000)
+            .limits();
+        assert_eq!(
+            limits.requests.map(|r| r.limiter),
+            Some(Limiter::SlidingWindow)
+        );
+        assert_eq!(limits.tokens.map(|r| r.limiter), Some(Limiter::Bucket));
     }
 
     #[test]

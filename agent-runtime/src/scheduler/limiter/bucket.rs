@@ -141,6 +141,12 @@ impl Bucket {
             .min(self.scaled(remaining).saturating_add(refilled));
     }
 
+    /// Takes away what the bucket refills in `by` (the balance may go negative).
+    pub(crate) fn lag(&mut self, by: Duration) {
+        let refill = i128::from(self.rate.limit).saturating_mul(nanos(by));
+        self.level = self.level.saturating_sub(refill);
+    }
+
     /// Changes the rate, keeping the balance (clamped to the new capacity).
     pub(crate) fn set_rate(&mut self, rate: Rate, now: Instant) {
         self.refill(now);

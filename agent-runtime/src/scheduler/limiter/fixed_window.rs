@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{from_nanos, nanos};
 use crate::scheduler::quota::{Rate, WindowStart};
+use crate::scheduler::state::instant_after;
 
 /// One fixed-window counter.
 #[derive(Debug, Clone)]
@@ -39,11 +40,18 @@ pub(crate) struct FixedWindow {
 pub(crate) fn next_clock_boundary(now: Instant, wall: SystemTime, period: Duration) -> Instant {
     let since_epoch = wall
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| nanos(d))
+        .map(nanos)
         .unwrap_or(0);
     let period = nanos(period).max(1);
     let to_next = period - since_epoch.rem_euclid(period);
-    crate::scheduler::state::instant_after(now, from_nanos(to_next))
+    instant_after(now, from_nanos(to_next))
+}
+
+/// How much later than the wall clock's boundary a clock-aligned window opens here: the
+/// provider's clock may run a little behind this machine's, and a request must never arrive
+/// before the boundary it was sent for (1 % of the period, at most 250 ms).
+pub(crate) fn skew_margin(period: Duration) -> Duration {
+    (period / 100).min(Duration::from_millis(250))
 }
 
 impl FixedWindow {
@@ -52,7 +60,10 @@ impl FixedWindow {
             WindowStart::FirstRequest => (now, false),
             // `WindowStart` is non-exhaustive for users; `Clock` and any later clock-like kind.
             _ => (
-                next_clock_boundary(now, SystemTime::now(), rate.period),
+                instant_after(
+                    next_clock_boundary(now, SystemTime::now(), rate.period),
+                    skew_margin(rate.period),
+                ),
                 true,
             ),
         };

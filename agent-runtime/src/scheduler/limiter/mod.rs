@@ -104,6 +104,14 @@ impl Meter {
         self.tighten_to(0);
     }
 
+    /// Gives up `by` of refill: a bucket's balance drops by what it refills in `by` (possibly
+    /// into debt). Windows have no refill to give up.
+    pub(crate) fn lag(&mut self, by: Duration) {
+        if let Meter::Bucket(b) = self {
+            b.lag(by);
+        }
+    }
+
     /// Changes the limit or period; a change of kind starts a fresh meter that keeps no more
     /// than what the old one had left.
     pub(crate) fn set_rate(&mut self, rate: Rate, now: Instant) {
