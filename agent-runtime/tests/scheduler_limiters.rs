@@ -303,7 +303,10 @@ async fn a_bucket_against_litellm_windows_learns_them_without_a_storm() {
         .with_headers();
     let s = scheduler(Quota::per_period(PERIOD).requests(10));
     assert_eq!(run(&s, &provider, 8, 5).await, 0);
-    eprintln!("bucket against LiteLLM: {} 429s for 40 calls", provider.rejected());
+    eprintln!(
+        "bucket against LiteLLM: {} 429s for 40 calls",
+        provider.rejected()
+    );
     assert!(provider.rejected() <= 2, "{} 429s", provider.rejected());
     let key = &s.snapshot().keys["m"];
     assert_eq!(
@@ -331,7 +334,10 @@ async fn nothing_configured_learns_litellm_s_windows() {
         .build()
         .unwrap();
     assert_eq!(run(&s, &provider, 8, 5).await, 0);
-    eprintln!("learned LiteLLM windows: {} 429s for 40 calls", provider.rejected());
+    eprintln!(
+        "learned LiteLLM windows: {} 429s for 40 calls",
+        provider.rejected()
+    );
     assert!(provider.rejected() <= 3, "{} 429s", provider.rejected());
     let key = &s.snapshot().keys["m"];
     assert_eq!(key.learned.requests, Some(10));

@@ -257,9 +257,7 @@ impl KeyInner {
         }
         self.warm = true;
         if let Some(since) = self.cold_since.take() {
-            let limits = self.limits;
-            self.buckets
-                .lag(now, &limits, now.saturating_duration_since(since));
+            self.buckets.lag(now, now.saturating_duration_since(since));
         }
     }
 
