@@ -232,7 +232,7 @@ impl KeyInner {
             // The boundary was not where the window said: reopen it, so that only the debt's
             // pause and single probe hold calls back, and the probe's success places it.
             self.buckets.reopen_windows(now, &limits, kind);
-            self.buckets.drain(now, &limits, kind, Cost::default());
+            self.buckets.drain_buckets(now, &limits, kind);
             None
         };
         let period = KeyBuckets::dimensions_of(kind)
@@ -257,9 +257,7 @@ impl KeyInner {
         }
         self.warm = true;
         if let Some(since) = self.cold_since.take() {
-            let limits = self.limits;
-            self.buckets
-                .lag(now, &limits, now.saturating_duration_since(since));
+            self.buckets.lag(now, now.saturating_duration_since(since));
         }
     }
 

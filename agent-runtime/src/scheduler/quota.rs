@@ -62,7 +62,8 @@ pub struct Quota {
     /// scheduler's when it leaves: network jitter of up to `guard` between the two can then never
     /// make a request arrive before the provider has refilled for it. It costs one shift of
     /// `guard` at the start of a saturated run, never throughput. In-memory state only (a shared
-    /// backend admits by its own clock).
+    /// backend admits by its own clock). The cold start needs no guard: a key's buckets give up
+    /// the refill of its first round trip by default (`docs/quota.md`, "Cold start").
     pub guard: Duration,
     /// How the provider counts `requests` (default a continuous [`Limiter::Bucket`]).
     pub requests_limiter: Limiter,

@@ -503,10 +503,12 @@ impl KeyBuckets {
         }
     }
 
-    /// Every continuous bucket gives up `by` of refill (the cold-start shift).
-    pub(crate) fn lag(&mut self, now: Instant, limits: &Limits, by: Duration) {
-        self.sync(limits, now);
+    /// Every continuous bucket that exists gives up `by` of refill (the cold-start shift). A
+    /// bucket created since, for limits the answer taught, started no earlier than the answer
+    /// and has no lead to give up.
+    pub(crate) fn lag(&mut self, now: Instant, by: Duration) {
         for m in self.buckets.iter_mut().flatten() {
+            m.refill(now);
             m.lag(by);
         }
     }
