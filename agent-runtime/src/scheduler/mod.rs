@@ -7,7 +7,8 @@
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
 //! - [`quota`] — what a key allows; `limiter` — how each limiter kind counts (continuous
 //!   bucket, fixed window, sliding log), one module per kind;
-//! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
+//! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
+//!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`], called only in `attempt`;
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
@@ -22,6 +23,7 @@ mod feedback;
 mod inference;
 mod limiter;
 pub mod metrics;
+mod queue;
 pub mod quota;
 mod reconcile;
 pub mod retry;
@@ -33,12 +35,14 @@ pub mod redis_state;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
 };
+pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
 pub use retry::{CircuitState, RetryPolicy};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -56,6 +60,7 @@ use tracing::Instrument;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
+use queue::Demand;
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
@@ -119,7 +124,8 @@ pub struct ModelCall<'a> {
     pub request: ChatRequest,
     /// Why the call is made.
     pub kind: CallKind,
-    /// The conversation it is charged to (fair queueing is per conversation).
+    /// The conversation it is charged to (its place in the admission queue, unless a tenant is
+    /// set with [`with_tenant`](Self::with_tenant)).
     pub conversation: &'a str,
     /// The agent making it.
     pub agent: &'a str,
@@ -133,6 +139,9 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// The tenant whose share of the key the call takes in the admission queue, instead of its
+    /// conversation's, and the tenant's weight (see [`with_tenant`](Self::with_tenant)).
+    pub tenant: Option<(&'a str, NonZeroU32)>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -144,6 +153,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +179,33 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            tenant: None,
         }
+    }
+
+    /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
+    /// place in the key's queue, whatever its conversation. Under
+    /// [`QueuePolicy::TokenFair`] a waiting tenant gets a share of the key's token rate
+    /// proportional to its weight (a tenant of weight 2 gets twice the share of one of weight 1);
+    /// the other policies ignore the weight. Give all calls of a tenant the same weight.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use agent_core::{Budget, CallKind, ChatRequest, Message, ScriptedModel};
+    /// use agent_runtime::scheduler::ModelCall;
+    ///
+    /// let model = ScriptedModel::new("m");
+    /// let budget = Budget::unlimited();
+    /// let request = ChatRequest::new(vec![Message::user("hello")]);
+    /// let weight = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
+    /// let call = ModelCall::new(&model, request, CallKind::Reply, "chat-1", "bot", &budget)
+    ///     .with_tenant("team-a", weight);
+    /// assert_eq!(call.tenant, Some(("team-a", weight)));
+    /// ```
+    #[must_use]
+    pub fn with_tenant(mut self, label: &'a str, weight: NonZeroU32) -> Self {
+        self.tenant = Some((label, weight));
+        self
     }
 
     /// Charges the call to quota key `key` instead of the model's id.
@@ -606,6 +642,7 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            tenant,
             ..
         } = call;
         let prompt = self.inner.estimator.prompt_tokens(&request);
@@ -633,7 +670,12 @@ impl QuotaScheduler {
             charge,
             ticket: Ticket {
                 cost,
-                conversation,
+                demand: Demand {
+                    prompt,
+                    completion: completion_cap,
+                },
+                client: tenant.map_or(conversation, |(label, _)| label),
+                weight: tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
                 priority,
                 retry: false,
                 cancel,
