@@ -135,6 +135,14 @@ pub(crate) enum Refusal {
     Cancelled,
 }
 
+impl Refusal {
+    /// Whether admission had counted the call in its key's `calls` before refusing it: every
+    /// refusal but the capacity and circuit checks, which come first.
+    pub(crate) fn counted(&self) -> bool {
+        !matches!(self, Refusal::Exceeds { .. } | Refusal::CircuitOpen(_))
+    }
+}
+
 pub(crate) async fn cancelled(cancel: Option<&CancellationToken>) {
     match cancel {
         Some(c) => c.cancelled().await,

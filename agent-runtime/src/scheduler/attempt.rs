@@ -127,11 +127,15 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
             .await
         {
             Ok(admitted) => admitted,
-            Err(Refusal::TooLong { .. }) if self.limited.since.is_some() => {
-                return Err(self.wait_exceeded());
+            Err(refusal) => {
+                self.record.submitted |= refusal.counted();
+                if matches!(refusal, Refusal::TooLong { .. }) && self.limited.since.is_some() {
+                    return Err(self.wait_exceeded());
+                }
+                return Err(scheduler.refusal(self.key, refusal));
             }
-            Err(refusal) => return Err(scheduler.refusal(self.key, refusal)),
         };
+        self.record.submitted = true;
         self.record.attempts += 1;
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {

@@ -33,7 +33,8 @@ pub mod state;
 pub mod redis_state;
 
 pub use metrics::{
-    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
+    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WAIT_BUCKETS,
+    WaitStats,
 };
 pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
@@ -612,12 +613,28 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
+        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
+        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
+        let model = call.model.id();
         let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
+            "model_call",
+            otel.name = %format_args!("chat {model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+            gen_ai.request.model = model,
+            gen_ai.request.max_tokens = call.request.max_completion_tokens,
+            gen_ai.agent.name = call.agent,
+            gen_ai.conversation.id = call.conversation,
+            turnstile.call.kind = ?call.kind,
+            turnstile.quota.key = &*key.borrow().name,
+            turnstile.quota.wait_seconds = tracing::field::Empty,
+            turnstile.attempts = tracing::field::Empty,
+            turnstile.cost_usd = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         // A span nobody records still costs a `log` check on every poll and on drop (tracing's
         // `log` feature is on in the dependency graph): leave it out when it is disabled.
@@ -637,7 +654,9 @@ impl QuotaScheduler {
         let ModelCall {
             model,
             request,
+            kind,
             conversation,
+            agent,
             budget,
             priority,
             cancel,
@@ -688,7 +707,49 @@ impl QuotaScheduler {
         .run()
         .await;
         record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
         self.inner.conversations.record(conversation, &record);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match &result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent,
+            kind = ?kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
         if let Some(o) = observer {
             let info = CallInfo {
                 key: &key.name,
@@ -699,5 +760,20 @@ impl QuotaScheduler {
             o.call_finished(&info, result.as_ref());
         }
         result
+    }
+}
+
+/// The `error.type` of a failed call: a short, stable name for its kind.
+fn error_type(error: &CallError) -> &'static str {
+    match error {
+        CallError::Model(ModelError::RateLimited { .. }) => "rate_limited",
+        CallError::Model(ModelError::Transient { .. }) => "transient",
+        CallError::Model(ModelError::InvalidRequest { .. }) => "invalid_request",
+        CallError::Model(ModelError::MalformedResponse { .. }) => "malformed_response",
+        CallError::Model(ModelError::Cancelled) | CallError::Cancelled => "cancelled",
+        CallError::Model(_) => "provider_error",
+        CallError::BudgetExhausted(_) => "budget_exhausted",
+        CallError::ExceedsQuota { .. } => "exceeds_quota",
+        _ => "other",
     }
 }
