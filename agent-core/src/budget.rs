@@ -107,6 +107,11 @@ pub fn usd_to_nanos(usd: f64) -> u64 {
 }
 
 /// Prices by model id ([`ChatModel::id`](crate::ChatModel::id)). Models not in the table cost 0.
+///
+/// An id is looked up as given, then by the name after its last `/` (so `gpt-4o` prices
+/// `openai/gpt-4o`, `azure/gpt-4o` and the simulator's `sim/gpt-4o`), then by that name without a
+/// `-latest` or date suffix. [`PriceTable::builtin`] holds dated list prices of common models and
+/// is what [`Budget::new`] prices with; [`PriceTable::new`] is empty.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PriceTable {
     prices: HashMap<String, Price>,
@@ -136,9 +141,31 @@ impl PriceTable {
         self
     }
 
-    /// The price of `model`, if listed.
+    /// A table of these prices.
+    pub(crate) fn from_prices(prices: HashMap<String, Price>) -> Self {
+        Self { prices }
+    }
+
+    /// The price of `model`, if listed (see the type's docs for how an id is looked up).
     pub fn get(&self, model: &str) -> Option<&Price> {
-        self.prices.get(model)
+        crate::prices::lookup(&self.prices, model)
+    }
+
+    /// How many models are listed.
+    pub fn len(&self) -> usize {
+        self.prices.len()
+    }
+
+    /// True when no model is listed.
+    pub fn is_empty(&self) -> bool {
+        self.prices.is_empty()
+    }
+
+    /// Adds (or replaces) every price of `other`.
+    #[must_use]
+    pub fn extend(mut self, other: PriceTable) -> Self {
+        self.prices.extend(other.prices);
+        self
     }
 
     /// Cost in dollars of `usage` on `model` (0 when the model is not listed).
@@ -147,7 +174,7 @@ impl PriceTable {
     }
 
     fn cost_nanos(&self, model: &str, usage: Usage) -> u64 {
-        self.prices.get(model).map_or(0, |p| p.nanos(usage))
+        self.get(model).map_or(0, |p| p.nanos(usage))
     }
 }
 
@@ -367,9 +394,10 @@ impl Budget {
         Self::new("", BudgetLimits::UNLIMITED)
     }
 
-    /// A root budget named `name` with `limits` and no prices (cost caps then never bind).
+    /// A root budget named `name` with `limits`, pricing usage with the built-in dated table
+    /// ([`PriceTable::builtin`]); models it does not list cost 0.
     pub fn new(name: impl Into<Arc<str>>, limits: BudgetLimits) -> Self {
-        Self::with_prices(name, limits, PriceTable::default())
+        Self::node(name.into(), limits, None, PriceTable::builtin_shared())
     }
 
     /// A root budget that prices usage with `prices`.

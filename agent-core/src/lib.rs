@@ -16,6 +16,7 @@ pub mod estimate;
 pub mod history;
 pub mod message;
 pub mod model;
+pub mod prices;
 pub mod scripted;
 pub mod termination;
 pub mod testing;

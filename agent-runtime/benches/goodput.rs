@@ -21,13 +21,16 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{Budget, CallKind, ChatModel, ChatRequest, LlmAgent, Message};
+use agent_core::{
+    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, LlmAgent, Message,
+};
 use agent_runtime::chat::GroupChat;
 use agent_runtime::fanout::{DEFAULT_TASK, FanoutConfig, run_fanout};
 use agent_runtime::mock::MockServer;
 use agent_runtime::provider::{LimiterKind, OpenAiProvider, SimConfig, SimStats, WindowAnchor};
 use agent_runtime::scheduler::{
-    KeyStats, Limiter, ModelCall, Quota, QuotaScheduler, RetryPolicy, WindowStart,
+    CallInfo, CallObserver, KeyStats, Limiter, ModelCall, QueuePolicy, Quota, QuotaScheduler,
+    RetryPolicy, WindowStart,
 };
 use support::{Options, Table, jain, thousands};
 
@@ -211,6 +214,7 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             warm_up: true,
             start_phase: None,
         },
+        fifty_chats(quick),
     ]
 }
 
@@ -269,6 +273,29 @@ fn semantics_scenarios(quick: bool) -> Vec<Scenario> {
     ]
 }
 
+/// Fifty equal chats at once against 60 requests / 6 s, as a new user would try: the scenario
+/// where the queue policy decides who finishes when.
+fn fifty_chats(quick: bool) -> Scenario {
+    let six = Duration::from_secs(6);
+    Scenario {
+        name: "50 equal chats at saturation",
+        sim: sim(six, 48).with_rpm(60),
+        quota: Quota::per_period(six).requests(60),
+        workload: Workload::Mixed(vec![Group {
+            label: "chat",
+            start_after: Duration::ZERO,
+            conversations: if quick { 10 } else { 50 },
+            agents: 2,
+            max_messages: 6,
+            max_completion_tokens: 64,
+        }]),
+        change: None,
+        nothing_to_learn: false,
+        warm_up: true,
+        start_phase: None,
+    }
+}
+
 /// One conversation as the bound and the fairness index need it.
 #[derive(Debug, Clone)]
 struct Conversation {
@@ -278,6 +305,9 @@ struct Conversation {
     calls: u64,
     completion_tokens: u64,
     failed: bool,
+    /// (admitted s, finished s, tokens used) of every admitted call, from the chat's
+    /// `CallObserver` (mixed workloads only).
+    admissions: Vec<(f64, f64, u64)>,
 }
 
 impl Conversation {
@@ -454,6 +484,31 @@ fn scheduler(scenario: &Scenario, mode: Mode, key: &str) -> QuotaScheduler {
     builder.build().expect("scheduler")
 }
 
+/// Records when each call of one chat was admitted and the tokens it used.
+#[derive(Debug)]
+struct Admissions {
+    start: tokio::time::Instant,
+    calls: std::sync::Mutex<Pending>,
+}
+
+/// The admission time of the call in flight, and the calls done: (admitted s, finished s,
+/// tokens used).
+type Pending = (Option<f64>, Vec<(f64, f64, u64)>);
+
+impl CallObserver for Admissions {
+    fn admitted(&self, _key: &str, _wait: Duration) {
+        self.calls.lock().unwrap().0 = Some(self.start.elapsed().as_secs_f64());
+    }
+
+    fn call_finished(&self, _info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
+        let mut calls = self.calls.lock().unwrap();
+        let used = result.ok().and_then(|c| c.usage).map_or(0, |u| u.total());
+        if let Some(at) = calls.0.take() {
+            calls.1.push((at, self.start.elapsed().as_secs_f64(), used));
+        }
+    }
+}
+
 async fn run_mixed(
     model: Arc<dyn ChatModel>,
     scheduler: &QuotaScheduler,
@@ -462,12 +517,19 @@ async fn run_mixed(
     let start = tokio::time::Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut ids = Vec::new();
+    let mut observers = Vec::new();
     for group in groups {
         for i in 0..group.conversations {
             let id = format!("{}-{i}", group.label);
+            let observer = Arc::new(Admissions {
+                start,
+                calls: Default::default(),
+            });
+            observers.push(observer.clone());
             let mut chat = GroupChat::builder()
                 .conversation_id(id.clone())
                 .scheduler(scheduler.clone())
+                .call_observer(observer)
                 .max_messages(group.max_messages);
             for a in 1..=group.agents {
                 let agent = LlmAgent::builder(format!("agent_{a}"), model.clone())
@@ -503,7 +565,8 @@ async fn run_mixed(
     let conversations = ids
         .iter()
         .zip(ended)
-        .map(|(id, (started, finished, ok))| {
+        .zip(observers)
+        .map(|((id, (started, finished, ok)), observer)| {
             let c = snapshot.conversations.get(id).cloned().unwrap_or_default();
             Conversation {
                 started,
@@ -511,6 +574,7 @@ async fn run_mixed(
                 calls: c.calls - c.failed,
                 completion_tokens: c.completion_tokens,
                 failed: !ok,
+                admissions: std::mem::take(&mut observer.calls.lock().unwrap().1),
             }
         })
         .collect();
@@ -577,6 +641,7 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Ru
                         calls: c.calls - u64::from(c.error.is_some()),
                         completion_tokens: c.completion_tokens,
                         failed: c.error.is_some(),
+                        admissions: Vec::new(),
                     })
                     .collect();
                 (report.wall_s, conversations)
@@ -777,6 +842,7 @@ fn main() {
     println!("{rendered}");
     let semantics = semantics_table(&runtime, &options, only.as_deref());
     println!("{semantics}");
+    queue_policies(&runtime, options.clone(), only.as_deref());
     if options.write_docs && !options.quick && only.is_none() {
         support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
             .unwrap_or_else(|e| panic!("{e}"));
@@ -850,4 +916,138 @@ fn semantics_table(
         }
     }
     table.render()
+}
+
+/// The queue policies compared on the scenarios where the order matters (configured limits):
+/// the fairness and completion-time table of `docs/benchmarks.md`.
+fn queue_policies(runtime: &tokio::runtime::Runtime, options: Options, only: Option<&str>) {
+    let quick = options.quick;
+    let policies = [
+        ("round robin", QueuePolicy::RoundRobin),
+        ("token-fair", QueuePolicy::token_fair()),
+        // Longer than the run: the aging bound never binds here.
+        (
+            "finish-first",
+            QueuePolicy::finish_first(Duration::from_secs(60)),
+        ),
+    ];
+    let mut table = Table::new(&[
+        "<scenario",
+        "<queue",
+        "makespan s",
+        "makespan/bound",
+        "token-share Jain",
+        "slowdown Jain",
+        "slowdown short/long",
+        "mean completion s",
+        "first done s",
+    ]);
+    let scenarios = scenarios(quick)
+        .into_iter()
+        .filter(|s| matches!(s.workload, Workload::Mixed(_)))
+        .filter(|s| only.is_none_or(|o| s.name.contains(o)));
+    for scenario in scenarios {
+        for (label, policy) in policies {
+            let mut scenario = scenario.clone();
+            scenario.quota = scenario.quota.clone().queue(policy);
+            let outcome = run(runtime, &scenario, Mode::Configured);
+            let b = bound(&scenario, &outcome);
+            let convs = &outcome.conversations;
+            let slowdown: Vec<f64> = convs
+                .iter()
+                .map(|c| (c.finished - c.started) / c.ideal(&scenario.sim).max(1e-9))
+                .collect();
+            let by_group = |label: &str| -> Option<f64> {
+                let Workload::Mixed(groups) = &scenario.workload else {
+                    return None;
+                };
+                let mut from = 0;
+                for g in groups {
+                    if g.label == label {
+                        let s = &slowdown[from..from + g.conversations];
+                        return Some(s.iter().sum::<f64>() / s.len() as f64);
+                    }
+                    from += g.conversations;
+                }
+                None
+            };
+            let short_long = match (by_group("short"), by_group("long")) {
+                (Some(s), Some(l)) => format!("{:.2}", s / l),
+                _ => "—".into(),
+            };
+            let x: Vec<f64> = slowdown.iter().map(|s| 1.0 / s).collect();
+            let completion: Vec<f64> = convs.iter().map(|c| c.finished - c.started).collect();
+            let mean = completion.iter().sum::<f64>() / completion.len() as f64;
+            let first = completion.iter().copied().fold(f64::INFINITY, f64::min);
+            let ratio = outcome.makespan / b.seconds;
+            let shares = token_shares(convs);
+            if std::env::var_os("GOODPUT_DEBUG").is_some() {
+                eprintln!("    token shares while waiting (tokens/s): {shares:.0?}");
+            }
+            eprintln!(
+                "  {} / {label}: {:.2} s vs bound {:.2} s = {ratio:.3}, token-share Jain {:.3}, mean completion {mean:.2} s, {} failed (load {})",
+                scenario.name,
+                outcome.makespan,
+                b.seconds,
+                jain(&shares),
+                convs.iter().filter(|c| c.failed).count(),
+                support::load_now()
+            );
+            table.row(vec![
+                scenario.name.to_owned(),
+                label.to_owned(),
+                format!("{:.2}", outcome.makespan),
+                format!("{ratio:.3}"),
+                format!("{:.3}", jain(&shares)),
+                format!("{:.3}", jain(&x)),
+                short_long,
+                format!("{mean:.2}"),
+                format!("{first:.2}"),
+            ]);
+        }
+    }
+    let rendered = table.render();
+    println!("{rendered}");
+    if options.write_docs && !quick && only.is_none() {
+        let machine = support::machine();
+        support::write_section(
+            "goodput-queue",
+            &format!("Measured on {machine}.\n\n{rendered}"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Each conversation's rate of tokens **while it waited**, over the window in which every
+/// conversation was running (from the last start to the first end after it): each call's tokens
+/// are spread evenly over the wait that preceded its admission (from the end of the previous
+/// call, or the start), and the tokens that fall in the window are divided by the time the
+/// conversation spent waiting in it. Time in flight is left out: no queue can serve a
+/// conversation that is not asking.
+fn token_shares(convs: &[Conversation]) -> Vec<f64> {
+    let from = convs.iter().map(|c| c.started).fold(0.0, f64::max);
+    let to = convs
+        .iter()
+        .map(|c| c.finished)
+        .filter(|f| *f > from)
+        .fold(f64::INFINITY, f64::min);
+    convs
+        .iter()
+        .map(|c| {
+            let mut ready = c.started;
+            let (mut tokens, mut waited) = (0.0, 0.0);
+            for &(admitted, finished, used) in &c.admissions {
+                let span = admitted - ready;
+                let overlap = (admitted.min(to) - ready.max(from)).max(0.0);
+                if span > 1e-6 {
+                    tokens += used as f64 * overlap / span;
+                    waited += overlap;
+                } else if (from..=to).contains(&admitted) {
+                    tokens += used as f64;
+                }
+                ready = finished;
+            }
+            tokens / waited.max(1e-3)
+        })
+        .collect()
 }

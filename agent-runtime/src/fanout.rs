@@ -265,6 +265,10 @@ pub struct FanoutReport {
     pub prompt_tokens: u64,
     /// Completion tokens the provider reported.
     pub completion_tokens: u64,
+    /// What the run cost in dollars: every call's reported usage priced by the run budget's
+    /// table (the built-in dated list prices, [`PriceTable::builtin`](agent_core::PriceTable::builtin));
+    /// 0 for a model the table does not list.
+    pub cost_usd: f64,
     /// Median admission wait of an attempt, in milliseconds.
     pub wait_p50_ms: f64,
     /// 99th-percentile admission wait of an attempt, in milliseconds.
@@ -544,6 +548,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         transient_errors,
         prompt_tokens,
         completion_tokens,
+        cost_usd: run.budget.used().cost_usd,
         wait_p50_ms: ms(wait.p50),
         wait_p99_ms: ms(wait.p99),
         wait_max_ms: ms(wait.max),
@@ -698,6 +703,7 @@ mod tests {
             transient_errors: 0,
             prompt_tokens: 10,
             completion_tokens: 5,
+            cost_usd: 0.25,
             wait_p50_ms: 0.0,
             wait_p99_ms: 0.0,
             wait_max_ms: 0.0,
@@ -717,6 +723,7 @@ mod tests {
             "retries",
             "prompt_tokens",
             "completion_tokens",
+            "cost_usd",
             "wait_p50_ms",
             "wait_p99_ms",
         ] {

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 async fn start(config: SimConfig) -> (MockServer, reqwest::Client) {
     let config = config.with_latency(Duration::ZERO, Duration::ZERO);
     let (_, server) = MockServer::start(config).await.unwrap();
+    agent_runtime::tls::install_crypto_provider();
     (server, reqwest::Client::new())
 }
 

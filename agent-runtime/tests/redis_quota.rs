@@ -13,6 +13,7 @@
     clippy::result_large_err
 )]
 
+mod redis_support;
 mod scheduler_support;
 
 use std::io::{BufRead, BufReader};
@@ -26,19 +27,12 @@ use agent_runtime::scheduler::{
     Acquire, Cost, Dimension, Lease, Limits, ModelCall, Quota, QuotaScheduler, QuotaState,
     Settlement, StateError,
 };
+use redis_support::TestRedis;
 use scheduler_support::{ExactEstimator, TimedModel, request};
 
 /// Set in a child process to make `worker_process` run (and tell it what to do).
 const WORKER_ENV: &str = "TURNSTILE_REDIS_TEST_WORKER";
 const TTL: Duration = Duration::from_secs(30);
-
-fn redis_url() -> Option<String> {
-    let url = std::env::var("REDIS_URL").ok();
-    if url.is_none() {
-        eprintln!("skipping: REDIS_URL not set");
-    }
-    url
-}
 
 /// A key prefix no other test (or earlier run) uses.
 fn unique_prefix(test: &str) -> String {
@@ -239,8 +233,13 @@ fn check_grants(grants: &[(u64, Cost)], requests: u64, tokens: u64, period: Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn schedulers_in_separate_tasks_share_one_quota() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("tasks");
     let period = Duration::from_secs(1);
     let quota = Quota::per_period(period).requests(10).tokens(600);
@@ -269,8 +268,13 @@ async fn schedulers_in_separate_tasks_share_one_quota() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn schedulers_in_separate_processes_share_one_quota() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("processes");
     let children: Vec<_> = (0..3)
         .map(|_| spawn_worker(&url, "share", &prefix))
@@ -307,8 +311,10 @@ async fn schedulers_in_separate_processes_share_one_quota() {
     check_grants(&grants, 8, 500, Duration::from_secs(1));
 }
 
-/// Runs only in child processes spawned by the tests above (it returns at once otherwise).
+/// Runs only in child processes spawned by the tests above (`--ignored` there); not a test by
+/// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a worker the multi-process tests spawn; not a test by itself"]
 async fn worker_process() {
     let Ok(job) = std::env::var(WORKER_ENV) else {
         return;
@@ -356,6 +362,7 @@ fn spawn_worker(url: &str, mode: &str, prefix: &str) -> Worker {
             .args([
                 "--exact",
                 "worker_process",
+                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -376,8 +383,13 @@ fn worker_field<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
 const LEASE_TTL: Duration = Duration::from_millis(600);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn a_killed_holders_slot_returns_after_its_lease_expires() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("crash");
     let mut child = spawn_worker(&url, "hold", &prefix);
     let stdout = child.0.stdout.take().unwrap();
@@ -435,8 +447,13 @@ async fn a_killed_holders_slot_returns_after_its_lease_expires() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn reconcile_refunds_when_asked_and_charges_extra() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("reconcile")).await;
     // A ten-minute period makes refill during the test negligible (< 0.2 tokens per 100 ms).
     let limits = Quota::per_period(Duration::from_secs(600))
@@ -486,8 +503,13 @@ async fn reconcile_refunds_when_asked_and_charges_extra() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn a_refused_dimension_reserves_nothing_in_the_others() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("atomic")).await;
     let limits = Quota::per_period(Duration::from_secs(600))
         .requests(10)
@@ -516,8 +538,13 @@ async fn a_refused_dimension_reserves_nothing_in_the_others() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn the_in_flight_cap_is_shared_and_settle_frees_the_slot() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("inflight");
     let one = connect(&url, &prefix).await;
     let other = connect(&url, &prefix).await;
@@ -541,8 +568,13 @@ async fn the_in_flight_cap_is_shared_and_settle_frees_the_slot() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn a_pause_learned_by_one_process_holds_every_process() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("pause");
     let one = connect(&url, &prefix).await;
     let other = connect(&url, &prefix).await;
@@ -570,8 +602,13 @@ async fn a_pause_learned_by_one_process_holds_every_process() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn observe_tightens_but_never_loosens() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("observe")).await;
     let limits = Quota::per_period(Duration::from_secs(600))
         .requests(50)
@@ -606,8 +643,13 @@ async fn observe_tightens_but_never_loosens() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn daily_caps_bind_alongside_the_per_period_buckets() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("daily")).await;
     let limits = Quota::per_minute()
         .requests(100)
@@ -633,8 +675,13 @@ async fn daily_caps_bind_alongside_the_per_period_buckets() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn start_empty_buckets_admit_nothing_until_they_refill() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("empty")).await;
     let limits = Quota::per_minute().requests(60).start_empty(true).limits();
     let Acquire::Wait {
@@ -650,8 +697,13 @@ async fn start_empty_buckets_admit_nothing_until_they_refill() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn idle_keys_expire_once_the_buckets_are_full_again() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let prefix = unique_prefix("expire");
     let state = connect(&url, &prefix).await;
     let limits = Quota::per_period(Duration::from_secs(2))
@@ -684,8 +736,13 @@ async fn idle_keys_expire_once_the_buckets_are_full_again() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn scripts_reload_after_the_script_cache_is_flushed() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("noscript")).await;
     let limits = Quota::per_minute().requests(10).limits();
     acquire(&state, "q", &limits, cost(1, 0), TTL).await;
@@ -703,8 +760,13 @@ async fn scripts_reload_after_the_script_cache_is_flushed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn one_round_trip_per_admission_and_per_settle() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("roundtrips")).await;
     let limits = Quota::per_minute()
         .requests(100)
@@ -733,8 +795,13 @@ async fn one_round_trip_per_admission_and_per_settle() {
 /// Review item 9: settle and observe read a missing bucket as full even with `start_empty`, so a
 /// settle or a remaining-quota reading on an expired key refilled it.
 #[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
 async fn settle_and_observe_read_a_missing_bucket_as_empty_with_start_empty() {
-    let Some(url) = redis_url() else { return };
+    let redis = TestRedis::start();
+    let url = redis.url();
     let state = connect(&url, &unique_prefix("empty-settle")).await;
     let limits = Quota::per_minute().tokens(6_000).start_empty(true).limits();
     let reading = RateLimitReading {

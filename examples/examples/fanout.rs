@@ -9,7 +9,7 @@
 //! cargo run --release --example fanout -- --conversations 200 --rpm 600 --tpm 200000 --period-seconds 6
 //!
 //! # Against the mock server, limits not configured here (learned from its headers):
-//! cargo run --release -p agent-runtime --bin turnstile-mock -- --rpm 600 --tpm 200000 --period-seconds 6 &
+//! cargo run --release -p agent-runtime --features mock-server --bin turnstile-mock -- --rpm 600 --tpm 200000 --period-seconds 6 &
 //! cargo run --release --example fanout -- --base-url http://127.0.0.1:8089/v1 --period-seconds 6
 //!
 //! # A real endpoint (key from OPENAI_API_KEY; optional for local servers):
@@ -26,9 +26,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::ChatModel;
+use agent_core::budget::usd_to_nanos;
+use agent_core::{ChatModel, PriceTable, Usage};
 use agent_runtime::QuotaScheduler;
+use agent_runtime::console::Dollars;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
+use agent_runtime::prometheus::{self, SchedulerMetrics};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use agent_runtime::scheduler::Quota;
 use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
@@ -78,6 +81,10 @@ struct Args {
     /// model (counters in the report stay this process's own).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Serve the scheduler's Prometheus metrics at http://ADDR/metrics while the run lasts
+    /// (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[tokio::main]
@@ -139,12 +146,29 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         quota = quota.tokens(n);
     }
     let mut scheduler = QuotaScheduler::builder().quota(&key, quota);
+    let mut redis = None;
     if let Some(url) = &args.redis_url {
-        let redis = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
-        eprintln!("fanout: quota shared through Redis at {}", redis.endpoint());
-        scheduler = scheduler.state(Arc::new(redis));
+        let state = RedisQuotaState::connect(url, RedisQuotaConfig::default()).await?;
+        eprintln!("fanout: quota shared through Redis at {}", state.endpoint());
+        scheduler = scheduler.state(Arc::new(state.clone()));
+        redis = Some(state);
     }
     let scheduler = scheduler.build()?;
+    // Held until the run ends: dropping it stops the endpoint.
+    let _metrics = match args.metrics_addr {
+        Some(addr) => {
+            let mut metrics = SchedulerMetrics::new(&scheduler);
+            if let Some(state) = &redis {
+                metrics = metrics.redis(state);
+            }
+            let server = prometheus::serve(addr, metrics.registry())
+                .await
+                .map_err(|e| format!("--metrics-addr {addr}: cannot listen there: {e}"))?;
+            eprintln!("fanout: metrics at http://{}/metrics", server.local_addr());
+            Some(server)
+        }
+        None => None,
+    };
 
     let mut config = FanoutConfig::default()
         .with_conversations(args.conversations)
@@ -213,6 +237,8 @@ fn show_progress(scheduler: &QuotaScheduler, key: &str, total: u64) -> Progress 
         bar.set_style(style.progress_chars("=> "));
     }
     let (scheduler, key, shown) = (scheduler.clone(), key.to_owned(), bar.clone());
+    // The run's budget prices with the built-in table too; the line estimates from the same.
+    let prices = PriceTable::builtin();
     let task = tokio::spawn(async move {
         let every = if tty { 250 } else { 2_000 };
         let mut tick = tokio::time::interval(Duration::from_millis(every));
@@ -223,13 +249,18 @@ fn show_progress(scheduler: &QuotaScheduler, key: &str, total: u64) -> Progress 
                 continue;
             };
             let line = format!(
-                "calls {}  in flight {}  queued {}  429s {}  retries {}  wait p99 {:.0?}",
+                "calls {}/{} finished  in flight {}  queued {}  429s {}  retries {}  wait p99 {:.0?}  {}",
+                k.finished(),
                 k.calls,
                 k.in_flight,
                 k.queued,
                 k.rate_limited.total(),
                 k.retries,
-                k.wait.p99
+                k.wait.p99,
+                Dollars(usd_to_nanos(prices.cost_usd(
+                    &key,
+                    Usage::new(k.prompt_tokens, k.completion_tokens)
+                ))),
             );
             if tty {
                 shown.set_message(line);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use agent_core::{Budget, BudgetLimits, LlmAgent, Message};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::{GroupChat, NestedChatAgent, Task};
+use agent_runtime::console::ConsolePrinter;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 
 const OUTER_CALLS: u64 = 8;
@@ -72,13 +73,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
          'research' of {INNER_CALLS} calls (checked against 'trip' too)\n"
     );
 
-    let result = chat.run("Plan a weekend in Porto in May.").await?;
-
-    for message in &result.messages {
-        let who = message.source().unwrap_or("?");
-        println!("--- {who}\n{}\n", message.text().unwrap_or("(no text)"));
-    }
-    println!("outer stop reason: {}", result.stop_reason);
+    let result = ConsolePrinter::stdout()
+        .run(&mut chat, "Plan a weekend in Porto in May.")
+        .await?;
     if let Some(inner) = research.last_result() {
         println!(
             "inner chat: {} messages, stopped because: {}",

@@ -17,6 +17,7 @@ use agent_core::termination::TextMention;
 use agent_core::{Budget, BudgetLimits, LlmAgent};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
+use agent_runtime::console::ConsolePrinter;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 use agent_runtime::scheduler::Quota;
 
@@ -66,21 +67,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .scheduler(scheduler.clone())
         .build()?;
 
-    let result = chat
-        .run("Write a short poem about waiting in a queue.")
+    // Speakers, messages, quota waits, each call's tokens and cost, the stop reason and the usage,
+    // printed as they happen.
+    ConsolePrinter::stdout()
+        .run(&mut chat, "Write a short poem about waiting in a queue.")
         .await?;
 
-    for message in &result.messages {
-        let who = message.source().unwrap_or("?");
-        println!("--- {who}\n{}\n", message.text().unwrap_or("(no text)"));
-    }
-    println!("stop reason: {}", result.stop_reason);
-    for (agent, usage) in &result.usage.by_agent {
-        println!(
-            "usage {agent:>7}: {} calls, {} prompt + {} completion tokens",
-            usage.calls, usage.prompt_tokens, usage.completion_tokens
-        );
-    }
     let budget = chat.budget().used();
     println!("budget 'quickstart': {} of 20 calls used", budget.calls);
     let snapshot = scheduler.snapshot();

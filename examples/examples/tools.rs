@@ -13,9 +13,10 @@
 
 use std::error::Error;
 
-use agent_core::{Content, LlmAgent, ToolRegistry, TypedTool};
+use agent_core::{LlmAgent, ToolRegistry, TypedTool};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
+use agent_runtime::console::ConsolePrinter;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -87,28 +88,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .scheduler(QuotaScheduler::new())
         .build()?;
 
-    let result = chat
-        .run(r#"Should I pack an umbrella for Lisbon today? Check first: call tool get_weather {"city": "Lisbon"}"#)
+    // The printer shows the tool call, the tool's result and each model call's cost.
+    let result = ConsolePrinter::stdout()
+        .run(&mut chat, r#"Should I pack an umbrella for Lisbon today? Check first: call tool get_weather {"city": "Lisbon"}"#)
         .await?;
-
-    for message in &result.messages {
-        let who = message.source().unwrap_or("?");
-        match &message.content {
-            Content::ToolCalls { calls } => {
-                for call in calls.iter() {
-                    println!("--- {who} calls {}({})", call.name, call.arguments);
-                }
-            }
-            Content::ToolResults { results } => {
-                for r in results.iter() {
-                    let status = if r.is_error { "error" } else { "ok" };
-                    println!("--- tool {} [{status}] -> {}", r.name, r.content);
-                }
-            }
-            _ => println!("--- {who}\n{}", message.text().unwrap_or("(no text)")),
-        }
-    }
-    println!("\nstop reason: {}", result.stop_reason);
     println!(
         "model calls: {} (one to ask for the tool, one to answer with its result)",
         result.model_calls()

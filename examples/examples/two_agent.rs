@@ -13,6 +13,7 @@ use std::error::Error;
 use agent_core::{Budget, BudgetLimits, HumanInputMode, LlmAgent, UserProxy};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
+use agent_runtime::console::ConsolePrinter;
 use agent_runtime::provider::{SimConfig, env_or_simulated};
 
 #[tokio::main]
@@ -45,20 +46,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .scheduler(QuotaScheduler::new())
         .build()?;
 
-    let result = chat
-        .run("What is a token bucket? One sentence, with an example.")
+    ConsolePrinter::stdout()
+        .run(
+            &mut chat,
+            "What is a token bucket? One sentence, with an example.",
+        )
         .await?;
-
-    for message in &result.messages {
-        let who = message.source().unwrap_or("?");
-        println!("--- {who}\n{}\n", message.text().unwrap_or("(no text)"));
-    }
-    println!("stop reason: {}", result.stop_reason);
-    println!(
-        "model calls: {} ({} prompt + {} completion tokens)",
-        result.model_calls(),
-        result.usage.total.prompt_tokens,
-        result.usage.total.completion_tokens
-    );
     Ok(())
 }

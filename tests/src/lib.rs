@@ -44,6 +44,7 @@ pub fn provider(server: &MockServer) -> Result<Arc<dyn ChatModel>, Error> {
 /// The mock's counters as `GET /stats` serves them (what any client of the mock would see).
 pub async fn stats_over_http(server: &MockServer) -> Result<serde_json::Value, Error> {
     let url = format!("http://{}/stats", server.addr());
+    agent_runtime::tls::install_crypto_provider();
     Ok(reqwest::get(url).await?.error_for_status()?.json().await?)
 }
 

@@ -53,6 +53,10 @@ pub enum ChatEvent {
         agent: Arc<str>,
         /// The quota key.
         key: Arc<str>,
+        /// The model's id ([`ChatModel::id`](agent_core::ChatModel::id)).
+        model: Arc<str>,
+        /// What the budget was charged, in nanodollars (priced by the model's id).
+        cost_nanos: u64,
         /// Usage reported (none when the call failed).
         usage: Option<Usage>,
         /// Provider attempts made.
@@ -206,6 +210,8 @@ impl CallObserver for AgentObserver {
             let _ = tx.send(ChatEvent::CallFinished {
                 agent: self.agent.clone(),
                 key: Arc::from(info.key),
+                model: Arc::from(info.model),
+                cost_nanos: info.cost_nanos,
                 usage,
                 attempts: info.attempts,
                 error: result.err().cloned(),

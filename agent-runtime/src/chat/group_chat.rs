@@ -8,6 +8,7 @@ use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cancel::CancelHandle;
 use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
@@ -668,6 +669,15 @@ impl GroupChat {
         ChatEventStream::new(move |tx| Box::pin(self.run_with(task, Some(tx))))
     }
 
+    /// [`run`](Self::run), sending the run's events to `events` (the console printer drives this).
+    pub(crate) async fn run_observed(
+        &mut self,
+        task: Task,
+        events: UnboundedSender<ChatEvent>,
+    ) -> Result<ChatResult, ChatError> {
+        self.run_with(task, Some(events)).await
+    }
+
     async fn run_with(
         &mut self,
         task: Task,
@@ -676,7 +686,13 @@ impl GroupChat {
         let started = Instant::now();
         self.session.begin(events);
         let run_start = self.thread.messages.len();
-        let outcome = self.drive(task).await;
+        // One span per chat run, the parent of its turns' spans (docs/observability.md).
+        let span = self.session.run_span();
+        let outcome = if span.is_disabled() {
+            self.drive(task).await
+        } else {
+            self.drive(task).instrument(span).await
+        };
         if let Ok(stop) = &outcome
             && *stop != StopReason::Cancelled
         {

@@ -10,9 +10,11 @@ use std::task::Poll;
 use agent_core::{
     Agent, AgentError, AgentReply, Budget, BudgetExhausted, CallError, Charge, Message, StopReason,
 };
+use futures::future::Either;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::cancel::CancelHandle;
 use super::error::{ChatConfigError, ChatError, ChatErrorKind};
@@ -263,10 +265,25 @@ impl Session {
         index: usize,
         history: &[Message],
     ) -> Turn {
-        let mut turn = agent.reply(history, &self.contexts[index]);
+        let turn = agent.reply(history, &self.contexts[index]);
+        // One span per turn (GenAI `invoke_agent`), the parent of its model calls' spans.
+        let name = &self.names[index];
+        let span = tracing::debug_span!(
+            "turn",
+            otel.name = %format_args!("invoke_agent {name}"),
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = &**name,
+            gen_ai.conversation.id = &*self.conversation,
+        );
+        // A span nobody records still costs on every poll: leave it out when it is disabled.
+        let mut turn = if span.is_disabled() {
+            Either::Left(turn)
+        } else {
+            Either::Right(turn.instrument(span))
+        };
         // An instant agent finishes on the first poll; only a pending turn needs to race the
         // cancellation token.
-        let reply = match futures::poll!(turn.as_mut()) {
+        let reply = match futures::poll!(&mut turn) {
             Poll::Ready(r) => r,
             Poll::Pending => tokio::select! {
                 biased;
@@ -323,6 +340,36 @@ impl Session {
         self.shared.finish();
         self.events = None;
         self.renew_cancel();
+        // The one line per chat run that `RUST_LOG=info` shows (docs/observability.md).
+        match &result {
+            Ok(r) => tracing::info!(
+                chat = %self.name,
+                conversation = %self.conversation,
+                stop = %r.stop_reason,
+                messages = r.messages.len(),
+                calls = r.usage.total.calls,
+                tokens = r.usage.total.total_tokens(),
+                cost_usd = r.cost_usd(),
+                wall_ms = u64::try_from(r.wall_time.as_millis()).unwrap_or(u64::MAX),
+                "chat stopped"
+            ),
+            Err(e) => tracing::info!(
+                chat = %self.name,
+                conversation = %self.conversation,
+                error = %e,
+                "chat failed"
+            ),
+        }
         result
+    }
+
+    /// The span of one run (`chat_run {name}`), the parent of its turns' spans.
+    pub(crate) fn run_span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "chat",
+            otel.name = %format_args!("chat_run {}", self.name),
+            turnstile.chat.name = &*self.name,
+            gen_ai.conversation.id = &*self.conversation,
+        )
     }
 }

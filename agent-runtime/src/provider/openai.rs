@@ -330,6 +330,8 @@ impl OpenAiProviderBuilder {
             _ => TokenLimitField::MaxTokens,
         });
 
+        // reqwest is built without a crypto provider of its own (no aws-lc-sys).
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.timeout)

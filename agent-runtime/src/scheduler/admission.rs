@@ -1,7 +1,7 @@
-//! Quota admission: a key's fair queue of waiting calls and the wait itself.
+//! Quota admission: the wait of a call for its turn in the key's queue and for its quota.
 //!
-//! Per key, waiting calls sit in per-conversation FIFO queues; conversations take turns
-//! round-robin (one admission per turn) within a priority class, and higher classes go first.
+//! Per key, waiting calls sit in the key's [`FairQueue`], ordered by the quota's
+//! [`QueuePolicy`](super::QueuePolicy) within priority classes (higher classes first).
 //! The order is **strict head-of-line**: only the call at the head of that order may take from the
 //! buckets, so a large call that waits for the bucket to refill is not overtaken by small calls
 //! taking the tokens it waits for; its wait is bounded by `cost / rate` once it is at the head.
@@ -11,18 +11,17 @@
 //! cancellation of the head) notifies the new head. Cancelling a waiting call (dropping its future
 //! or firing its token) removes it and passes its turn on.
 
-use std::collections::{HashMap, VecDeque};
 use std::future::pending;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustc_hash::FxBuildHasher;
-use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
+use super::queue::{Demand, FairQueue, Slot};
 use super::quota::{Cost, Dimension, Limits, Quota};
 use super::retry::{Breaker, RetryBudget, RetryPolicy};
 use super::state::{Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after};
@@ -44,149 +43,6 @@ pub(crate) enum Backend {
         lease_ttl: Duration,
         poll: Duration,
     },
-}
-
-/// A waiting call.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    id: u64,
-    notify: Notify,
-}
-
-#[derive(Debug)]
-struct Class {
-    priority: u8,
-    /// Conversations with waiting calls, in turn order.
-    ring: VecDeque<Arc<str>>,
-    waiting: HashMap<Arc<str>, VecDeque<Arc<Slot>>, FxBuildHasher>,
-}
-
-/// Per-conversation FIFO queues taken round-robin, within priority classes (highest first).
-#[derive(Debug, Default)]
-pub(crate) struct FairQueue {
-    classes: Vec<Class>,
-    len: usize,
-    next_id: u64,
-}
-
-impl FairQueue {
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    fn push(&mut self, conversation: &str, priority: u8, front: bool) -> Arc<Slot> {
-        self.next_id += 1;
-        let slot = Arc::new(Slot {
-            id: self.next_id,
-            notify: Notify::new(),
-        });
-        // Classes are sorted by descending priority.
-        let i = match self.classes.binary_search_by(|c| priority.cmp(&c.priority)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.classes.insert(
-                    i,
-                    Class {
-                        priority,
-                        ring: VecDeque::new(),
-                        waiting: HashMap::default(),
-                    },
-                );
-                i
-            }
-        };
-        let class = &mut self.classes[i];
-        match class.waiting.get_mut(conversation) {
-            Some(q) if front => q.push_front(slot.clone()),
-            Some(q) => q.push_back(slot.clone()),
-            None => {
-                let name: Arc<str> = Arc::from(conversation);
-                class
-                    .waiting
-                    .insert(name.clone(), VecDeque::from([slot.clone()]));
-                // A retried call had its turn already taken from it by the provider: it goes
-                // first again rather than to the back of the round.
-                if front {
-                    class.ring.push_front(name);
-                } else {
-                    class.ring.push_back(name);
-                }
-            }
-        }
-        self.len += 1;
-        slot
-    }
-
-    fn head(&self) -> Option<&Arc<Slot>> {
-        let class = self.classes.first()?;
-        class.waiting.get(class.ring.front()?)?.front()
-    }
-
-    fn is_head(&self, id: u64) -> bool {
-        self.head().is_some_and(|h| h.id == id)
-    }
-
-    /// Removes an admitted waiter and moves its conversation to the back of its round (it had its
-    /// turn). By id, not "whoever is head now": while a shared backend answers, a higher-priority
-    /// call or a retry at the front of the queue may have become head, and popping it would lose
-    /// that call and orphan this one's slot.
-    fn take(&mut self, conversation: &str, priority: u8, id: u64) {
-        let Some(ci) = self.classes.iter().position(|c| c.priority == priority) else {
-            return;
-        };
-        let class = &mut self.classes[ci];
-        let Some(q) = class.waiting.get_mut(conversation) else {
-            return;
-        };
-        let Some(pos) = q.iter().position(|s| s.id == id) else {
-            return;
-        };
-        q.remove(pos);
-        self.len -= 1;
-        let now_empty = q.is_empty();
-        if now_empty {
-            class.waiting.remove(conversation);
-        }
-        if let Some(at) = class.ring.iter().position(|n| &**n == conversation)
-            && let Some(name) = class.ring.remove(at)
-            && !now_empty
-        {
-            class.ring.push_back(name);
-        }
-        if class.ring.is_empty() {
-            self.classes.remove(ci);
-        }
-    }
-
-    /// Removes a waiter wherever it is.
-    fn remove(&mut self, conversation: &str, priority: u8, id: u64) {
-        let Some(ci) = self.classes.iter().position(|c| c.priority == priority) else {
-            return;
-        };
-        let class = &mut self.classes[ci];
-        let Some(q) = class.waiting.get_mut(conversation) else {
-            return;
-        };
-        let Some(pos) = q.iter().position(|s| s.id == id) else {
-            return;
-        };
-        q.remove(pos);
-        self.len -= 1;
-        if q.is_empty() {
-            class.waiting.remove(conversation);
-            class.ring.retain(|n| &**n != conversation);
-        }
-        if class.ring.is_empty() {
-            self.classes.remove(ci);
-        }
-    }
-
-    /// Wakes the head so it re-checks the buckets.
-    pub(crate) fn notify_head(&self) {
-        if let Some(h) = self.head() {
-            h.notify.notify_one();
-        }
-    }
 }
 
 /// Everything about one key that changes: guarded by one short per-key lock.
@@ -228,7 +84,12 @@ pub(crate) struct Key {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ticket<'a> {
     pub(crate) cost: Cost,
-    pub(crate) conversation: &'a str,
+    /// The tokens the queue charges (the estimate), split for its input and output weights.
+    pub(crate) demand: Demand,
+    /// Whose share the call takes in the queue: its tenant label, or else its conversation.
+    pub(crate) client: &'a str,
+    /// The client's weight in a token-fair queue.
+    pub(crate) weight: NonZeroU32,
     pub(crate) priority: u8,
     /// A retry after a provider failure: goes to the front of its conversation's queue and is not
     /// a new call for the retry budget.
@@ -248,6 +109,9 @@ pub(crate) struct Admitted {
     pub(crate) lease: Option<Lease>,
     /// The key's admission count at this admission (orders responses for inference).
     pub(crate) seq: u64,
+    /// What the queue charged the call's client, for the correction at reconcile; `None` when
+    /// the call passed an empty queue (no one waited, so no one's share was taken).
+    pub(crate) units: Option<u64>,
 }
 
 /// Why a call was not admitted.
@@ -269,6 +133,14 @@ pub(crate) enum Refusal {
         wait: Duration,
     },
     Cancelled,
+}
+
+impl Refusal {
+    /// Whether admission had counted the call in its key's `calls` before refusing it: every
+    /// refusal but the capacity and circuit checks, which come first.
+    pub(crate) fn counted(&self) -> bool {
+        !matches!(self, Refusal::Exceeds { .. } | Refusal::CircuitOpen(_))
+    }
 }
 
 pub(crate) async fn cancelled(cancel: Option<&CancellationToken>) {
@@ -398,7 +270,7 @@ impl Drop for Waiting<'_> {
         let was_head = inner.queue.is_head(self.slot.id);
         inner
             .queue
-            .remove(self.ticket.conversation, self.ticket.priority, self.slot.id);
+            .remove(self.ticket.client, self.ticket.priority, self.slot.id);
         if was_head {
             inner.queue.notify_head();
         }
@@ -424,7 +296,7 @@ impl Key {
                 inference: Default::default(),
                 cold_since: None,
                 warm: false,
-                queue: FairQueue::default(),
+                queue: FairQueue::new(quota.queue),
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
                 stats: KeyCounters::default(),
@@ -489,11 +361,12 @@ impl Key {
                     probe,
                     lease: None,
                     seq: inner.stats.attempts,
+                    units: None,
                 });
             }
             let slot = inner
                 .queue
-                .push(ticket.conversation, ticket.priority, ticket.retry);
+                .push(ticket.client, ticket.priority, ticket.retry, start);
             (slot, probe)
         };
         let mut waiting = Waiting {
@@ -572,6 +445,10 @@ impl Key {
                             deadline = b.wait.map(|w| instant_after(now, w));
                         }
                     }
+                } else {
+                    // A policy's order can change without an event (finish-first ages waiters):
+                    // whoever wakes and finds another call at the head wakes that one.
+                    inner.queue.notify_head();
                 }
             }
             if let (Some(limits), Backend::Shared { .. }) = (ask_remote, backend) {
@@ -674,11 +551,11 @@ impl Key {
         now: Instant,
         lease: Option<Lease>,
     ) -> Admitted {
-        inner.queue.take(
-            waiting.ticket.conversation,
-            waiting.ticket.priority,
-            waiting.slot.id,
-        );
+        let ticket = waiting.ticket;
+        let units = inner.queue.units(ticket.demand, ticket.weight);
+        inner
+            .queue
+            .take(ticket.client, ticket.priority, waiting.slot.id, units, now);
         inner.queue.notify_head();
         waiting.done = true;
         let wait = now - start;
@@ -692,6 +569,7 @@ impl Key {
             probe: waiting.probe,
             lease,
             seq: inner.stats.attempts,
+            units: Some(units),
         }
     }
 }

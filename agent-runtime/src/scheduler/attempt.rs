@@ -75,7 +75,7 @@ impl RateLimitedWait {
     }
 }
 
-impl<'s> CallAttempts<'s, '_> {
+impl<'s, 'c> CallAttempts<'s, 'c> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
@@ -115,7 +115,7 @@ impl<'s> CallAttempts<'s, '_> {
     /// Admission stage: waits for the key's quota in the fair queue. The returned guard holds
     /// the quota (and the budget reservation) until the reconcile stage settles it; dropped
     /// before that, it keeps everything charged and frees the in-flight slot.
-    async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s>, CallError> {
+    async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s, 'c>, CallError> {
         let scheduler = self.scheduler;
         self.attempt += 1;
         let max_wait = self
@@ -127,11 +127,15 @@ impl<'s> CallAttempts<'s, '_> {
             .await
         {
             Ok(admitted) => admitted,
-            Err(Refusal::TooLong { .. }) if self.limited.since.is_some() => {
-                return Err(self.wait_exceeded());
+            Err(refusal) => {
+                self.record.submitted |= refusal.counted();
+                if matches!(refusal, Refusal::TooLong { .. }) && self.limited.since.is_some() {
+                    return Err(self.wait_exceeded());
+                }
+                return Err(scheduler.refusal(self.key, refusal));
             }
-            Err(refusal) => return Err(scheduler.refusal(self.key, refusal)),
         };
+        self.record.submitted = true;
         self.record.attempts += 1;
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {
@@ -147,6 +151,7 @@ impl<'s> CallAttempts<'s, '_> {
             scheduler,
             key: self.key,
             cost: self.ticket.cost,
+            ticket: self.ticket,
             admitted,
             reservation: Some(reservation),
             done: false,
@@ -167,7 +172,7 @@ impl<'s> CallAttempts<'s, '_> {
     /// failed attempt may be retried.
     async fn reconcile(
         &mut self,
-        in_flight: InFlight<'s>,
+        in_flight: InFlight<'s, 'c>,
         result: Result<Completion, ModelError>,
     ) -> Result<Completion, Next> {
         let error = match result {
@@ -245,7 +250,11 @@ impl<'s> CallAttempts<'s, '_> {
     /// The reconcile stage for a completed attempt: the budget is settled to the reported usage
     /// before anything is awaited, so a caller dropping the future during a shared backend's
     /// settle cannot refund a call that was made.
-    async fn completed(&mut self, in_flight: InFlight<'s>, completion: Completion) -> Completion {
+    async fn completed(
+        &mut self,
+        in_flight: InFlight<'s, 'c>,
+        completion: Completion,
+    ) -> Completion {
         let usage = completion.usage;
         let outcome = Outcome::Completed {
             usage,

@@ -19,6 +19,23 @@ use super::quota::{Cost, Limiter, Limits};
 use super::retry::CircuitState;
 
 const BUCKETS: usize = 128;
+
+/// The bounds of [`KeyStats::wait_buckets`]: 1 ms to 10 minutes, the range between an idle key
+/// and one whose calls wait out a provider's minute several times.
+pub const WAIT_BUCKETS: [Duration; 12] = [
+    Duration::from_millis(1),
+    Duration::from_millis(10),
+    Duration::from_millis(100),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
 /// Waits below 2^10 ns (about 1 µs) count as no wait.
 const MIN_SHIFT: u32 = 10;
 
@@ -80,6 +97,23 @@ impl WaitHistogram {
             }
         }
         Duration::from_nanos(self.max_ns)
+    }
+
+    /// Cumulative counts at each bound: waits known to be at most the bound (a histogram bucket
+    /// counts toward a bound once its upper edge is within it, so a count is low by at most one
+    /// bucket's width, about 19 %).
+    pub(crate) fn cumulative(&self, bounds: &[Duration]) -> Vec<(Duration, u64)> {
+        let mut out = Vec::with_capacity(bounds.len());
+        let (mut i, mut seen) = (0, 0u64);
+        for &bound in bounds {
+            let ns = u64::try_from(bound.as_nanos()).unwrap_or(u64::MAX);
+            while i < BUCKETS && upper_bound(i) <= ns {
+                seen += u64::from(self.counts[i]);
+                i += 1;
+            }
+            out.push((bound, seen));
+        }
+        out
     }
 
     pub(crate) fn stats(&self) -> WaitStats {
@@ -173,6 +207,9 @@ pub struct KeyStats {
     pub attempts: u64,
     /// Calls that ended with a completion.
     pub succeeded: u64,
+    /// Calls counted in `calls` that ended with an error (retries exhausted, cancelled, a
+    /// refusal after queueing). `succeeded + failed` is how many of `calls` have finished.
+    pub failed: u64,
     /// Prompt tokens the provider reported.
     pub prompt_tokens: u64,
     /// Completion tokens the provider reported.
@@ -193,6 +230,9 @@ pub struct KeyStats {
     pub backend_errors: u64,
     /// Admission waits.
     pub wait: WaitStats,
+    /// Admission waits as a histogram: for each bound of [`WAIT_BUCKETS`], how many waits were
+    /// at most that long (cumulative, as Prometheus histograms count).
+    pub wait_buckets: Vec<(Duration, u64)>,
     /// Calls in flight now.
     pub in_flight: u32,
     /// Calls waiting for admission now.
@@ -209,6 +249,14 @@ pub struct KeyStats {
     pub paused_for: Option<Duration>,
     /// The circuit breaker.
     pub circuit: Option<CircuitState>,
+}
+
+impl KeyStats {
+    /// Calls of `calls` that have finished, successfully or not; `calls - finished()` are still
+    /// queued, in flight or waiting to retry.
+    pub fn finished(&self) -> u64 {
+        self.succeeded.saturating_add(self.failed)
+    }
 }
 
 /// Counters of one conversation (across keys).
@@ -229,6 +277,8 @@ pub struct ConversationStats {
     pub retries: u64,
     /// Calls that failed.
     pub failed: u64,
+    /// What the calls were charged, in nanodollars (priced by the model's id).
+    pub cost_nanos: u64,
     /// Admission waits per call (summed over a call's attempts).
     pub wait: WaitStats,
 }
@@ -253,6 +303,7 @@ pub(crate) struct KeyCounters {
     pub(crate) calls: u64,
     pub(crate) attempts: u64,
     pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
     pub(crate) tokens_reserved: u64,
@@ -280,6 +331,7 @@ impl KeyCounters {
             calls: self.calls,
             attempts: self.attempts,
             succeeded: self.succeeded,
+            failed: self.failed,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             tokens_reserved: self.tokens_reserved,
@@ -290,6 +342,7 @@ impl KeyCounters {
             circuit_rejections: self.circuit_rejections,
             backend_errors: self.backend_errors,
             wait: self.wait.stats(),
+            wait_buckets: self.wait.cumulative(&WAIT_BUCKETS),
             in_flight: self.in_flight,
             ..KeyStats::default()
         }
@@ -305,6 +358,9 @@ pub(crate) struct CallRecord {
     pub(crate) rate_limited: u64,
     pub(crate) retries: u64,
     pub(crate) failed: bool,
+    /// Admission counted the call in its key's `calls` (it got past the capacity and circuit
+    /// checks of its first attempt).
+    pub(crate) submitted: bool,
     /// What the budget was charged for the call (nanodollars), priced by the model's id.
     pub(crate) cost_nanos: u64,
     /// Admission wait summed over the call's attempts.
@@ -320,6 +376,7 @@ struct Conversation {
     rate_limited: u64,
     retries: u64,
     failed: u64,
+    cost_nanos: u64,
     wait: WaitHistogram,
 }
 
@@ -370,6 +427,7 @@ impl Conversations {
         entry.rate_limited += record.rate_limited;
         entry.retries += record.retries;
         entry.failed += u64::from(record.failed);
+        entry.cost_nanos = entry.cost_nanos.saturating_add(record.cost_nanos);
         entry.wait.record(record.wait);
     }
 
@@ -386,6 +444,7 @@ impl Conversations {
                     rate_limited: c.rate_limited,
                     retries: c.retries,
                     failed: c.failed,
+                    cost_nanos: c.cost_nanos,
                     wait: c.wait.stats(),
                 };
                 // "(other)" may exist in several shards: sum them.
@@ -401,6 +460,7 @@ impl Conversations {
                     e.rate_limited += stats.rate_limited;
                     e.retries += stats.retries;
                     e.failed += stats.failed;
+                    e.cost_nanos = e.cost_nanos.saturating_add(stats.cost_nanos);
                     e.wait.count += stats.wait.count;
                     e.wait.total = e.wait.total.saturating_add(stats.wait.total);
                     e.wait.max = e.wait.max.max(stats.wait.max);

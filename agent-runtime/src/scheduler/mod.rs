@@ -7,7 +7,8 @@
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
 //! - [`quota`] — what a key allows; `limiter` — how each limiter kind counts (continuous
 //!   bucket, fixed window, sliding log), one module per kind;
-//! - `admission` — the fair queue per key and the wait; [`state`] — where bucket state lives
+//! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
+//!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
 //! - provider — [`ChatModel::complete`], called only in `attempt`;
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
@@ -22,6 +23,7 @@ mod feedback;
 mod inference;
 mod limiter;
 pub mod metrics;
+mod queue;
 pub mod quota;
 mod reconcile;
 pub mod retry;
@@ -31,14 +33,17 @@ pub mod state;
 pub mod redis_state;
 
 pub use metrics::{
-    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WaitStats,
+    ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WAIT_BUCKETS,
+    WaitStats,
 };
+pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
 pub use retry::{CircuitState, RetryPolicy};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -56,6 +61,7 @@ use tracing::Instrument;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
+use queue::Demand;
 
 /// Receives the life-cycle of one model call (the chats turn these into events).
 pub trait CallObserver: Send + Sync {
@@ -119,7 +125,8 @@ pub struct ModelCall<'a> {
     pub request: ChatRequest,
     /// Why the call is made.
     pub kind: CallKind,
-    /// The conversation it is charged to (fair queueing is per conversation).
+    /// The conversation it is charged to (its place in the admission queue, unless a tenant is
+    /// set with [`with_tenant`](Self::with_tenant)).
     pub conversation: &'a str,
     /// The agent making it.
     pub agent: &'a str,
@@ -133,6 +140,9 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// The tenant whose share of the key the call takes in the admission queue, instead of its
+    /// conversation's, and the tenant's weight (see [`with_tenant`](Self::with_tenant)).
+    pub tenant: Option<(&'a str, NonZeroU32)>,
 }
 
 impl fmt::Debug for ModelCall<'_> {
@@ -144,6 +154,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +180,33 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            tenant: None,
         }
+    }
+
+    /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
+    /// place in the key's queue, whatever its conversation. Under
+    /// [`QueuePolicy::TokenFair`] a waiting tenant gets a share of the key's token rate
+    /// proportional to its weight (a tenant of weight 2 gets twice the share of one of weight 1);
+    /// the other policies ignore the weight. Give all calls of a tenant the same weight.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use agent_core::{Budget, CallKind, ChatRequest, Message, ScriptedModel};
+    /// use agent_runtime::scheduler::ModelCall;
+    ///
+    /// let model = ScriptedModel::new("m");
+    /// let budget = Budget::unlimited();
+    /// let request = ChatRequest::new(vec![Message::user("hello")]);
+    /// let weight = NonZeroU32::new(3).unwrap_or(NonZeroU32::MIN);
+    /// let call = ModelCall::new(&model, request, CallKind::Reply, "chat-1", "bot", &budget)
+    ///     .with_tenant("team-a", weight);
+    /// assert_eq!(call.tenant, Some(("team-a", weight)));
+    /// ```
+    #[must_use]
+    pub fn with_tenant(mut self, label: &'a str, weight: NonZeroU32) -> Self {
+        self.tenant = Some((label, weight));
+        self
     }
 
     /// Charges the call to quota key `key` instead of the model's id.
@@ -576,12 +613,28 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
+        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
+        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
+        let model = call.model.id();
         let span = tracing::debug_span!(
-            "admission",
-            conversation = call.conversation,
-            agent = call.agent,
-            key = &*key.borrow().name,
-            kind = ?call.kind,
+            "model_call",
+            otel.name = %format_args!("chat {model}"),
+            otel.kind = "client",
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+            gen_ai.request.model = model,
+            gen_ai.request.max_tokens = call.request.max_completion_tokens,
+            gen_ai.agent.name = call.agent,
+            gen_ai.conversation.id = call.conversation,
+            turnstile.call.kind = ?call.kind,
+            turnstile.quota.key = &*key.borrow().name,
+            turnstile.quota.wait_seconds = tracing::field::Empty,
+            turnstile.attempts = tracing::field::Empty,
+            turnstile.cost_usd = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            error.type = tracing::field::Empty,
         );
         // A span nobody records still costs a `log` check on every poll and on drop (tracing's
         // `log` feature is on in the dependency graph): leave it out when it is disabled.
@@ -601,11 +654,14 @@ impl QuotaScheduler {
         let ModelCall {
             model,
             request,
+            kind,
             conversation,
+            agent,
             budget,
             priority,
             cancel,
             observer,
+            tenant,
             ..
         } = call;
         let prompt = self.inner.estimator.prompt_tokens(&request);
@@ -633,7 +689,12 @@ impl QuotaScheduler {
             charge,
             ticket: Ticket {
                 cost,
-                conversation,
+                demand: Demand {
+                    prompt,
+                    completion: completion_cap,
+                },
+                client: tenant.map_or(conversation, |(label, _)| label),
+                weight: tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
                 priority,
                 retry: false,
                 cancel,
@@ -646,7 +707,49 @@ impl QuotaScheduler {
         .run()
         .await;
         record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
         self.inner.conversations.record(conversation, &record);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match &result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent,
+            kind = ?kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
         if let Some(o) = observer {
             let info = CallInfo {
                 key: &key.name,
@@ -657,5 +760,20 @@ impl QuotaScheduler {
             o.call_finished(&info, result.as_ref());
         }
         result
+    }
+}
+
+/// The `error.type` of a failed call: a short, stable name for its kind.
+fn error_type(error: &CallError) -> &'static str {
+    match error {
+        CallError::Model(ModelError::RateLimited { .. }) => "rate_limited",
+        CallError::Model(ModelError::Transient { .. }) => "transient",
+        CallError::Model(ModelError::InvalidRequest { .. }) => "invalid_request",
+        CallError::Model(ModelError::MalformedResponse { .. }) => "malformed_response",
+        CallError::Model(ModelError::Cancelled) | CallError::Cancelled => "cancelled",
+        CallError::Model(_) => "provider_error",
+        CallError::BudgetExhausted(_) => "budget_exhausted",
+        CallError::ExceedsQuota { .. } => "exceeds_quota",
+        _ => "other",
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::queue::QueuePolicy;
+
 /// The default period of a [`Quota`]: providers quote RPM/TPM, so a minute.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
 
@@ -69,6 +71,8 @@ pub struct Quota {
     pub requests_limiter: Limiter,
     /// How the provider counts `tokens` (default a continuous [`Limiter::Bucket`]).
     pub tokens_limiter: Limiter,
+    /// How calls waiting for this key are ordered (default [`QueuePolicy::token_fair`]).
+    pub queue: QueuePolicy,
 }
 
 impl Default for Quota {
@@ -95,6 +99,7 @@ impl Quota {
             guard: Duration::ZERO,
             requests_limiter: Limiter::Bucket,
             tokens_limiter: Limiter::Bucket,
+            queue: QueuePolicy::token_fair(),
         }
     }
 
@@ -219,8 +224,16 @@ impl Quota {
         self
     }
 
-    /// Checks the configuration: periods must be positive, limits set must be at least 1, and
-    /// the smallest call (one request, the default completion reservation) must fit every limit.
+    /// Sets how waiting calls are ordered (see `docs/quota.md`, "Fair admission").
+    #[must_use]
+    pub const fn queue(mut self, policy: QueuePolicy) -> Self {
+        self.queue = policy;
+        self
+    }
+
+    /// Checks the configuration: periods must be positive, limits set must be at least 1, a
+    /// token window must hold the default completion reservation, and the queue policy must be
+    /// consistent.
     pub fn validate(&self) -> Result<(), QuotaConfigError> {
         self.validate_for("")
     }
@@ -264,6 +277,12 @@ impl Quota {
                 limiter: self.tokens_limiter,
                 cost: reserve,
                 capacity,
+            });
+        }
+        if let Some(reason) = self.queue.invalid() {
+            return Err(QuotaConfigError::InvalidQueuePolicy {
+                key: key.to_owned(),
+                reason,
             });
         }
         Ok(())
@@ -549,6 +568,14 @@ pub enum QuotaConfigError {
         "the scheduler's lease_ttl must be longer than zero with a shared quota state (default 10 min; renewals keep long calls alive)"
     )]
     ZeroLeaseTtl,
+    /// The queue policy cannot order calls.
+    #[error("quota '{key}': {reason}")]
+    InvalidQueuePolicy {
+        /// The quota key (empty for the default quota).
+        key: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The retry policy is inconsistent.
     #[error("invalid retry policy: {reason}")]
     InvalidRetryPolicy {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use agent_core::{RateLimitKind, RateLimitReading, Reservation, Usage};
 use tokio::time::Instant;
 
-use super::admission::{Admitted, Backend, Key};
+use super::admission::{Admitted, Backend, Key, KeyInner, Ticket};
+use super::queue::Demand;
 use super::quota::{Cost, Limits};
 use super::state::{self, Lease, QuotaState, Settlement};
 use super::{Inner, feedback};
@@ -31,21 +32,46 @@ pub(super) enum Outcome<'r> {
 /// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
 /// future was dropped mid-call), it keeps everything charged (the provider may have done the
 /// work) and frees the in-flight slot.
-pub(super) struct InFlight<'a> {
+pub(super) struct InFlight<'a, 'c> {
     pub(super) scheduler: &'a Inner,
     pub(super) key: &'a Arc<Key>,
     pub(super) cost: Cost,
+    /// The admission request, for the queue's correction to actual usage.
+    pub(super) ticket: Ticket<'c>,
     pub(super) admitted: Admitted,
     pub(super) reservation: Option<Reservation>,
     pub(super) done: bool,
 }
 
-impl InFlight<'_> {
+impl InFlight<'_, '_> {
     fn settlement(&self, actual_tokens: u64) -> Settlement {
         Settlement {
             actual_tokens,
             refund_unused: self.key.quota.refund_unused,
         }
+    }
+
+    /// Corrects the queue's charge of the call's client from the estimate to what the call used
+    /// (its reported usage; nothing for an attempt the provider refused). Both backends: the
+    /// queue is this process's own.
+    fn correct_queue(&self, inner: &mut KeyInner, outcome: &Outcome<'_>) {
+        let Some(charged) = self.admitted.units else {
+            return;
+        };
+        let used = match outcome {
+            Outcome::Completed { usage: None, .. } => return,
+            Outcome::Completed { usage: Some(u), .. } => Demand {
+                prompt: u.prompt_tokens,
+                completion: u.completion_tokens,
+            },
+            _ => Demand::default(),
+        };
+        let t = &self.ticket;
+        let used = inner.queue.units(used, t.weight);
+        let delta = i64::try_from(used)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(charged).unwrap_or(i64::MAX));
+        inner.queue.correct(t.client, t.priority, delta);
     }
 
     /// Reconciles quota to the outcome, learns from the provider, updates the breaker and
@@ -159,6 +185,7 @@ impl InFlight<'_> {
             if let Backend::Local = scheduler.backend {
                 inner.buckets.settle(now, &limits, self.cost, settlement);
             }
+            self.correct_queue(inner, &outcome);
             if let Some(r) = reading {
                 match scheduler.backend {
                     Backend::Local => {
@@ -271,7 +298,7 @@ impl RemoteSettle {
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight<'_, '_> {
     fn drop(&mut self) {
         if self.done {
             return;

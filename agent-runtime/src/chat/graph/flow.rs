@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use futures::future::join_all;
@@ -215,7 +216,9 @@ impl GraphFlow {
         let started = Instant::now();
         self.session.begin(events);
         let run_start = self.messages.len();
-        let outcome = self.drive(task).await;
+        // One span per run, the parent of its turns' spans (docs/observability.md).
+        let span = self.session.run_span();
+        let outcome = self.drive(task).instrument(span).await;
         if let Ok(stop) = &outcome
             && *stop != StopReason::Cancelled
         {

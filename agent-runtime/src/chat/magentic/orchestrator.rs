@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use agent_core::{
     Agent, Budget, CallError, CallKind, ChatModel, ChatRequest, Message, StopReason, Termination,
@@ -389,7 +390,9 @@ impl MagenticChat {
         let started = Instant::now();
         self.session.begin(events);
         let run_start = self.messages.len();
-        let outcome = match self.drive(task).await {
+        // One span per run, the parent of its turns' spans (docs/observability.md).
+        let span = self.session.run_span();
+        let outcome = match self.drive(task).instrument(span).await {
             Ok(stop) | Err(Halt::Stop(stop)) => Ok(stop),
             Err(Halt::Fail(kind)) => Err(kind),
         };

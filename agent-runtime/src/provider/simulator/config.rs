@@ -1,6 +1,7 @@
 //! [`SimConfig`]: what the simulated provider enforces and how it answers — shared by the
 //! in-process [`SimulatedProvider`](super::SimulatedProvider) and the mock HTTP server.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::CharsPerToken;
@@ -75,6 +76,9 @@ pub struct SimConfig {
     pub reply_tokens: u32,
     /// Reply `TERMINATE` once a request carries at least this many messages.
     pub terminate_after: Option<usize>,
+    /// Scripted reply texts, in turn order (empty: generated filler). See
+    /// [`with_replies`](Self::with_replies).
+    pub replies: Vec<Arc<str>>,
     /// Requests served at once; more get `503` at once (local-server emulation). `None`: no cap.
     pub max_concurrency: Option<usize>,
     /// Injected failures.
@@ -106,6 +110,7 @@ impl Default for SimConfig {
             per_token_latency: Duration::from_millis(1),
             reply_tokens: 24,
             terminate_after: None,
+            replies: Vec::new(),
             max_concurrency: None,
             faults: Faults::default(),
             estimator: CharsPerToken::default(),
@@ -443,6 +448,32 @@ impl SimConfig {
     #[must_use]
     pub fn with_terminate_after(mut self, messages: usize) -> Self {
         self.terminate_after = Some(messages);
+        self
+    }
+
+    /// Scripts the text of normal replies: a request whose thread holds `n` messages besides
+    /// system messages gets `replies[(n - 1) % len]` — the first turn of a chat (the task alone)
+    /// gets the first text, the next turn the second, and so on, cycling. Deterministic like every
+    /// simulator reply; usage counts the text's tokens, and `max_completion_tokens` still cuts it.
+    /// Tool calls, tool results and `terminate_after` keep their rules.
+    ///
+    /// ```
+    /// use agent_runtime::provider::{SimConfig, SimulatedProvider};
+    /// use agent_runtime::{ChatModel, ChatRequest, Message};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap().block_on(async {
+    /// let sim = SimulatedProvider::new(SimConfig::default().with_replies(["Draft one.", "Looks good."]))?;
+    /// let first = sim.complete(ChatRequest::new(vec![Message::user("Write.")])).await?;
+    /// assert_eq!(first.message.text(), Some("Draft one."));
+    /// let thread = vec![Message::user("Write."), Message::assistant("writer", "Draft one.")];
+    /// let second = sim.complete(ChatRequest::new(thread)).await?;
+    /// assert_eq!(second.message.text(), Some("Looks good."));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    #[must_use]
+    pub fn with_replies<S: Into<Arc<str>>>(mut self, replies: impl IntoIterator<Item = S>) -> Self {
+        self.replies = replies.into_iter().map(Into::into).collect();
         self
     }
 

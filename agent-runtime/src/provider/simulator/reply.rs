@@ -6,7 +6,8 @@
 //!    one of the tools), the reply is that tool call (arguments `{}` when none are given);
 //! 3. when the last message carries tool results, the reply reports them:
 //!    `Tool NAME returned CONTENT.`;
-//! 4. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
+//! 4. with scripted replies ([`SimConfig::with_replies`]), the next text in turn order;
+//! 5. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
 //!    `reply_tokens` tokens.
 //!
 //! A reply is split into chunks of `chars_per_token` bytes; each chunk is one completion token
@@ -71,6 +72,18 @@ impl Reply {
                     .map(|r| format!("Tool {} returned {}.", r.name, r.content))
                     .collect();
                 (reports.join(" "), false)
+            }
+            _ if !config.replies.is_empty() => {
+                let turn = request
+                    .messages
+                    .iter()
+                    .filter(|m| m.role != Role::System)
+                    .count()
+                    .saturating_sub(1);
+                (
+                    config.replies[turn % config.replies.len()].to_string(),
+                    false,
+                )
             }
             _ => (
                 filler(&prefix, count, config.reply_tokens as usize * per_token),

@@ -596,13 +596,9 @@ fn clamp_cost(limits: &Limits, cost: Cost) -> Cost {
     }
 }
 
-/// `rediss://` needs a rustls crypto provider. Installs aws-lc-rs as the process default unless
-/// the application already chose one (then this does nothing).
+/// `rediss://` needs a rustls crypto provider (ring unless the application chose one).
 fn install_tls_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: either provider works.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    }
+    crate::tls::install_crypto_provider();
 }
 
 /// Mode tracking and counters. The mutex is never held across an await.
