@@ -842,7 +842,7 @@ fn main() {
     println!("{rendered}");
     let semantics = semantics_table(&runtime, &options, only.as_deref());
     println!("{semantics}");
-    queue_policies(&runtime, options.clone(), only.as_deref());
+    queue_policies(&runtime, options, only.as_deref());
     if options.write_docs && !options.quick && only.is_none() {
         support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
             .unwrap_or_else(|e| panic!("{e}"));
