@@ -568,6 +568,14 @@ pub enum QuotaConfigError {
         "the scheduler's lease_ttl must be longer than zero with a shared quota state (default 10 min; renewals keep long calls alive)"
     )]
     ZeroLeaseTtl,
+    /// A per-attempt deadline is zero: every attempt would time out at once.
+    #[error(
+        "the {what} deadline is zero, so every provider attempt would time out; leave the default or set e.g. 60 s"
+    )]
+    ZeroDeadline {
+        /// Which deadline (`attempt`, `idle` or `probe`).
+        what: &'static str,
+    },
     /// The queue policy cannot order calls.
     #[error("quota '{key}': {reason}")]
     InvalidQueuePolicy {
