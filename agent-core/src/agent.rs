@@ -2,16 +2,20 @@
 //! errors of a turn.
 
 use std::any::Any;
+use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetExhausted};
 use crate::estimate::TokenEstimator;
 use crate::message::Message;
-use crate::model::{ChatModel, ChatRequest, Completion, ModelError};
+use crate::model::{ChatModel, ChatRequest, Completion, ModelError, StreamEvent};
 
 /// Why a model call is made. Every kind goes through the same pipeline and is charged to the
 /// budget of the conversation that caused it; the kind only labels it in events and usage reports.
@@ -230,6 +234,24 @@ pub trait TurnContext: Send + Sync {
         kind: CallKind,
     ) -> Result<Completion, CallError>;
 
+    /// Calls `model` with `request` through the same pipeline as [`complete`](Self::complete),
+    /// streaming: the returned [`CallStream`] yields text deltas as they arrive and ends with
+    /// [`StreamEvent::Completed`]. The runtime admits the call before the first byte, retries
+    /// only before the first event, and reconciles quota and budget when the stream completes,
+    /// fails or is dropped.
+    ///
+    /// The default makes the call with [`complete`](Self::complete) and yields its text as one
+    /// delta, so a context that cannot stream still serves a streaming agent.
+    async fn stream(
+        &self,
+        model: &dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> Result<CallStream, CallError> {
+        let completion = self.complete(model, request, kind).await?;
+        Ok(CallStream::from_completion(completion))
+    }
+
     /// The conversation this turn belongs to.
     fn conversation(&self) -> &str;
 
@@ -244,6 +266,83 @@ pub trait TurnContext: Send + Sync {
 
     /// The concrete context, so runtime-provided agents (nested chats) can reach the runtime.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// The events of one model call made through [`TurnContext::stream`]: text deltas as they arrive,
+/// then [`StreamEvent::Completed`] with the assembled completion — or an error, after which
+/// nothing follows.
+///
+/// The stream owns everything it needs (`'static`): hold it across awaits, move it into another
+/// task, or drop it to end the call (the runtime then settles quota and budget for what arrived).
+///
+/// ```
+/// use agent_core::{CallStream, Completion, StreamEvent, Usage};
+/// use futures::StreamExt;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let completion = Completion::text("assistant", "hello", Usage::new(3, 1));
+/// let mut stream = CallStream::from_completion(completion.clone());
+/// assert_eq!(stream.next().await.unwrap().unwrap(), StreamEvent::TextDelta("hello".into()));
+/// // The rest, read to the end: the assembled completion.
+/// assert_eq!(stream.completion().await.unwrap(), completion);
+/// # });
+/// ```
+#[must_use = "a call stream makes progress only while polled; dropping it ends the call"]
+pub struct CallStream {
+    inner: BoxStream<'static, Result<StreamEvent, CallError>>,
+}
+
+impl fmt::Debug for CallStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallStream").finish_non_exhaustive()
+    }
+}
+
+impl CallStream {
+    /// Wraps a stream of events (the runtime's scheduler stream, or a replay).
+    pub fn new(
+        stream: impl Stream<Item = Result<StreamEvent, CallError>> + Send + 'static,
+    ) -> Self {
+        Self {
+            inner: stream.boxed(),
+        }
+    }
+
+    /// A stream of a completion that already exists: its text as one delta (when it has
+    /// text), then the completion.
+    pub fn from_completion(completion: Completion) -> Self {
+        let mut events = Vec::with_capacity(2);
+        if let Some(text) = completion.message.text() {
+            events.push(Ok(StreamEvent::TextDelta(text.to_owned())));
+        }
+        events.push(Ok(StreamEvent::Completed(completion)));
+        Self::new(futures::stream::iter(events))
+    }
+
+    /// Reads the rest of the stream and returns the assembled completion (the
+    /// [`StreamEvent::Completed`] event), or the error the stream ended with.
+    pub async fn completion(mut self) -> Result<Completion, CallError> {
+        while let Some(event) = self.inner.next().await {
+            if let StreamEvent::Completed(completion) = event? {
+                return Ok(completion);
+            }
+        }
+        Err(CallError::Model(ModelError::transient(
+            "the model's stream ended without its completed event; the reply is incomplete",
+        )))
+    }
+}
+
+impl Stream for CallStream {
+    type Item = Result<StreamEvent, CallError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.poll_next_unpin(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
 }
 
 /// An agent's answer for one turn.

@@ -23,7 +23,8 @@ pub mod testing;
 pub mod tool;
 
 pub use agent::{
-    Agent, AgentError, AgentReply, CallError, CallKind, InputSource, QuotaDimension, TurnContext,
+    Agent, AgentError, AgentReply, CallError, CallKind, CallStream, InputSource, QuotaDimension,
+    TurnContext,
 };
 pub use agents::{
     AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,

@@ -2,8 +2,9 @@
 //! branch on.
 //!
 //! A `ChatModel` is only the provider: it sends one request and returns one answer. Quota, budgets
-//! and retries live in the runtime's scheduler, which is the only code that calls `complete`; agents
-//! reach models through [`TurnContext::complete`](crate::TurnContext::complete).
+//! and retries live in the runtime's scheduler, which is the only code that calls `complete` and
+//! `stream`; agents reach models through [`TurnContext::complete`](crate::TurnContext::complete)
+//! and [`TurnContext::stream`](crate::TurnContext::stream).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -483,8 +484,13 @@ pub trait ChatModel: Send + Sync {
     /// scheduler is the only retry layer.
     async fn complete(&self, request: ChatRequest) -> Result<Completion, ModelError>;
 
-    /// Streams one completion. The default calls [`complete`](ChatModel::complete) and yields its
-    /// text as one delta.
+    /// Streams one completion: text deltas, then [`StreamEvent::Completed`] with the assembled
+    /// completion (and its usage when the provider reported it). The default calls
+    /// [`complete`](ChatModel::complete) and yields its text as one delta.
+    ///
+    /// Like `complete`, this is the provider stage only: agents stream through
+    /// [`TurnContext::stream`](crate::TurnContext::stream), which admits, retries (before the
+    /// first event) and reconciles the call.
     async fn stream(&self, request: ChatRequest) -> Result<CompletionStream, ModelError> {
         let completion = self.complete(request).await?;
         let mut events = Vec::with_capacity(2);

@@ -36,6 +36,7 @@
 
 use std::fmt;
 use std::io::{self, Write};
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::budget::nanos_to_usd;
@@ -54,6 +55,7 @@ const DEFAULT_MIN_WAIT: Duration = Duration::from_millis(1);
 /// | event | line |
 /// |---|---|
 /// | a message | `writer: text` (tool calls `writer -> tool name(args)`, results `tool name -> text`) |
+/// | token deltas (a streaming agent) | `writer: ` then the text as it arrives, on one line; the reply's message is not printed again |
 /// | speaker selected | `-- writer` |
 /// | call admitted after a wait | `   [quota] writer waited 1.20 s on openai/gpt-4o-mini` |
 /// | call finished | `   [call] writer openai/gpt-4o-mini: 120 + 45 tokens, $0.000045, 1 attempt` |
@@ -66,6 +68,11 @@ pub struct ConsolePrinter<W = io::Stdout> {
     out: W,
     calls: bool,
     min_wait: Duration,
+    /// The agent whose streamed text is on the open line, if one is.
+    line: Option<Arc<str>>,
+    /// The text streamed by an agent whose message has not arrived yet: that message is already
+    /// on screen.
+    streamed: Option<(Arc<str>, String)>,
 }
 
 impl<W> fmt::Debug for ConsolePrinter<W> {
@@ -91,6 +98,8 @@ impl<W: Write> ConsolePrinter<W> {
             out,
             calls: true,
             min_wait: DEFAULT_MIN_WAIT,
+            line: None,
+            streamed: None,
         }
     }
 
@@ -148,7 +157,53 @@ impl<W: Write> ConsolePrinter<W> {
         let _ = self.write_result(result);
     }
 
+    /// Streamed text: the speaker's name once, then the text as it arrives, flushed.
+    fn write_delta(&mut self, agent: &Arc<str>, text: &str) -> io::Result<()> {
+        if self.line.as_ref() != Some(agent) {
+            self.end_line()?;
+            write!(self.out, "{agent}: ")?;
+            self.line = Some(agent.clone());
+            self.streamed = Some((agent.clone(), String::new()));
+        }
+        if let Some((_, shown)) = &mut self.streamed {
+            shown.push_str(text);
+        }
+        write!(self.out, "{text}")?;
+        self.out.flush()
+    }
+
+    /// Ends a line of streamed text, if one is open.
+    fn end_line(&mut self) -> io::Result<()> {
+        if self.line.take().is_some() {
+            writeln!(self.out)?;
+        }
+        Ok(())
+    }
+
     fn write_event(&mut self, event: &ChatEvent) -> io::Result<()> {
+        if let ChatEvent::TokenDelta { agent, text } = event {
+            return self.write_delta(agent, text);
+        }
+        if let ChatEvent::Message(message) = event {
+            let already_shown = matches!(
+                (&self.streamed, message.text()),
+                (Some((agent, shown)), Some(text))
+                    if Some(&**agent) == message.source() && shown == text
+            );
+            if already_shown {
+                self.streamed = None;
+                return self.end_line();
+            }
+        }
+        let quiet = matches!(event, ChatEvent::CallQueued { .. })
+            || (!self.calls
+                && matches!(
+                    event,
+                    ChatEvent::CallAdmitted { .. } | ChatEvent::CallFinished { .. }
+                ));
+        if !quiet {
+            self.end_line()?;
+        }
         match event {
             ChatEvent::Message(message) => self.write_message(message),
             ChatEvent::SpeakerSelected { name } => writeln!(self.out, "-- {name}"),
@@ -270,8 +325,6 @@ impl fmt::Display for Dollars {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use agent_core::{CallError, ModelError, StopReason, ToolCall, ToolResult, Usage};
 
     use super::*;
@@ -359,5 +412,37 @@ mod tests {
         let mut quiet = ConsolePrinter::new(Vec::new()).calls(false);
         quiet.print(&failed);
         assert!(quiet.into_inner().is_empty());
+    }
+
+    #[test]
+    fn streamed_tokens_print_live_on_one_line_and_the_message_is_not_repeated() {
+        let delta = |agent: &str, text: &str| ChatEvent::TokenDelta {
+            agent: Arc::from(agent),
+            text: text.to_owned(),
+        };
+        let out = printed(&[
+            ChatEvent::SpeakerSelected {
+                name: Arc::from("writer"),
+            },
+            delta("writer", "A "),
+            delta("writer", "poem."),
+            ChatEvent::CallFinished {
+                agent: Arc::from("writer"),
+                key: Arc::from("k"),
+                model: Arc::from("m"),
+                cost_nanos: 0,
+                usage: Some(Usage::new(3, 2)),
+                attempts: 1,
+                error: None,
+            },
+            ChatEvent::Message(Message::assistant("writer", "A poem.")),
+            delta("critic", "Good"),
+            ChatEvent::Message(Message::assistant("critic", "Good.")),
+        ]);
+        assert_eq!(
+            out,
+            "-- writer\nwriter: A poem.\n   [call] writer m: 3 + 2 tokens, $0.000000, 1 attempt\n\
+             critic: Good\ncritic: Good.\n"
+        );
     }
 }

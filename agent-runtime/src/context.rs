@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
 use agent_core::{
-    Budget, CallError, CallKind, ChatModel, ChatRequest, Completion, TokenEstimator, TurnContext,
+    Budget, CallError, CallKind, CallStream, ChatModel, ChatRequest, Completion, TokenEstimator,
+    TurnContext,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +103,33 @@ impl SchedulerContext {
     pub fn observer(&self) -> Option<&Arc<dyn CallObserver>> {
         self.observer.as_ref()
     }
+
+    /// The quota key of `model` when it is the first model this context called (looked up
+    /// once); `None` for another model.
+    fn first_key(&self, model: &dyn ChatModel) -> Option<&KeyHandle> {
+        let name = model.id();
+        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
+        (key.name() == name).then_some(key)
+    }
+
+    /// A call on behalf of this turn (no observer yet: a call borrows it, a stream keeps it).
+    fn model_call<'a>(
+        &'a self,
+        model: &'a dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> ModelCall<'a> {
+        ModelCall::new(
+            model,
+            request,
+            kind,
+            &self.conversation,
+            &self.agent,
+            &self.budget,
+        )
+        .with_priority(self.priority)
+        .with_cancel(&self.cancel)
+    }
 }
 
 // Written out rather than with `#[async_trait]`: the macro would wrap the scheduler's future in
@@ -119,27 +147,41 @@ impl TurnContext for SchedulerContext {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let mut call = ModelCall::new(
-            model,
-            request,
-            kind,
-            &self.conversation,
-            &self.agent,
-            &self.budget,
-        )
-        .with_priority(self.priority)
-        .with_cancel(&self.cancel);
+        let mut call = self.model_call(model, request, kind);
         if let Some(o) = &self.observer {
             call = call.with_observer(&**o);
         }
-        let name = model.id();
-        let key = self.key.get_or_init(|| self.scheduler.key_handle(name));
-        if key.name() == name {
-            Box::pin(self.scheduler.call_on(call, key))
-        } else {
+        match self.first_key(model) {
+            Some(key) => Box::pin(self.scheduler.call_on(call, key)),
             // An agent calling a second model: the ordinary lookup.
-            Box::pin(self.scheduler.call(call))
+            None => Box::pin(self.scheduler.call(call)),
         }
+    }
+
+    fn stream<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        model: &'life1 dyn ChatModel,
+        request: ChatRequest,
+        kind: CallKind,
+    ) -> Pin<Box<dyn Future<Output = Result<CallStream, CallError>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        let mut call = self.model_call(model, request, kind);
+        if let Some(o) = &self.observer {
+            // The stream reports its deltas and its end after this returns: it keeps a handle.
+            call = call.with_shared_observer(o.clone());
+        }
+        let key = self.first_key(model);
+        Box::pin(async move {
+            let stream = match key {
+                Some(key) => self.scheduler.call_stream_on(call, key).await?,
+                None => self.scheduler.call_stream(call).await?,
+            };
+            Ok(CallStream::new(stream))
+        })
     }
 
     fn conversation(&self) -> &str {

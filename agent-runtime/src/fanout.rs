@@ -60,6 +60,9 @@ pub struct FanoutConfig {
     pub chat_budget: BudgetLimits,
     /// Caps of the whole run, the parent of every conversation's budget (default unlimited).
     pub run_budget: BudgetLimits,
+    /// Whether the agents stream their replies ([`LlmAgent`] `stream(true)`; default off): each
+    /// call is then a [`QuotaScheduler::call_stream`], admitted and charged like a call.
+    pub stream: bool,
 }
 
 impl Default for FanoutConfig {
@@ -73,6 +76,7 @@ impl Default for FanoutConfig {
             max_completion_tokens: Some(64),
             chat_budget: BudgetLimits::UNLIMITED,
             run_budget: BudgetLimits::UNLIMITED,
+            stream: false,
         }
     }
 }
@@ -131,6 +135,13 @@ impl FanoutConfig {
     #[must_use]
     pub fn with_run_budget(mut self, limits: BudgetLimits) -> Self {
         self.run_budget = limits;
+        self
+    }
+
+    /// Sets whether the agents stream their replies.
+    #[must_use]
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
         self
     }
 
@@ -245,6 +256,8 @@ pub struct FanoutReport {
     pub agents: usize,
     /// Messages per conversation, the task message included.
     pub max_messages: u64,
+    /// Whether the agents streamed their replies.
+    pub stream: bool,
     /// Seconds from the start of the run to the end of the last conversation.
     pub wall_s: f64,
     /// Conversations that ended with a result.
@@ -448,7 +461,7 @@ fn build_chat(run: &Run, i: usize) -> Result<GroupChat, BuildError> {
         if let Some(max) = config.max_completion_tokens {
             agent = agent.max_completion_tokens(max);
         }
-        chat = chat.participant(agent.build()?);
+        chat = chat.participant(agent.stream(config.stream).build()?);
     }
     Ok(chat.build()?)
 }
@@ -538,6 +551,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         conversations: run.config.conversations,
         agents: run.config.agents,
         max_messages: run.config.max_messages,
+        stream: run.config.stream,
         wall_s: secs(wall),
         completed,
         failed,
@@ -693,6 +707,7 @@ mod tests {
             conversations: 1,
             agents: 1,
             max_messages: 2,
+            stream: false,
             wall_s: 1.5,
             completed: 1,
             failed: 0,
@@ -715,6 +730,7 @@ mod tests {
         };
         let json = serde_json::to_value(&report).unwrap();
         for key in [
+            "stream",
             "wall_s",
             "completed",
             "failed",

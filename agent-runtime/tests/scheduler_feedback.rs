@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use agent_core::{Budget, CallError, CallKind, Completion, ModelError, RateLimitKind};
 use agent_core::{RateLimitReading, ScriptedModel, Usage};
-use agent_runtime::scheduler::{CircuitState, ModelCall, Quota, QuotaScheduler, RetryPolicy};
+use agent_runtime::scheduler::{
+    CircuitState, ModelCall, Quota, QuotaScheduler, RetryPolicy, WhenOpen,
+};
 use scheduler_support::{
     ExactEstimator, TimedModel, completion, rate_limited, request, server_error,
 };
@@ -207,7 +209,12 @@ async fn attempts_and_the_retry_budget_bound_retries() {
 #[tokio::test(start_paused = true)]
 async fn the_circuit_opens_after_repeated_failures_then_probes_and_closes() {
     let cooldown = Duration::from_secs(30);
-    let s = scheduler(RetryPolicy::default().max_attempts(1).breaker(3, cooldown));
+    let s = scheduler(
+        RetryPolicy::default()
+            .max_attempts(1)
+            .breaker(3, cooldown)
+            .when_open(WhenOpen::FailFast),
+    );
     let model = TimedModel::new(
         ScriptedModel::new("m")
             .error(server_error())

@@ -407,7 +407,8 @@ async fn maximal_durations_in_settings_do_not_panic() {
         .retry(
             agent_runtime::scheduler::RetryPolicy::default()
                 .max_attempts(1)
-                .breaker(1, Duration::MAX),
+                .breaker(1, Duration::MAX)
+                .when_open(agent_runtime::scheduler::WhenOpen::FailFast),
         )
         .build()
         .unwrap();

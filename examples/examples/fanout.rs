@@ -16,6 +16,9 @@
 //! OPENAI_API_KEY=sk-... cargo run --example fanout -- --conversations 10 --rpm 500 --tpm 200000
 //! cargo run --example fanout -- --base-url http://localhost:11434/v1 --model llama3.2 --concurrency 4
 //!
+//! # The same workload with every reply streamed:
+//! cargo run --release --example fanout -- --conversations 20 --rpm 60 --period-seconds 6 --stream
+//!
 //! # Several processes drawing from one quota kept in Redis (start them together):
 //! cargo run --release --example fanout -- --base-url http://127.0.0.1:8089/v1 --rpm 600 \
 //!     --period-seconds 6 --redis-url redis://127.0.0.1:6379
@@ -81,6 +84,9 @@ struct Args {
     /// model (counters in the report stay this process's own).
     #[arg(long)]
     redis_url: Option<String>,
+    /// Stream every reply (each call admitted before its first byte, reconciled when it ends).
+    #[arg(long)]
+    stream: bool,
     /// Serve the scheduler's Prometheus metrics at http://ADDR/metrics while the run lasts
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -174,7 +180,8 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .with_conversations(args.conversations)
         .with_agents(args.agents)
         .with_max_messages(args.max_messages)
-        .with_max_completion_tokens(Some(args.max_completion_tokens));
+        .with_max_completion_tokens(Some(args.max_completion_tokens))
+        .with_stream(args.stream);
     if let Some(n) = args.concurrency {
         config = config.with_concurrency(n);
     }

@@ -1,6 +1,7 @@
 //! Many group chats sharing one quota over real HTTP: 20 conversations × 3 agents × 6 messages
 //! against the mock OpenAI server limited to 60 requests per 6-second period — once with the
-//! limit configured in the client, once with nothing configured (learned from headers).
+//! limit configured in the client, once with nothing configured (learned from headers), and once
+//! with every reply streamed (SSE) through the scheduler.
 
 use agent_runtime::fanout::{FanoutConfig, FanoutReport, run_fanout};
 use agent_runtime::provider::SimConfig;
@@ -156,4 +157,39 @@ async fn a_litellm_proxy_s_windows_complete_every_chat_without_a_storm() {
         ));
         server.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_replies_complete_every_chat_without_a_429() {
+    let server = start_mock(limited()).await.unwrap();
+    let model = provider(&server).unwrap();
+    let key = model.id().to_owned();
+    let quota = Quota::per_period(PERIOD).requests(RPM);
+    // No warm-up call (see `configured_quota_completes_every_chat_without_a_429`).
+    let scheduler = scheduler(&key, Some(quota), fast_retries()).unwrap();
+
+    let report = run_fanout(
+        model,
+        scheduler.clone(),
+        &workload().with_stream(true),
+        |_| {},
+    )
+    .await
+    .unwrap();
+
+    assert_all_completed(&report);
+    assert_eq!(report.http_429, 0, "the scheduler saw a 429");
+    assert_eq!(report.retries, 0);
+    let stats = &scheduler.snapshot().keys[&key];
+    assert_eq!((stats.in_flight, stats.succeeded), (0, CALLS));
+    // The usage chunk was asked for and charged: reported tokens, not estimates.
+    assert_eq!(report.completion_tokens, stats.completion_tokens);
+    assert!(
+        report.completion_tokens >= CALLS,
+        "every stream reported its usage"
+    );
+    let stats = stats_over_http(&server).await.unwrap();
+    assert_eq!(stats["rate_limited_requests"], 0, "the mock sent a 429");
+    assert_eq!(stats["requests"], CALLS, "one HTTP request per call");
+    server.shutdown().await.unwrap();
 }

@@ -25,7 +25,8 @@ pub const HANDOFF_MESSAGE: &str =
 ///
 /// One reply: the [history policy](crate::HistoryPolicy) builds the view, the system message goes
 /// first, and the model is called through [`TurnContext::complete`] (so every call is budgeted and
-/// rate-limited). When the model asks for tools, the agent runs them with its
+/// rate-limited), or through [`TurnContext::stream`] when built with
+/// [`stream(true)`](LlmAgentBuilder::stream). When the model asks for tools, the agent runs them with its
 /// [`ToolRegistry`], adds the call and its results to the reply and calls the model again, up to
 /// [`max_tool_iterations`](LlmAgentBuilder::max_tool_iterations) rounds (default
 /// [`DEFAULT_MAX_TOOL_ITERATIONS`]; AutoGen's default is 1 with no second call). If the last round
@@ -89,6 +90,7 @@ pub struct LlmAgent {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
+    stream: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,7 @@ impl fmt::Debug for LlmAgent {
                 "max_consecutive_auto_reply",
                 &self.max_consecutive_auto_reply,
             )
+            .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +136,7 @@ pub struct LlmAgentBuilder {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
+    stream: bool,
 }
 
 impl fmt::Debug for LlmAgentBuilder {
@@ -160,6 +164,7 @@ impl LlmAgent {
             max_completion_tokens: None,
             temperature: None,
             max_consecutive_auto_reply: None,
+            stream: false,
         }
     }
 
@@ -242,6 +247,13 @@ impl LlmAgentBuilder {
         self
     }
 
+    /// Streams every model call through [`TurnContext::stream`] (default off): a chat's event
+    /// stream then carries the reply's tokens as they arrive. The reply itself is the same.
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
     /// Checks the configuration: a non-empty name, at least one tool round, a usable temperature,
     /// and unique, valid tool names across registered, external and handoff tools.
     pub fn build(self) -> Result<LlmAgent, AgentConfigError> {
@@ -308,6 +320,7 @@ impl LlmAgentBuilder {
             max_completion_tokens: self.max_completion_tokens,
             temperature: self.temperature,
             max_consecutive_auto_reply: self.max_consecutive_auto_reply,
+            stream: self.stream,
         })
     }
 }
@@ -419,13 +432,15 @@ impl Agent for LlmAgent {
         present(&self.name, &view, &mut messages);
         let mut reply = Vec::new();
         for round in 1..=self.max_tool_iterations {
-            let completion = ctx
-                .complete(
-                    &*self.model,
-                    self.request(messages.clone()),
-                    CallKind::Reply,
-                )
-                .await?;
+            let request = self.request(messages.clone());
+            let completion = if self.stream {
+                ctx.stream(&*self.model, request, CallKind::Reply)
+                    .await?
+                    .completion()
+                    .await?
+            } else {
+                ctx.complete(&*self.model, request, CallKind::Reply).await?
+            };
             let mut message = completion.message.with_source(self.name.clone());
             message.role = Role::Assistant;
             message.usage = message.usage.or(completion.usage);
@@ -748,5 +763,39 @@ mod tests {
                 name: "transfer_to_the boss".into()
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_streaming_agent_replies_as_a_calling_one_and_charges_alike() {
+        let model = || {
+            ScriptedModel::new("test/m")
+                .tool_calls(vec![ToolCall::new("c1", "add", r#"{"a":1,"b":2}"#)])
+                .text("3")
+        };
+        let tools = ToolRegistry::new()
+            .with(TypedTool::new("add", "Adds.", |x: Add| async move {
+                Ok(x.a + x.b)
+            }))
+            .unwrap();
+        let build = |stream| {
+            LlmAgent::builder("math", Arc::new(model()))
+                .tools(tools.clone())
+                .stream(stream)
+                .build()
+                .unwrap()
+        };
+        let (called, streamed) = (TestContext::new(), TestContext::new());
+        let whole = build(false)
+            .reply(&[Message::user("1+2?")], &called)
+            .await
+            .unwrap();
+        let parts = build(true)
+            .reply(&[Message::user("1+2?")], &streamed)
+            .await
+            .unwrap();
+        assert_eq!(whole, parts);
+        assert_eq!(parts.last().unwrap().text(), Some("3"));
+        assert_eq!(called.budget().used(), streamed.budget().used());
+        assert_eq!(streamed.calls().len(), 2);
     }
 }

@@ -19,8 +19,8 @@ use crate::scheduler::{CallInfo, CallObserver};
 ///
 /// A [`ChatEventStream`] yields `Message`s as they are appended (task messages first),
 /// `SpeakerSelected` before each turn, the model-call life-cycle of every call the run causes
-/// (hidden ones included), `Stopped` when the run decides to stop, and finally `Finished` with the
-/// run's result.
+/// (hidden ones included) with the `TokenDelta`s of streamed ones, `Stopped` when the run
+/// decides to stop, and finally `Finished` with the run's result.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ChatEvent {
@@ -46,6 +46,15 @@ pub enum ChatEvent {
         key: Arc<str>,
         /// How long it waited in the queue.
         wait: Duration,
+    },
+    /// A streamed model call delivered more text (AutoGen's `ModelClientStreamingChunkEvent`):
+    /// the reply's tokens as they arrive, before its `Message`. Only agents that stream (an
+    /// [`LlmAgent`](agent_core::LlmAgent) built with `stream(true)`) produce these.
+    TokenDelta {
+        /// The agent whose call it is.
+        agent: Arc<str>,
+        /// The text that arrived.
+        text: String,
     },
     /// A model call finished.
     CallFinished {
@@ -187,6 +196,16 @@ impl CallObserver for AgentObserver {
             agent: self.agent.clone(),
             key: Arc::from(key),
             wait,
+        });
+    }
+
+    fn delta(&self, key: &str, text: &str) {
+        for f in self.forward.iter() {
+            f.delta(key, text);
+        }
+        self.emit(|| ChatEvent::TokenDelta {
+            agent: self.agent.clone(),
+            text: text.to_owned(),
         });
     }
 

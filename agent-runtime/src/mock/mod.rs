@@ -320,15 +320,20 @@ async fn sse_reply(
             }
         }
     }
-    // The admission rides along so its slot (and refund) ends with the stream.
+    // The admission rides along so its slot (and refund) ends with the stream. Each item is due
+    // at an instant counted from the first (not a sleep after the previous one), so the timer's
+    // rounding does not add up over a reply: a streamed reply takes as long as the same reply
+    // whole.
+    let start = tokio::time::Instant::now();
     let stream = futures::stream::unfold(
-        (items.into_iter(), admission),
-        |(mut items, admission)| async move {
+        (items.into_iter(), admission, start),
+        |(mut items, admission, mut due)| async move {
             let (delay, item) = items.next()?;
             if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                due += delay;
+                tokio::time::sleep_until(due).await;
             }
-            Some((item, (items, admission)))
+            Some((item, (items, admission, due)))
         },
     );
     (StatusCode::OK, headers, Body::from_stream(stream)).into_response()

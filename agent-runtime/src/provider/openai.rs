@@ -128,6 +128,7 @@ pub struct OpenAiProviderBuilder {
     token_limit_field: Option<TokenLimitField>,
     timeout: Duration,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     id: Option<String>,
     stream_usage: bool,
 }
@@ -143,6 +144,7 @@ impl Default for OpenAiProviderBuilder {
             token_limit_field: None,
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_TIMEOUT,
             id: None,
             stream_usage: true,
         }
@@ -191,10 +193,19 @@ impl OpenAiProviderBuilder {
         self
     }
 
-    /// How long to wait for the response to start, and for each piece of a body after that
-    /// (default 120 s). Expiry is a [`ModelError::Transient`].
+    /// How long to wait for the response to start (its status and headers; default 120 s).
+    /// Expiry is a [`ModelError::Transient`]. The scheduler's per-attempt
+    /// [`Deadlines`](crate::scheduler::Deadlines) bound the whole attempt on top of this.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How long the body (or a stream) may go without a byte once the response has started
+    /// (default 120 s). Expiry is a [`ModelError::Transient`]. A server dripping bytes slower
+    /// than the reply needs never trips it: the scheduler's whole-attempt deadline does.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -240,7 +251,11 @@ impl OpenAiProviderBuilder {
 
     /// Validates the configuration and builds the provider.
     pub fn build(self) -> Result<OpenAiProvider, ProviderConfigError> {
-        for (name, value) in [("request", self.timeout), ("connect", self.connect_timeout)] {
+        for (name, value) in [
+            ("request", self.timeout),
+            ("connect", self.connect_timeout),
+            ("idle", self.idle_timeout),
+        ] {
             if value.is_zero() {
                 return Err(ProviderConfigError::ZeroTimeout(name));
             }
@@ -334,7 +349,7 @@ impl OpenAiProviderBuilder {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(self.connect_timeout)
-            .read_timeout(self.timeout)
+            .read_timeout(self.idle_timeout)
             .build()
             .map_err(|e| ProviderConfigError::HttpClient(e.to_string()))?;
         let config = WireConfig {

@@ -23,7 +23,7 @@ use super::feedback;
 use super::metrics::{KeyCounters, LearnedLimits};
 use super::queue::{Demand, FairQueue, Slot};
 use super::quota::{Cost, Dimension, Limits, Quota};
-use super::retry::{Breaker, RetryBudget, RetryPolicy};
+use super::retry::{Breaker, RetryBudget, RetryPolicy, WhenOpen};
 use super::state::{Acquire, KeyBuckets, Lease, QuotaState, Settlement, StateError, instant_after};
 
 /// Where admission takes quota from.
@@ -98,7 +98,7 @@ pub(crate) struct Ticket<'a> {
 }
 
 /// An admitted call.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Admitted {
     /// When the call was admitted.
     pub(crate) at: Instant,
@@ -322,52 +322,68 @@ impl Key {
         max_wait: Duration,
     ) -> Result<Admitted, Refusal> {
         let start = Instant::now();
-        let (slot, probe) = {
-            let mut inner = self.lock();
-            let inner = &mut *inner;
-            if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(ticket.cost) {
-                inner.stats.exceeds_quota += 1;
-                return Err(Refusal::Exceeds {
-                    dimension,
-                    needed,
-                    capacity,
-                });
-            }
-            let probe = match inner.breaker.admit(start, policy) {
-                Ok(probe) => probe,
-                Err(wait) => {
-                    inner.stats.circuit_rejections += 1;
-                    return Err(Refusal::CircuitOpen(wait));
+        // While the key's circuit is open the call waits here, up to `max_wait`, re-asking the
+        // breaker when the cool-down ends (or a probe is due to have answered).
+        let mut now = start;
+        let (slot, probe) = 'admit: loop {
+            let circuit_wait = 'circuit: {
+                let mut inner = self.lock();
+                let inner = &mut *inner;
+                if let Some((dimension, needed, capacity)) = inner.limits.exceeded_by(ticket.cost) {
+                    inner.stats.exceeds_quota += 1;
+                    return Err(Refusal::Exceeds {
+                        dimension,
+                        needed,
+                        capacity,
+                    });
                 }
+                let probe = match inner.breaker.admit(now, policy) {
+                    Ok(probe) => probe,
+                    Err(wait) => {
+                        let left = instant_after(start, max_wait).saturating_duration_since(now);
+                        if policy.when_open == WhenOpen::FailFast || wait > left {
+                            inner.stats.circuit_rejections += 1;
+                            return Err(Refusal::CircuitOpen(wait));
+                        }
+                        break 'circuit wait;
+                    }
+                };
+                if !ticket.retry {
+                    inner.stats.calls += 1;
+                    inner.retry_budget.deposit(now);
+                }
+                if matches!(backend, Backend::Local)
+                    && inner.queue.len() == 0
+                    && inner
+                        .buckets
+                        .try_acquire(now, &inner.limits, ticket.cost, self.quota.guard)
+                        .is_ok()
+                {
+                    let wait = now - start;
+                    inner.stats.admitted(ticket.cost, wait, ticket.retry);
+                    if !inner.warm {
+                        inner.cold_since.get_or_insert(now);
+                    }
+                    return Ok(Admitted {
+                        at: now,
+                        wait,
+                        probe,
+                        lease: None,
+                        seq: inner.stats.attempts,
+                        units: None,
+                    });
+                }
+                let slot = inner
+                    .queue
+                    .push(ticket.client, ticket.priority, ticket.retry, now);
+                break 'admit (slot, probe);
             };
-            if !ticket.retry {
-                inner.stats.calls += 1;
-                inner.retry_budget.deposit(start);
+            tokio::select! {
+                biased;
+                () = cancelled(ticket.cancel) => return Err(Refusal::Cancelled),
+                () = tokio::time::sleep(circuit_wait) => {}
             }
-            if matches!(backend, Backend::Local)
-                && inner.queue.len() == 0
-                && inner
-                    .buckets
-                    .try_acquire(start, &inner.limits, ticket.cost, self.quota.guard)
-                    .is_ok()
-            {
-                inner.stats.admitted(ticket.cost, Duration::ZERO);
-                if !inner.warm {
-                    inner.cold_since.get_or_insert(start);
-                }
-                return Ok(Admitted {
-                    at: start,
-                    wait: Duration::ZERO,
-                    probe,
-                    lease: None,
-                    seq: inner.stats.attempts,
-                    units: None,
-                });
-            }
-            let slot = inner
-                .queue
-                .push(ticket.client, ticket.priority, ticket.retry, start);
-            (slot, probe)
+            now = Instant::now();
         };
         let mut waiting = Waiting {
             key: self,
@@ -559,7 +575,9 @@ impl Key {
         inner.queue.notify_head();
         waiting.done = true;
         let wait = now - start;
-        inner.stats.admitted(waiting.ticket.cost, wait);
+        inner
+            .stats
+            .admitted(waiting.ticket.cost, wait, waiting.ticket.retry);
         if !inner.warm {
             inner.cold_since.get_or_insert(now);
         }

@@ -5,21 +5,25 @@
 //!
 //! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
 //! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
-//! one stage instead of the loop.
+//! one stage instead of the loop. The provider stage has two shapes ([`Delivery`]): a whole
+//! completion ([`Whole`]), or a stream whose first event has arrived
+//! ([`Streamed`](super::stream::Streamed)); the loop is the same for both.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
     Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, RateLimitKind,
-    Reservation,
+    Reservation, Usage,
 };
 use tokio::time::Instant;
 
 use super::admission::{Key, Refusal, Ticket, cancelled};
+use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
-use super::{CallObserver, Inner};
+use super::retry::WhenOpen;
+use super::{CallObserver, Inner, feedback};
 
 /// What the reconcile stage decided about a failed attempt.
 pub(super) enum Next {
@@ -36,6 +40,66 @@ const FAILED_ATTEMPT: Charge = Charge {
     cost_nanos: 0,
 };
 
+/// The provider stage's shape: what one attempt sends and what a successful one hands on.
+pub(super) trait Delivery: Sync {
+    /// A successful attempt's answer.
+    type Response: Send;
+
+    /// Sends one attempt to `model`. The attempt has succeeded once this resolves `Ok`: after
+    /// that, nothing about it is retried. The provider stage bounds the future by
+    /// `deadlines.attempt`; what the response goes on to deliver (a stream's later events) is
+    /// the response's to bound.
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+        deadlines: Deadlines,
+    ) -> impl Future<Output = Result<Self::Response, ModelError>> + Send + 'm;
+}
+
+/// The provider stage of [`QuotaScheduler::call`](super::QuotaScheduler::call): one whole
+/// completion.
+pub(super) struct Whole;
+
+impl Delivery for Whole {
+    type Response = Completion;
+
+    fn send<'m>(
+        &self,
+        model: &'m dyn ChatModel,
+        request: ChatRequest,
+        _: Deadlines,
+    ) -> impl Future<Output = Result<Completion, ModelError>> + Send + 'm {
+        model.complete(request)
+    }
+}
+
+/// Settles a completed attempt's budget reservation to `usage` priced for `model`, and records
+/// the cost (and the tokens, when the provider `reported` them rather than the scheduler
+/// counting them).
+pub(super) fn charge_usage(
+    reservation: Reservation,
+    budget: &Budget,
+    model: &str,
+    usage: Usage,
+    reported: bool,
+    record: &mut CallRecord,
+) {
+    let cost_nanos = budget.cost_nanos(model, usage);
+    record.cost_nanos = cost_nanos;
+    reservation.settle(Charge {
+        calls: 1,
+        tokens: usage.total(),
+        cost_nanos,
+    });
+    if reported {
+        record.prompt_tokens = record.prompt_tokens.saturating_add(usage.prompt_tokens);
+        record.completion_tokens = record
+            .completion_tokens
+            .saturating_add(usage.completion_tokens);
+    }
+}
+
 /// The state one call carries through its attempts.
 pub(super) struct CallAttempts<'s, 'c> {
     pub(super) scheduler: &'s Inner,
@@ -50,6 +114,10 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) record: &'c mut CallRecord,
     /// Attempts admitted so far (1-based once the first is).
     pub(super) attempt: u32,
+    /// How long each attempt may take (the call's, the key's or the scheduler's).
+    pub(super) deadlines: Deadlines,
+    /// The last attempt ran past its deadline (the provider stage abandoned it).
+    pub(super) expired: bool,
     /// The call's 429s: they use up no attempt, only `max_admission_wait` from the first.
     pub(super) limited: RateLimitedWait,
 }
@@ -78,6 +146,16 @@ impl RateLimitedWait {
 impl<'s, 'c> CallAttempts<'s, 'c> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
+        let (in_flight, completion) = self.attempts(&Whole).await?;
+        Ok(self.completed(in_flight, completion).await)
+    }
+
+    /// Runs attempts until one succeeds: its in-flight guard (still holding quota and budget,
+    /// for the caller's reconcile) and its answer; or the error that ends the call.
+    pub(super) async fn attempts<D: Delivery>(
+        &mut self,
+        delivery: &D,
+    ) -> Result<(InFlight<'s, 'c>, D::Response), CallError> {
         // Budget first: a spent budget fails here and never waits for quota.
         let mut reservation = self.reserve()?;
         if let Some(o) = self.observer {
@@ -85,15 +163,17 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         }
         loop {
             let in_flight = self.admit(reservation).await?;
-            let result = self.send().await?;
-            let error = match self.reconcile(in_flight, result).await {
-                Ok(completion) => return Ok(completion),
-                Err(Next::Fail(error)) => return Err(error),
-                Err(Next::Retry(error)) => error,
+            let error = match self.send(delivery).await? {
+                Ok(response) => return Ok((in_flight, response)),
+                Err(error) => error,
+            };
+            let error = match self.reconcile(in_flight, error).await {
+                Next::Fail(error) => return Err(error),
+                Next::Retry(error) => error,
             };
             let delay = self.retry_delay(error)?;
-            self.key.lock().stats.retries += 1;
-            self.record.retries += 1;
+            // Retries are counted when admitted (`KeyCounters::admitted`, the admit stage), so
+            // one the breaker or the admission wait refuses is not counted as made.
             // Every attempt that reaches the provider is a model call in the budget.
             reservation = self.reserve()?;
             if let Some(delay) = delay {
@@ -137,6 +217,7 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         };
         self.record.submitted = true;
         self.record.attempts += 1;
+        self.record.retries += u64::from(self.ticket.retry);
         self.record.wait = self.record.wait.saturating_add(admitted.wait);
         if let Some(o) = self.observer {
             o.admitted(&self.key.name, admitted.wait);
@@ -158,27 +239,54 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         })
     }
 
-    /// Provider stage: one attempt. Cancellation ends the call here; the caller's in-flight
-    /// guard, dropped with it, keeps the attempt charged (the provider may have done the work).
-    async fn send(&self) -> Result<Result<Completion, ModelError>, CallError> {
-        tokio::select! {
-            biased;
-            r = self.model.complete(self.request.clone()) => Ok(r),
-            () = cancelled(self.ticket.cancel) => Err(CallError::Cancelled),
+    /// Provider stage: one attempt, within the attempt's deadline. Cancellation ends the call
+    /// here; the caller's in-flight guard, dropped with it, keeps the attempt charged (the
+    /// provider may have done the work). An attempt past its deadline is abandoned (its
+    /// connection dropped) and ends in a transient error the reconcile stage settles and the
+    /// retry stage retries.
+    ///
+    /// While the key still learns its limits this attempt may be the one call in flight (see
+    /// [`feedback::starts_probing`]); should it run past the deadlines' `probe` time, the key
+    /// stops waiting for it and lets the others go, so a stalled first call blocks nobody for
+    /// longer than that.
+    async fn send<D: Delivery>(
+        &mut self,
+        delivery: &D,
+    ) -> Result<Result<D::Response, ModelError>, CallError> {
+        let deadlines = self.deadlines;
+        self.expired = false;
+        // A key that is configured with limits never probes: spare it the lock.
+        let mut probing = feedback::starts_probing(&self.key.quota) && self.key.lock().probing;
+        let attempt = tokio::time::timeout(
+            deadlines.attempt,
+            delivery.send(self.model, self.request.clone(), deadlines),
+        );
+        let mut attempt = std::pin::pin!(attempt);
+        let mut patience = std::pin::pin!(tokio::time::sleep(deadlines.probe));
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut attempt => return Ok(match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        self.expired = true;
+                        tracing::debug!(attempt = self.attempt, deadline = ?deadlines.attempt, "attempt deadline passed");
+                        Err(deadlines.attempt_expired())
+                    }
+                }),
+                () = cancelled(self.ticket.cancel) => return Err(CallError::Cancelled),
+                () = &mut patience, if probing => {
+                    probing = false;
+                    stop_probing(self.key, deadlines.probe);
+                }
+            }
         }
     }
 
-    /// Reconcile stage: settles quota and budget to the attempt's outcome and decides whether a
-    /// failed attempt may be retried.
-    async fn reconcile(
-        &mut self,
-        in_flight: InFlight<'s, 'c>,
-        result: Result<Completion, ModelError>,
-    ) -> Result<Completion, Next> {
-        let error = match result {
-            Ok(completion) => return Ok(self.completed(in_flight, completion).await),
-            Err(error) => error,
-        };
+    /// Reconcile stage for a failed attempt: settles quota and budget to the failure and decides
+    /// whether the call may be retried. (A successful attempt is reconciled by its caller:
+    /// [`completed`](Self::completed), or the stream when it ends.)
+    async fn reconcile(&mut self, in_flight: InFlight<'s, 'c>, error: ModelError) -> Next {
         let outcome = match &error {
             ModelError::RateLimited {
                 kind,
@@ -190,6 +298,8 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
                 retry_after: *retry_after,
                 reading: reading.as_deref(),
             },
+            // Abandoned at its deadline: the provider may have done (and charged) the work.
+            ModelError::Transient { .. } if self.expired => Outcome::TimedOut,
             ModelError::Transient { .. } => Outcome::Transient,
             // Quota exhausted, request too large, invalid request, malformed response: the same
             // request would fail again, so it is never retried.
@@ -213,12 +323,12 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
                 let left = self.limited.left(now, self.scheduler.max_admission_wait);
                 self.limited.last = Some(error.clone());
                 if pause > left {
-                    return Err(Next::Fail(self.wait_exceeded()));
+                    return Next::Fail(self.wait_exceeded());
                 }
-                Err(Next::Retry(error))
+                Next::Retry(error)
             }
-            ModelError::Transient { .. } => Err(Next::Retry(error)),
-            _ => Err(Next::Fail(CallError::Model(error))),
+            ModelError::Transient { .. } => Next::Retry(error),
+            _ => Next::Fail(CallError::Model(error)),
         }
     }
 
@@ -263,19 +373,7 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         let (reservation, _, remote) = in_flight.finish(outcome);
         match (reservation, usage) {
             (Some(r), Some(u)) => {
-                let cost_nanos = self.budget.cost_nanos(self.model.id(), u);
-                self.record.cost_nanos = cost_nanos;
-                r.settle(Charge {
-                    calls: 1,
-                    tokens: u.total(),
-                    cost_nanos,
-                });
-                self.record.prompt_tokens =
-                    self.record.prompt_tokens.saturating_add(u.prompt_tokens);
-                self.record.completion_tokens = self
-                    .record
-                    .completion_tokens
-                    .saturating_add(u.completion_tokens);
+                charge_usage(r, self.budget, self.model.id(), u, true, self.record);
             }
             // Without reported usage the estimate stands as the charge.
             (Some(r), None) => {
@@ -315,12 +413,14 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
         let ModelError::Transient { retry_after, .. } = &error else {
             return Ok(None);
         };
-        if !self
-            .key
-            .lock()
-            .retry_budget
-            .withdraw(Instant::now(), policy)
-        {
+        let granted = {
+            let mut inner = self.key.lock();
+            // While the breaker holds the key's calls back, a retry queues behind its probe and
+            // adds no load: the budget, which exists to cap load, is not drawn on.
+            (policy.when_open == WhenOpen::Wait && inner.breaker.is_tripped())
+                || inner.retry_budget.withdraw(Instant::now(), policy)
+        };
+        if !granted {
             tracing::debug!("retry budget spent");
             return Err(CallError::RetriesExhausted {
                 attempts: self.attempt,
@@ -335,4 +435,23 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
             None => Ok(Some(scheduler.backoff(self.attempt))),
         }
     }
+}
+
+/// Lets a key that is still learning its limits stop waiting for its first call: the others go
+/// ahead under the configured limits (or none), and the first call's answer still teaches the
+/// limits when it comes.
+fn stop_probing(key: &Key, after: Duration) {
+    let mut inner = key.lock();
+    let inner = &mut *inner;
+    if !inner.probing {
+        return;
+    }
+    inner.probing = false;
+    inner.limits = feedback::effective_limits(&key.quota, inner.learned, false);
+    inner.queue.notify_head();
+    tracing::info!(
+        key = &*key.name,
+        after = ?after,
+        "the key's first call is still running; the calls waiting behind it go ahead without learned limits"
+    );
 }

@@ -203,7 +203,8 @@ pub struct LearnedLimits {
 pub struct KeyStats {
     /// Calls submitted (logical calls, not attempts).
     pub calls: u64,
-    /// Provider attempts (calls plus retries).
+    /// Provider attempts (calls plus retries; a call refused before its first attempt makes
+    /// none).
     pub attempts: u64,
     /// Calls that ended with a completion.
     pub succeeded: u64,
@@ -218,10 +219,15 @@ pub struct KeyStats {
     pub tokens_reserved: u64,
     /// 429s received.
     pub rate_limited: RateLimitCounts,
-    /// Retries made (after 429s and transient failures).
+    /// Retries made (after 429s and transient failures): retry attempts admitted, so
+    /// `attempts = calls + retries − calls refused before their first attempt` (see
+    /// `docs/faults.md`).
     pub retries: u64,
-    /// Transient failures received.
+    /// Transient failures received (timed-out attempts included).
     pub transient_errors: u64,
+    /// Attempts abandoned at their deadline ([`Deadlines`](super::Deadlines)); also counted in
+    /// `transient_errors`.
+    pub timeouts: u64,
     /// Calls refused because their cost exceeds a bucket's capacity.
     pub exceeds_quota: u64,
     /// Calls refused by an open circuit.
@@ -310,6 +316,7 @@ pub(crate) struct KeyCounters {
     pub(crate) rate_limited: RateLimitCounts,
     pub(crate) retries: u64,
     pub(crate) transient_errors: u64,
+    pub(crate) timeouts: u64,
     pub(crate) exceeds_quota: u64,
     pub(crate) circuit_rejections: u64,
     pub(crate) backend_errors: u64,
@@ -318,8 +325,12 @@ pub(crate) struct KeyCounters {
 }
 
 impl KeyCounters {
-    pub(crate) fn admitted(&mut self, cost: Cost, wait: Duration) {
+    /// An attempt was admitted; `retry` when it is not the call's first. Retries are counted
+    /// here, not when decided, so a retry the breaker or the admission wait refuses is no retry:
+    /// `attempts = calls + retries` for calls that reached the provider at least once.
+    pub(crate) fn admitted(&mut self, cost: Cost, wait: Duration, retry: bool) {
         self.attempts += 1;
+        self.retries += u64::from(retry);
         self.tokens_reserved = self.tokens_reserved.saturating_add(cost.tokens);
         self.in_flight += 1;
         self.wait.record(wait);
@@ -338,6 +349,7 @@ impl KeyCounters {
             rate_limited: self.rate_limited,
             retries: self.retries,
             transient_errors: self.transient_errors,
+            timeouts: self.timeouts,
             exceeds_quota: self.exceeds_quota,
             circuit_rejections: self.circuit_rejections,
             backend_errors: self.backend_errors,

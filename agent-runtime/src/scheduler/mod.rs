@@ -10,7 +10,9 @@
 //! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
 //!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
-//! - provider — [`ChatModel::complete`], called only in `attempt`;
+//! - provider — [`ChatModel::complete`] or, for [`QuotaScheduler::call_stream`],
+//!   [`ChatModel::stream`] (`stream`: the [`ModelStream`] that reconciles when it ends), called
+//!   only in `attempt`, within the attempt's [`Deadlines`] (`deadline`);
 //! - `reconcile` — quota and budget settled to the outcome; `feedback` — limits learned from
 //!   headers and 429 pauses; [`retry`] — backoff, retry budget and circuit breaker; [`metrics`] —
 //!   the [`SchedulerSnapshot`].
@@ -19,6 +21,7 @@
 
 mod admission;
 mod attempt;
+mod deadline;
 mod feedback;
 mod inference;
 mod limiter;
@@ -28,18 +31,21 @@ pub mod quota;
 mod reconcile;
 pub mod retry;
 pub mod state;
+mod stream;
 
 #[cfg(feature = "redis")]
 pub mod redis_state;
 
+pub use deadline::Deadlines;
 pub use metrics::{
     ConversationStats, KeyStats, LearnedLimits, RateLimitCounts, SchedulerSnapshot, WAIT_BUCKETS,
     WaitStats,
 };
 pub use queue::QueuePolicy;
 pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
-pub use retry::{CircuitState, RetryPolicy};
+pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
+pub use stream::ModelStream;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -81,6 +87,10 @@ pub trait CallObserver: Send + Sync {
     fn call_finished(&self, info: &CallInfo<'_>, result: Result<&Completion, &CallError>) {
         self.finished(info.key, result, info.attempts);
     }
+
+    /// A streamed call ([`QuotaScheduler::call_stream`]) delivered `text` on quota key `key`.
+    /// Called from the stream's reader as each delta passes, so keep it quick.
+    fn delta(&self, _key: &str, _text: &str) {}
 }
 
 /// What the scheduler knows about a finished call, for [`CallObserver::call_finished`].
@@ -140,6 +150,12 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// Sees the call's life-cycle like `observer`, and is the observer a
+    /// [`ModelStream`] keeps: a stream reports its deltas and its end after
+    /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
+    pub shared_observer: Option<Arc<dyn CallObserver>>,
+    /// Deadlines of this call's attempts, overriding the key's (see [`Deadlines`]).
+    pub deadlines: Option<Deadlines>,
     /// The tenant whose share of the key the call takes in the admission queue, instead of its
     /// conversation's, and the tenant's weight (see [`with_tenant`](Self::with_tenant)).
     pub tenant: Option<(&'a str, NonZeroU32)>,
@@ -154,6 +170,7 @@ impl fmt::Debug for ModelCall<'_> {
             .field("agent", &self.agent)
             .field("priority", &self.priority)
             .field("quota_key", &self.quota_key)
+            .field("deadlines", &self.deadlines)
             .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
@@ -180,6 +197,8 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            shared_observer: None,
+            deadlines: None,
             tenant: None,
         }
     }
@@ -236,6 +255,23 @@ impl<'a> ModelCall<'a> {
         self.observer = Some(observer);
         self
     }
+
+    /// Sets an observer the call may keep: the one a [`ModelStream`] reports its deltas and
+    /// its end to. Use it instead of [`with_observer`](Self::with_observer) for streams.
+    #[must_use]
+    pub fn with_shared_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.shared_observer = Some(observer);
+        self
+    }
+
+    /// Sets the deadlines of this call's attempts, overriding the key's and the scheduler's.
+    /// Zero durations are not refused here (a call has no build step): an attempt with a zero
+    /// deadline times out at once and the call fails after its retries.
+    #[must_use]
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = Some(deadlines);
+        self
+    }
 }
 
 /// The scheduler handle. Cheap to clone; clones share all state.
@@ -275,6 +311,8 @@ struct Inner {
     backend: Backend,
     conversations: Conversations,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: HashMap<String, Deadlines>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -307,6 +345,8 @@ pub struct QuotaSchedulerBuilder {
     poll: Duration,
     max_tracked_conversations: usize,
     max_admission_wait: Duration,
+    deadlines: Deadlines,
+    key_deadlines: Vec<(String, Deadlines)>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -327,6 +367,8 @@ impl Default for QuotaSchedulerBuilder {
             poll: Duration::from_millis(50),
             max_tracked_conversations: DEFAULT_MAX_TRACKED_CONVERSATIONS,
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
+            deadlines: Deadlines::DEFAULT,
+            key_deadlines: Vec::new(),
         }
     }
 }
@@ -390,8 +432,27 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
+    /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
+    }
+
+    /// Sets the deadlines of the attempts on quota key `key` (a provider's model id, or a label),
+    /// overriding [`deadlines`](Self::deadlines); a call's own
+    /// [`ModelCall::with_deadlines`] overrides both.
+    pub fn key_deadlines(mut self, key: impl Into<String>, deadlines: Deadlines) -> Self {
+        self.key_deadlines.push((key.into(), deadlines));
+        self
+    }
+
     /// Validates and builds.
     pub fn build(self) -> Result<QuotaScheduler, QuotaConfigError> {
+        self.deadlines.validate()?;
+        for (_, deadlines) in &self.key_deadlines {
+            deadlines.validate()?;
+        }
         self.default_quota.validate_for("(default)")?;
         for (key, quota) in &self.quotas {
             quota.validate_for(key)?;
@@ -429,6 +490,8 @@ impl QuotaSchedulerBuilder {
                 backend,
                 conversations: Conversations::new(self.max_tracked_conversations),
                 max_admission_wait: self.max_admission_wait,
+                deadlines: self.deadlines,
+                key_deadlines: self.key_deadlines.into_iter().collect(),
             }),
         }
     }
@@ -452,6 +515,85 @@ impl Inner {
             .entry(Arc::from(name))
             .or_insert_with(|| Arc::new(Key::new(name, quota, &self.retry)))
             .clone()
+    }
+
+    /// Records a finished call in its conversation, on its span and in its log line, and tells
+    /// its observer.
+    fn finish_call(
+        &self,
+        key: &Key,
+        caller: Caller<'_>,
+        record: &mut CallRecord,
+        observer: Option<&dyn CallObserver>,
+        result: Result<&Completion, &CallError>,
+    ) {
+        record.failed = result.is_err();
+        if record.failed && record.submitted {
+            key.lock().stats.failed += 1;
+        }
+        self.conversations.record(caller.conversation, record);
+        let span = tracing::Span::current();
+        if !span.is_disabled() {
+            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
+            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            span.record("turnstile.attempts", int(record.attempts));
+            span.record(
+                "turnstile.cost_usd",
+                agent_core::budget::nanos_to_usd(record.cost_nanos),
+            );
+            match result {
+                Ok(c) => {
+                    if let Some(u) = c.usage {
+                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
+                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
+                    }
+                    span.record(
+                        "gen_ai.response.finish_reasons",
+                        tracing::field::debug(&c.finish_reason),
+                    );
+                }
+                Err(e) => {
+                    span.record("error.type", tracing::field::display(error_type(e)));
+                }
+            }
+        }
+        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
+        tracing::info!(
+            key = &*key.name,
+            agent = caller.agent,
+            kind = ?caller.kind,
+            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
+            prompt_tokens = record.prompt_tokens,
+            completion_tokens = record.completion_tokens,
+            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
+            attempts = record.attempts,
+            ok = !record.failed,
+            "model call"
+        );
+        if let Some(o) = observer {
+            let info = CallInfo {
+                key: &key.name,
+                model: caller.model,
+                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
+                cost_nanos: record.cost_nanos,
+            };
+            o.call_finished(&info, result);
+        }
+    }
+
+    /// The deadlines of a call on `key`: its own, else the key's, else the scheduler's.
+    fn deadlines(&self, key: &str, call: Option<Deadlines>) -> Deadlines {
+        call.unwrap_or_else(|| {
+            // Most schedulers configure none per key: skip the hashing.
+            if self.key_deadlines.is_empty() {
+                return self.deadlines;
+            }
+            self.key_deadlines
+                .get(key)
+                .copied()
+                .unwrap_or(self.deadlines)
+        })
     }
 
     fn backoff(&self, retry: u32) -> Duration {
@@ -577,7 +719,8 @@ impl QuotaScheduler {
     ///
     /// Errors: [`CallError::BudgetExhausted`] before anything is queued when the budget (or an
     /// ancestor's) cannot cover the call; [`CallError::ExceedsQuota`] at once when the call can
-    /// never fit a bucket; [`CallError::CircuitOpen`] while the key's breaker is open;
+    /// never fit a bucket; [`CallError::CircuitOpen`] when the key's breaker stays open beyond the
+    /// call's admission wait (or at once with [`WhenOpen::FailFast`]);
     /// [`CallError::Model`] for provider errors that are never retried (quota exhausted, request
     /// too large, invalid request) and for waits beyond `max_admission_wait`;
     /// [`CallError::RetriesExhausted`] when attempts or the retry budget run out;
@@ -613,36 +756,8 @@ impl QuotaScheduler {
     ) -> impl Future<Output = Result<Completion, CallError>> + Send + 'a {
         // Not an `async fn`: the span happens here, and the returned future is the pipeline
         // itself rather than one more state machine around it.
-        // One span per model call, quota wait included, named and attributed by OpenTelemetry's
-        // GenAI semantic conventions (docs/observability.md); `run` records the outcome on it.
-        let model = call.model.id();
-        let span = tracing::debug_span!(
-            "model_call",
-            otel.name = %format_args!("chat {model}"),
-            otel.kind = "client",
-            gen_ai.operation.name = "chat",
-            gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
-            gen_ai.request.model = model,
-            gen_ai.request.max_tokens = call.request.max_completion_tokens,
-            gen_ai.agent.name = call.agent,
-            gen_ai.conversation.id = call.conversation,
-            turnstile.call.kind = ?call.kind,
-            turnstile.quota.key = &*key.borrow().name,
-            turnstile.quota.wait_seconds = tracing::field::Empty,
-            turnstile.attempts = tracing::field::Empty,
-            turnstile.cost_usd = tracing::field::Empty,
-            gen_ai.usage.input_tokens = tracing::field::Empty,
-            gen_ai.usage.output_tokens = tracing::field::Empty,
-            gen_ai.response.finish_reasons = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
-        // A span nobody records still costs a `log` check on every poll and on drop (tracing's
-        // `log` feature is on in the dependency graph): leave it out when it is disabled.
-        if span.is_disabled() {
-            Either::Left(self.run(call, key))
-        } else {
-            Either::Right(self.run(call, key).instrument(span))
-        }
+        let span = admission_span(&call, key.borrow());
+        traced(span, self.run(call, key))
     }
 
     async fn run<K: std::borrow::Borrow<Arc<Key>>>(
@@ -651,6 +766,22 @@ impl QuotaScheduler {
         key: K,
     ) -> Result<Completion, CallError> {
         let key = key.borrow();
+        let call = self.prepare(call, key);
+        let mut record = CallRecord::default();
+        let result = call.attempts(&self.inner, key, &mut record).run().await;
+        self.inner.finish_call(
+            key,
+            call.caller(),
+            &mut record,
+            call.observer(),
+            result.as_ref(),
+        );
+        result
+    }
+
+    /// Unpacks a call for the attempt loop: its estimate (prompt, quota cost, budget charge)
+    /// and its deadlines on `key`.
+    fn prepare<'c>(&self, call: ModelCall<'c>, key: &Key) -> Prepared<'c> {
         let ModelCall {
             model,
             request,
@@ -661,6 +792,8 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            shared_observer,
+            deadlines,
             tenant,
             ..
         } = call;
@@ -679,94 +812,167 @@ impl QuotaScheduler {
             tokens: cost.tokens,
             cost_nanos: budget.cost_nanos(model.id(), Usage::new(prompt, completion_cap)),
         };
-        let mut record = CallRecord::default();
-        let result = CallAttempts {
-            scheduler: &self.inner,
+        Prepared {
+            deadlines: self.inner.deadlines(&key.name, deadlines),
             model,
-            request: &request,
-            key,
+            request,
+            kind,
+            conversation,
+            agent,
             budget,
-            charge,
-            ticket: Ticket {
-                cost,
-                demand: Demand {
-                    prompt,
-                    completion: completion_cap,
-                },
-                client: tenant.map_or(conversation, |(label, _)| label),
-                weight: tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
-                priority,
-                retry: false,
-                cancel,
-            },
+            priority,
+            cancel,
             observer,
-            record: &mut record,
+            shared_observer,
+            tenant,
+            prompt,
+            demand: Demand {
+                prompt,
+                completion: completion_cap,
+            },
+            cost,
+            charge,
+        }
+    }
+}
+
+/// The span a call's pipeline runs in: one per model call, quota wait included, named and
+/// attributed by OpenTelemetry's GenAI semantic conventions (docs/observability.md);
+/// [`Inner::finish_call`] records the outcome on it.
+fn admission_span(call: &ModelCall<'_>, key: &Key) -> tracing::Span {
+    let model = call.model.id();
+    tracing::debug_span!(
+        "model_call",
+        otel.name = %format_args!("chat {model}"),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = model.split_once('/').map_or("unknown", |(p, _)| p),
+        gen_ai.request.model = model,
+        gen_ai.request.max_tokens = call.request.max_completion_tokens,
+        gen_ai.agent.name = call.agent,
+        gen_ai.conversation.id = call.conversation,
+        turnstile.call.kind = ?call.kind,
+        turnstile.quota.key = &*key.name,
+        turnstile.quota.wait_seconds = tracing::field::Empty,
+        turnstile.attempts = tracing::field::Empty,
+        turnstile.cost_usd = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+    )
+}
+
+/// `pipeline` in `span`, or alone when the span is disabled: a span nobody records still costs a
+/// `log` check on every poll and on drop (tracing's `log` feature is on in the dependency graph).
+fn traced<F: Future>(
+    span: tracing::Span,
+    pipeline: F,
+) -> Either<F, tracing::instrument::Instrumented<F>> {
+    if span.is_disabled() {
+        Either::Left(pipeline)
+    } else {
+        Either::Right(pipeline.instrument(span))
+    }
+}
+
+/// Who made a call, for its record, its log line and its observer.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'x> {
+    /// The model's id.
+    model: &'x str,
+    conversation: &'x str,
+    agent: &'x str,
+    kind: CallKind,
+}
+
+/// A call unpacked for the attempt loop (what [`QuotaScheduler::call`] and
+/// [`QuotaScheduler::call_stream`] share).
+struct Prepared<'c> {
+    model: &'c dyn ChatModel,
+    request: ChatRequest,
+    kind: CallKind,
+    conversation: &'c str,
+    agent: &'c str,
+    budget: &'c Budget,
+    priority: u8,
+    cancel: Option<&'c CancellationToken>,
+    observer: Option<&'c dyn CallObserver>,
+    shared_observer: Option<Arc<dyn CallObserver>>,
+    tenant: Option<(&'c str, NonZeroU32)>,
+    deadlines: Deadlines,
+    /// Estimated prompt tokens.
+    prompt: u64,
+    /// What the queue charges (the estimate).
+    demand: Demand,
+    /// Quota taken at admission.
+    cost: Cost,
+    /// Budget reserved per attempt.
+    charge: Charge,
+}
+
+impl<'c> Prepared<'c> {
+    /// The observer of queueing and admission: the borrowed one, else the shared one.
+    fn observer(&self) -> Option<&dyn CallObserver> {
+        self.observer.or(self.shared_observer.as_deref())
+    }
+
+    /// Who makes the call.
+    fn caller(&self) -> Caller<'c> {
+        Caller {
+            model: self.model.id(),
+            conversation: self.conversation,
+            agent: self.agent,
+            kind: self.kind,
+        }
+    }
+
+    /// Whose share the call takes in the queue: its tenant label, or else its conversation.
+    fn client(&self) -> &'c str {
+        self.tenant.map_or(self.conversation, |(label, _)| label)
+    }
+
+    /// The attempt loop's state for this call on `key`, recording into `record`.
+    fn attempts<'a, 's>(
+        &'a self,
+        scheduler: &'s Inner,
+        key: &'s Arc<Key>,
+        record: &'a mut CallRecord,
+    ) -> CallAttempts<'s, 'a>
+    where
+        'c: 'a,
+    {
+        CallAttempts {
+            scheduler,
+            model: self.model,
+            request: &self.request,
+            key,
+            budget: self.budget,
+            charge: self.charge,
+            ticket: Ticket {
+                cost: self.cost,
+                demand: self.demand,
+                client: self.client(),
+                weight: self.tenant.map_or(NonZeroU32::MIN, |(_, weight)| weight),
+                priority: self.priority,
+                retry: false,
+                cancel: self.cancel,
+            },
+            observer: self.observer(),
+            record,
             attempt: 0,
+            deadlines: self.deadlines,
+            expired: false,
             limited: Default::default(),
         }
-        .run()
-        .await;
-        record.failed = result.is_err();
-        if record.failed && record.submitted {
-            key.lock().stats.failed += 1;
-        }
-        self.inner.conversations.record(conversation, &record);
-        let span = tracing::Span::current();
-        if !span.is_disabled() {
-            span.record("turnstile.quota.wait_seconds", record.wait.as_secs_f64());
-            // As i64: OpenTelemetry has no unsigned integers (the bridge would send a string).
-            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-            span.record("turnstile.attempts", int(record.attempts));
-            span.record(
-                "turnstile.cost_usd",
-                agent_core::budget::nanos_to_usd(record.cost_nanos),
-            );
-            match &result {
-                Ok(c) => {
-                    if let Some(u) = c.usage {
-                        span.record("gen_ai.usage.input_tokens", int(u.prompt_tokens));
-                        span.record("gen_ai.usage.output_tokens", int(u.completion_tokens));
-                    }
-                    span.record(
-                        "gen_ai.response.finish_reasons",
-                        tracing::field::debug(&c.finish_reason),
-                    );
-                }
-                Err(e) => {
-                    span.record("error.type", tracing::field::display(error_type(e)));
-                }
-            }
-        }
-        // The one line per model call that `RUST_LOG=info` shows (docs/observability.md).
-        tracing::info!(
-            key = &*key.name,
-            agent,
-            kind = ?kind,
-            wait_ms = u64::try_from(record.wait.as_millis()).unwrap_or(u64::MAX),
-            prompt_tokens = record.prompt_tokens,
-            completion_tokens = record.completion_tokens,
-            cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
-            attempts = record.attempts,
-            ok = !record.failed,
-            "model call"
-        );
-        if let Some(o) = observer {
-            let info = CallInfo {
-                key: &key.name,
-                model: model.id(),
-                attempts: u32::try_from(record.attempts).unwrap_or(u32::MAX),
-                cost_nanos: record.cost_nanos,
-            };
-            o.call_finished(&info, result.as_ref());
-        }
-        result
     }
 }
 
 /// The `error.type` of a failed call: a short, stable name for its kind.
 fn error_type(error: &CallError) -> &'static str {
     match error {
-        CallError::Model(ModelError::RateLimited { .. }) => "rate_limited",
+        CallError::Model(ModelError::RateLimited { .. })
+        | CallError::RateLimitWaitExceeded { .. } => "rate_limited",
         CallError::Model(ModelError::Transient { .. }) => "transient",
         CallError::Model(ModelError::InvalidRequest { .. }) => "invalid_request",
         CallError::Model(ModelError::MalformedResponse { .. }) => "malformed_response",

@@ -231,8 +231,9 @@ impl Quota {
         self
     }
 
-    /// Checks the configuration: periods must be positive, limits set must be at least 1, and
-    /// the smallest call (one request, the default completion reservation) must fit every limit.
+    /// Checks the configuration: periods must be positive, limits set must be at least 1, a
+    /// token window must hold the default completion reservation, and the queue policy must be
+    /// consistent.
     pub fn validate(&self) -> Result<(), QuotaConfigError> {
         self.validate_for("")
     }
@@ -567,6 +568,14 @@ pub enum QuotaConfigError {
         "the scheduler's lease_ttl must be longer than zero with a shared quota state (default 10 min; renewals keep long calls alive)"
     )]
     ZeroLeaseTtl,
+    /// A per-attempt deadline is zero: every attempt would time out at once.
+    #[error(
+        "the {what} deadline is zero, so every provider attempt would time out; leave the default or set e.g. 60 s"
+    )]
+    ZeroDeadline {
+        /// Which deadline (`attempt`, `idle` or `probe`).
+        what: &'static str,
+    },
     /// The queue policy cannot order calls.
     #[error("quota '{key}': {reason}")]
     InvalidQueuePolicy {

@@ -2,6 +2,7 @@
 //! settled to actual usage, limits learned from the provider's reading, a 429's pause, the
 //! breaker and the counters — for the in-memory state at once and for a shared backend after.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,28 @@ pub(super) enum Outcome<'r> {
         reading: Option<&'r RateLimitReading>,
     },
     Transient,
+    /// Abandoned at its deadline: a transient failure whose reservation stays charged (the
+    /// provider may have done the work).
+    TimedOut,
     Rejected,
+    /// A stream the provider reported no usage for: `tokens` is the prompt's estimate plus the
+    /// estimate of what arrived.
+    Streamed {
+        usage: Usage,
+        reading: Option<&'r RateLimitReading>,
+        end: StreamEnd,
+    },
+}
+
+/// How a stream without reported usage ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamEnd {
+    /// With its completed event.
+    Completed,
+    /// Cut by a transient provider error after its first event.
+    Cut,
+    /// Dropped or cancelled by its reader.
+    Abandoned,
 }
 
 /// A call holding quota at the provider. Dropped before [`finish`](Self::finish) (the caller's
@@ -60,10 +82,12 @@ impl InFlight<'_, '_> {
         };
         let used = match outcome {
             Outcome::Completed { usage: None, .. } => return,
-            Outcome::Completed { usage: Some(u), .. } => Demand {
-                prompt: u.prompt_tokens,
-                completion: u.completion_tokens,
-            },
+            Outcome::Completed { usage: Some(u), .. } | Outcome::Streamed { usage: u, .. } => {
+                Demand {
+                    prompt: u.prompt_tokens,
+                    completion: u.completion_tokens,
+                }
+            }
             _ => Demand::default(),
         };
         let t = &self.ticket;
@@ -84,6 +108,8 @@ impl InFlight<'_, '_> {
         self.done = true;
         let actual = match &outcome {
             Outcome::Completed { usage, .. } => usage.map_or(self.cost.tokens, |u| u.total()),
+            Outcome::Streamed { usage, .. } => usage.total(),
+            Outcome::TimedOut => self.cost.tokens,
             // The provider rejected the attempt before generating: no tokens were used.
             _ => 0,
         };
@@ -123,8 +149,9 @@ impl InFlight<'_, '_> {
                     inner.breaker.success();
                     *reading
                 }
-                Outcome::Transient => {
+                Outcome::Transient | Outcome::TimedOut => {
                     inner.stats.transient_errors += 1;
+                    inner.stats.timeouts += u64::from(matches!(outcome, Outcome::TimedOut));
                     inner.breaker.failure(now, &scheduler.retry);
                     None
                 }
@@ -132,8 +159,31 @@ impl InFlight<'_, '_> {
                     inner.breaker.success();
                     None
                 }
+                Outcome::Streamed { reading, end, .. } => {
+                    match end {
+                        StreamEnd::Completed => inner.stats.succeeded += 1,
+                        StreamEnd::Cut => inner.stats.transient_errors += 1,
+                        StreamEnd::Abandoned => {}
+                    }
+                    if *end == StreamEnd::Cut {
+                        inner.breaker.failure(now, &scheduler.retry);
+                    } else {
+                        // The provider streamed: it is reachable.
+                        inner.breaker.success();
+                    }
+                    *reading
+                }
             };
-            if self.admitted.probe && !matches!(outcome, Outcome::Transient) {
+            let failed = matches!(
+                outcome,
+                Outcome::Transient
+                    | Outcome::TimedOut
+                    | Outcome::Streamed {
+                        end: StreamEnd::Cut,
+                        ..
+                    }
+            );
+            if self.admitted.probe && !failed {
                 inner.breaker.success();
             }
             let learned = reading.is_some_and(|r| {
@@ -146,7 +196,9 @@ impl InFlight<'_, '_> {
                 && inner.debt.is_none()
                 && matches!(
                     outcome,
-                    Outcome::Completed { .. } | Outcome::RateLimited { .. }
+                    Outcome::Completed { .. }
+                        | Outcome::RateLimited { .. }
+                        | Outcome::Streamed { .. }
                 );
             if probed {
                 inner.probing = false;
@@ -255,6 +307,61 @@ impl InFlight<'_, '_> {
     }
 }
 
+/// An [`InFlight`] lifted off its borrows, so a stream that outlives the call's future can hold
+/// it; [`resume`](Self::resume) puts it back for the reconcile stage.
+pub(super) struct Parked {
+    cost: Cost,
+    demand: Demand,
+    weight: NonZeroU32,
+    priority: u8,
+    admitted: Admitted,
+    reservation: Option<Reservation>,
+}
+
+impl InFlight<'_, '_> {
+    /// Lifts the guard off its borrows; the parked state is settled when resumed.
+    pub(super) fn park(mut self) -> Parked {
+        self.done = true;
+        Parked {
+            cost: self.cost,
+            demand: self.ticket.demand,
+            weight: self.ticket.weight,
+            priority: self.ticket.priority,
+            admitted: self.admitted,
+            reservation: self.reservation.take(),
+        }
+    }
+}
+
+impl Parked {
+    /// The in-flight guard again, on the `scheduler`, `key` and queue `client` it was admitted
+    /// on.
+    pub(super) fn resume<'a>(
+        self,
+        scheduler: &'a Inner,
+        key: &'a Arc<Key>,
+        client: &'a str,
+    ) -> InFlight<'a, 'a> {
+        InFlight {
+            scheduler,
+            key,
+            cost: self.cost,
+            ticket: Ticket {
+                cost: self.cost,
+                demand: self.demand,
+                client,
+                weight: self.weight,
+                priority: self.priority,
+                retry: false,
+                cancel: None,
+            },
+            admitted: self.admitted,
+            reservation: self.reservation,
+            done: false,
+        }
+    }
+}
+
 /// What a shared backend must be told after an attempt (settle, observe, pause).
 pub(super) struct RemoteSettle {
     state: Arc<dyn QuotaState>,
@@ -273,6 +380,14 @@ impl RemoteSettle {
     pub(super) async fn apply_detached(self) {
         // A panic in the backend only loses this settle; the lease expiry covers the slot.
         let _ = tokio::spawn(self.apply()).await;
+    }
+
+    /// Runs [`apply`](Self::apply) on the current runtime without waiting (for a `Drop`, which
+    /// cannot await); with no runtime the backend's lease expiry returns the slot.
+    pub(super) fn apply_in_background(self) {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(self.apply());
+        }
     }
 
     async fn apply(self) {

@@ -48,8 +48,10 @@ pub struct RetryPolicy {
     pub budget_window: Duration,
     /// Consecutive transient failures that open a key's circuit (default 5).
     pub breaker_threshold: u32,
-    /// How long an open circuit fails calls fast before letting one probe through (default 30 s).
+    /// How long an open circuit holds calls back before letting one probe through (default 30 s).
     pub breaker_cooldown: Duration,
+    /// What a call does while its key's circuit is open (default [`WhenOpen::Wait`]).
+    pub when_open: WhenOpen,
     /// Seed of the jitter generator, for reproducible tests (default: from the OS).
     pub seed: Option<u64>,
 }
@@ -65,6 +67,7 @@ impl Default for RetryPolicy {
             budget_window: Duration::from_secs(10),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
+            when_open: WhenOpen::Wait,
             seed: None,
         }
     }
@@ -101,6 +104,13 @@ impl RetryPolicy {
     pub fn breaker(mut self, threshold: u32, cooldown: Duration) -> Self {
         self.breaker_threshold = threshold;
         self.breaker_cooldown = cooldown;
+        self
+    }
+
+    /// Sets what calls do while a key's circuit is open: wait for it (the default) or fail fast.
+    #[must_use]
+    pub fn when_open(mut self, when_open: WhenOpen) -> Self {
+        self.when_open = when_open;
         self
     }
 
@@ -147,6 +157,30 @@ impl RetryPolicy {
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         Duration::from_nanos(rng.random_range(0..=nanos))
     }
+}
+
+/// What a call does while its key's circuit breaker is open.
+///
+/// ```
+/// use agent_runtime::scheduler::{RetryPolicy, WhenOpen};
+///
+/// assert_eq!(RetryPolicy::default().when_open, WhenOpen::Wait);
+/// let fail_fast = RetryPolicy::default().when_open(WhenOpen::FailFast);
+/// assert_eq!(fail_fast.when_open, WhenOpen::FailFast);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum WhenOpen {
+    /// Wait (cancellable, within the scheduler's `max_admission_wait`) until the cool-down ends
+    /// and a half-open probe has closed the circuit, then go: an outage shorter than the wait
+    /// limit costs time, not calls. While open, retries do not draw on the retry budget (they
+    /// queue behind the probe and add no load). A call whose wait limit ends before the
+    /// cool-down fails at once with `CallError::CircuitOpen`.
+    #[default]
+    Wait,
+    /// Fail at once with `CallError::CircuitOpen` (and when to retry) while the circuit is open,
+    /// for callers that prefer to handle an outage themselves.
+    FailFast,
 }
 
 const SLOTS: usize = 10;
@@ -222,7 +256,8 @@ impl RetryBudget {
 pub enum CircuitState {
     /// Calls flow.
     Closed,
-    /// Calls fail fast with `CallError::CircuitOpen` for the remaining time.
+    /// Calls wait (or, with [`WhenOpen::FailFast`], fail with `CallError::CircuitOpen`) for the
+    /// remaining time.
     Open {
         /// Until the next probe.
         remaining: Duration,
@@ -238,8 +273,9 @@ enum Circuit {
     HalfOpen { probing: bool },
 }
 
-/// A key's circuit breaker: opens after `threshold` consecutive transient failures, fails calls
-/// fast during the cool-down, then lets exactly one probe through.
+/// A key's circuit breaker: opens after `threshold` consecutive transient failures, holds calls
+/// back during the cool-down (they wait or fail fast, per [`WhenOpen`]), then lets exactly one
+/// probe through.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     consecutive: u32,
@@ -263,7 +299,7 @@ impl Breaker {
                 self.circuit = Circuit::HalfOpen { probing: true };
                 Ok(true)
             }
-            // Others fail fast while the probe is out; they may try again after a short while.
+            // Others are held back while the probe is out; they may ask again after a short while.
             Circuit::HalfOpen { probing: true } => Err(policy.base),
         }
     }
@@ -290,6 +326,11 @@ impl Breaker {
         if matches!(self.circuit, Circuit::HalfOpen { probing: true }) {
             self.circuit = Circuit::HalfOpen { probing: false };
         }
+    }
+
+    /// True while the circuit is not closed: failures are being absorbed by the breaker.
+    pub(crate) fn is_tripped(&self) -> bool {
+        !matches!(self.circuit, Circuit::Closed)
     }
 
     pub(crate) fn state(&self, now: Instant) -> CircuitState {

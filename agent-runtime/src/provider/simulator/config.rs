@@ -86,6 +86,10 @@ pub struct SimConfig {
     /// How prompts are counted (default: characters ÷ 4 plus 4 per message, as the scheduler's
     /// default estimator does).
     pub estimator: CharsPerToken,
+    /// Whether a stream ends with its usage, as an OpenAI-compatible server does when asked with
+    /// `stream_options.include_usage` (default on). Off plays a server or request without it:
+    /// the streamed completion carries no usage. (The mock server follows each request's flag.)
+    pub stream_usage: bool,
 }
 
 impl Default for SimConfig {
@@ -114,6 +118,7 @@ impl Default for SimConfig {
             max_concurrency: None,
             faults: Faults::default(),
             estimator: CharsPerToken::default(),
+            stream_usage: true,
         }
     }
 }
@@ -488,6 +493,13 @@ impl SimConfig {
     #[must_use]
     pub fn with_faults(mut self, faults: Faults) -> Self {
         self.faults = faults;
+        self
+    }
+
+    /// Sets whether streams end with their usage (`stream_options.include_usage`).
+    #[must_use]
+    pub fn with_stream_usage(mut self, include: bool) -> Self {
+        self.stream_usage = include;
         self
     }
 }

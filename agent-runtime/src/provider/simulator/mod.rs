@@ -165,9 +165,13 @@ impl ChatModel for SimulatedProvider {
             _ => admission.latency,
         };
         self.wait(first).await?;
-        let completion = admission
+        let mut completion = admission
             .reply
             .to_completion(&self.id, Some(admission.reading.clone()));
+        if !self.simulation.config().stream_usage {
+            completion.usage = None;
+            completion.message.usage = None;
+        }
         let chunks = admission.reply.chunks.clone();
         let cut_at = (admission.fault == Some(DeliveryFault::Drop)).then_some(chunks.len() / 2);
         let state = StreamState {
@@ -177,6 +181,7 @@ impl ChatModel for SimulatedProvider {
             next: 0,
             cut_at,
             completion: Some(completion),
+            first_at: tokio::time::Instant::now(),
         };
         let stream = futures::stream::unfold(state, |mut state| async move {
             let event = state.next_event().await?;
@@ -194,6 +199,8 @@ struct StreamState {
     next: usize,
     cut_at: Option<usize>,
     completion: Option<Completion>,
+    /// When the first token was due: token `k` is due `k × per_token_latency` after it.
+    first_at: tokio::time::Instant,
 }
 
 impl StreamState {
@@ -211,7 +218,13 @@ impl StreamState {
             ))));
         }
         if let Some(chunk) = self.chunks.get(self.next) {
-            if let Err(e) = self.provider.wait(self.admission.per_token_latency).await {
+            // Due at an instant counted from the first token, not a sleep after the previous
+            // one: the timer's rounding (up to 1 ms a sleep) must not add up over a reply, or a
+            // streamed reply would take longer than the same reply whole.
+            let tokens = u32::try_from(self.next + 1).unwrap_or(u32::MAX);
+            let due = self.first_at + self.admission.per_token_latency.saturating_mul(tokens);
+            let delay = due.saturating_duration_since(tokio::time::Instant::now());
+            if let Err(e) = self.provider.wait(delay).await {
                 self.completion = None;
                 return Some(Err(e));
             }

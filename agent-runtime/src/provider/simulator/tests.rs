@@ -275,7 +275,10 @@ async fn streams_deliver_the_same_reply_with_latency_per_token() {
     let whole = model.complete(hi()).await.unwrap();
     assert_eq!(start.elapsed(), Duration::from_millis(200 + 8 * 10));
 
+    let start = Instant::now();
     let events: Vec<_> = model.stream(hi()).await.unwrap().collect().await;
+    // Streamed, the same reply takes as long as whole.
+    assert_eq!(start.elapsed(), Duration::from_millis(200 + 8 * 10));
     let mut text = String::new();
     let mut completed = None;
     for event in events {
@@ -443,4 +446,21 @@ async fn extreme_configs_are_refused_or_run_exactly() {
     );
     tokio::time::advance(wait).await;
     provider.complete(hi()).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_carry_usage_only_when_configured_to() {
+    let with = SimulatedProvider::new(SimConfig::default()).unwrap();
+    let without = SimulatedProvider::new(SimConfig::default().with_stream_usage(false)).unwrap();
+    let last = |events: Vec<Result<StreamEvent, ModelError>>| match events.into_iter().last() {
+        Some(Ok(StreamEvent::Completed(c))) => c,
+        other => panic!("{other:?}"),
+    };
+    let reported = last(with.stream(hi()).await.unwrap().collect().await);
+    let silent = last(without.stream(hi()).await.unwrap().collect().await);
+    assert_eq!(reported.usage.unwrap().completion_tokens, 24);
+    assert_eq!((silent.usage, silent.message.usage), (None, None));
+    assert_eq!(silent.message.text(), reported.message.text());
+    // A whole completion always reports usage.
+    assert!(without.complete(hi()).await.unwrap().usage.is_some());
 }
