@@ -116,6 +116,24 @@ pub enum CallError {
         /// The last error.
         last: ModelError,
     },
+    /// The provider kept rate limiting the call (HTTP 429) for longer than the scheduler's
+    /// `max_admission_wait`. A 429 means wait, not fail: it uses up none of the call's attempts,
+    /// the call waits for quota again, and only this bound ends it.
+    #[error(
+        "quota '{key}' still rate limited by the provider on {limit} after waiting {waited:?} ({rate_limited} HTTP 429s; the scheduler's max_admission_wait): check the limits and limiter kind configured for this key (docs/quota.md), lower the load, or raise max_admission_wait"
+    )]
+    RateLimitWaitExceeded {
+        /// The quota key.
+        key: String,
+        /// The limit, as the scheduler knows it (`requests (fixed window, 60 per 60s)`).
+        limit: String,
+        /// How long the call waited since its first 429.
+        waited: Duration,
+        /// 429s the call received.
+        rate_limited: u32,
+        /// The last provider error (boxed: it is large, and keeps `CallError` small).
+        last: Box<ModelError>,
+    },
     /// The call was cancelled (while queued or in flight).
     #[error("model call cancelled")]
     Cancelled,

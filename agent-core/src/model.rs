@@ -273,6 +273,25 @@ pub struct RateLimitReading {
     pub reset_tokens: Option<Duration>,
     /// `retry-after-ms`, else `retry-after`, else the "try again in" time of a 429 body.
     pub retry_after: Option<Duration>,
+    /// Input tokens allowed per minute, when the provider limits them apart from output
+    /// (Anthropic's `anthropic-ratelimit-input-tokens-limit`, ITPM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_input_tokens: Option<u64>,
+    /// Input tokens left (Anthropic rounds to the nearest thousand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_input_tokens: Option<u64>,
+    /// Time until the input-token limit is fully replenished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_input_tokens: Option<Duration>,
+    /// Output tokens allowed per minute, when limited apart from input (Anthropic's OTPM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_output_tokens: Option<u64>,
+    /// Output tokens left (Anthropic rounds to the nearest thousand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_output_tokens: Option<u64>,
+    /// Time until the output-token limit is fully replenished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_output_tokens: Option<Duration>,
 }
 
 impl RateLimitReading {

@@ -1,7 +1,8 @@
 //! Goodput: does Turnstile run a workload as fast as the provider's quota allows, and no faster?
 //!
 //! `cargo bench -p agent-runtime --bench goodput` (add `-- --quick` for a smoke run,
-//! `-- --write-docs` to replace the tables in `docs/benchmarks.md`).
+//! `-- --write-docs` to replace the tables in `docs/benchmarks.md`, `-- --semantics` for only the
+//! limiter-semantics rows, `-- --repeat N` to run each of those N times).
 //!
 //! Every scenario runs in real time over real HTTP: group chats of `LlmAgent`s (the `fanout`
 //! workload, or the mixed workload below) call an `OpenAiProvider` pointed at the in-process
@@ -26,9 +27,10 @@ use agent_core::{
 use agent_runtime::chat::GroupChat;
 use agent_runtime::fanout::{DEFAULT_TASK, FanoutConfig, run_fanout};
 use agent_runtime::mock::MockServer;
-use agent_runtime::provider::{OpenAiProvider, SimConfig, SimStats};
+use agent_runtime::provider::{LimiterKind, OpenAiProvider, SimConfig, SimStats, WindowAnchor};
 use agent_runtime::scheduler::{
-    CallInfo, CallObserver, KeyStats, ModelCall, QueuePolicy, Quota, QuotaScheduler, RetryPolicy,
+    CallInfo, CallObserver, KeyStats, Limiter, ModelCall, QueuePolicy, Quota, QuotaScheduler,
+    RetryPolicy, WindowStart,
 };
 use support::{Options, Table, jain, thousands};
 
@@ -95,6 +97,12 @@ struct Scenario {
     change: Option<LimitChange>,
     /// Learned mode is meaningless: the provider sends no limits to learn (a local server).
     nothing_to_learn: bool,
+    /// Open the connection pool with one call before the clock starts. Off for the limiter
+    /// semantics rows: they measure a cold start, and the call would spend a window's request.
+    warm_up: bool,
+    /// Start the run this far into a clock-aligned window of the request period (waiting for the
+    /// system clock to get there), so a fixed window's bound is the same every run.
+    start_phase: Option<Duration>,
 }
 
 fn sim(period: Duration, reply_tokens: u32) -> SimConfig {
@@ -130,6 +138,8 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             workload: fanout(n(100), 3, 9, 16),
             change: None,
             nothing_to_learn: false,
+            warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "TPM-bound: growing history",
@@ -138,6 +148,8 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             workload: fanout(n(50), 3, 11, 64),
             change: None,
             nothing_to_learn: false,
+            warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "concurrency-bound: 4 slots",
@@ -146,6 +158,8 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             workload: fanout(n(40), 2, 6, 64),
             change: None,
             nothing_to_learn: true,
+            warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "burst: 200 conversations at once",
@@ -154,6 +168,8 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             workload: fanout(n(200), 2, 3, 64),
             change: None,
             nothing_to_learn: false,
+            warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "limit halves mid-run",
@@ -166,6 +182,8 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
                 tpm: None,
             }),
             nothing_to_learn: false,
+            warm_up: true,
+            start_phase: None,
         },
         Scenario {
             name: "mixed short and long",
@@ -193,8 +211,65 @@ fn scenarios(quick: bool) -> Vec<Scenario> {
             ]),
             change: None,
             nothing_to_learn: false,
+            warm_up: true,
+            start_phase: None,
         },
         fifty_chats(quick),
+    ]
+}
+
+/// The 20-chat workload of the LiteLLM measurement (20 chats × 3 agents × 6 messages,
+/// 100 calls) against one provider limit counted each way providers count: 60 requests per 6 s
+/// (a compressed minute), cold start, every run started 2 s into a clock-aligned 6 s window (a
+/// fixed window's bound depends on the phase: docs/benchmarks.md). In configured mode the client
+/// is told the limit and how the provider counts it.
+fn semantics_scenarios(quick: bool) -> Vec<Scenario> {
+    let six = Duration::from_secs(6);
+    let clock = LimiterKind::FixedWindow(WindowAnchor::Clock);
+    let first = LimiterKind::FixedWindow(WindowAnchor::FirstRequest);
+    let conversations = if quick { 8 } else { 20 };
+    let row = |name, sim: SimConfig, limiter| Scenario {
+        name,
+        sim: sim.with_rpm(60),
+        quota: Quota::per_period(six).requests(60).limiter(limiter),
+        workload: fanout(conversations, 3, 6, 64),
+        change: None,
+        nothing_to_learn: false,
+        warm_up: false,
+        start_phase: Some(Duration::from_secs(2)),
+    };
+    let fixed = Limiter::FixedWindow(WindowStart::Clock);
+    vec![
+        row("continuous bucket (OpenAI)", sim(six, 24), Limiter::Bucket),
+        row(
+            "fixed window, reset headers",
+            sim(six, 24).with_request_limiter(clock),
+            fixed,
+        ),
+        row(
+            "fixed window, no reset, no retry-after",
+            sim(six, 24)
+                .with_request_limiter(clock)
+                .with_reset_headers(false)
+                .with_retry_after_headers(false),
+            fixed,
+        ),
+        row(
+            "LiteLLM: fixed window, limit − 1, LiteLLM 429s",
+            // LiteLLM does not count refused requests.
+            sim(six, 24).with_charge_rejected(false).litellm(),
+            fixed,
+        ),
+        row(
+            "fixed window from first request",
+            sim(six, 24).with_request_limiter(first),
+            Limiter::FixedWindow(WindowStart::FirstRequest),
+        ),
+        row(
+            "sliding log",
+            sim(six, 24).with_request_limiter(LimiterKind::SlidingLog),
+            Limiter::SlidingWindow,
+        ),
     ]
 }
 
@@ -216,6 +291,8 @@ fn fifty_chats(quick: bool) -> Scenario {
         }]),
         change: None,
         nothing_to_learn: false,
+        warm_up: true,
+        start_phase: None,
     }
 }
 
@@ -244,6 +321,11 @@ impl Conversation {
 /// What one run produced.
 #[derive(Debug)]
 struct Run {
+    /// Seconds from the provider's creation to the start of the run (moves a fixed window's
+    /// phase).
+    lead: f64,
+    /// Seconds into a clock-aligned request window (of the system clock) when the run started.
+    clock_phase: f64,
     makespan: f64,
     conversations: Vec<Conversation>,
     stats: SimStats,
@@ -278,6 +360,45 @@ fn earliest(
     }
 }
 
+/// The earliest time by which `amount` can have been admitted when a `limit` is counted in
+/// fixed windows of `period` and the first window closes after `first` (`period − phase` for an
+/// aligned window the run starts `phase` into; a whole period for windows that open with the
+/// first request, and for a sliding log that starts empty): the last unit needs window
+/// `⌈amount / limit⌉ − 1`.
+fn earliest_windowed(amount: f64, limit: f64, period: f64, first: f64) -> f64 {
+    if amount <= limit || limit <= 0.0 {
+        return 0.0;
+    }
+    let window = (amount / limit).ceil() - 1.0;
+    first + (window - 1.0) * period
+}
+
+/// The earliest admission of `amount` under `kind` (`earliest` for a bucket).
+fn earliest_by_kind(
+    kind: LimiterKind,
+    amount: f64,
+    limit: f64,
+    period: f64,
+    lead: f64,
+    clock_phase: f64,
+    change: Option<(f64, f64)>,
+) -> f64 {
+    match kind {
+        LimiterKind::FixedWindow(WindowAnchor::Clock) => {
+            earliest_windowed(amount, limit, period, period - clock_phase % period)
+        }
+        LimiterKind::FixedWindow(WindowAnchor::Phase(phase)) => {
+            // The run starts `lead` after the provider did, so that much further in.
+            let into = (phase.as_secs_f64() + lead) % period;
+            earliest_windowed(amount, limit, period, period - into)
+        }
+        LimiterKind::FixedWindow(_) | LimiterKind::SlidingLog => {
+            earliest_windowed(amount, limit, period, period)
+        }
+        _ => earliest(amount, limit, period, change),
+    }
+}
+
 fn bound(scenario: &Scenario, run: &Run) -> Bound {
     let sim = &scenario.sim;
     let period = sim.period.as_secs_f64();
@@ -296,19 +417,27 @@ fn bound(scenario: &Scenario, run: &Run) -> Bound {
     };
     let mut terms = vec![("longest call", max_l)];
     if let Some(rpm) = sim.rpm {
-        let a = earliest(
+        // LiteLLM's off-by-one admits one request fewer per window.
+        let limit = rpm.saturating_sub(u64::from(sim.off_by_one)) as f64;
+        let a = earliest_by_kind(
+            sim.request_limiter,
             requests,
-            rpm as f64,
-            period,
+            limit,
+            sim.requests_window().as_secs_f64(),
+            run.lead,
+            run.clock_phase,
             change(scenario.change.and_then(|c| c.rpm)),
         );
         terms.push(("requests (A_R)", a + min_l));
     }
     if let Some(tpm) = sim.tpm {
-        let a = earliest(
+        let a = earliest_by_kind(
+            sim.token_limiter,
             tokens,
             tpm as f64,
             period,
+            run.lead,
+            run.clock_phase,
             change(scenario.change.and_then(|c| c.tpm)),
         );
         terms.push(("tokens (A_T)", a + min_l));
@@ -474,14 +603,22 @@ async fn warm_up(model: &Arc<dyn ChatModel>) {
 
 fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Run {
     runtime.block_on(async {
+        if let Some(phase) = scenario.start_phase {
+            tokio::time::sleep(until_phase(scenario.sim.requests_window(), phase)).await;
+        }
+        let created = tokio::time::Instant::now();
         let (_, server) = MockServer::start(scenario.sim.clone())
             .await
             .expect("mock server");
         let model = provider(&server);
         let key = model.id().to_owned();
         let scheduler = scheduler(scenario, mode, &key);
-        warm_up(&model).await;
+        if scenario.warm_up {
+            warm_up(&model).await;
+        }
         let before = server.stats();
+        let lead = created.elapsed().as_secs_f64();
+        let clock_phase = since_epoch() % scenario.sim.requests_window().as_secs_f64();
         let simulation = server.simulation().clone();
         let change = scenario.change.map(|c| {
             tokio::spawn(async move {
@@ -523,12 +660,28 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, mode: Mode) -> Ru
             .unwrap_or_default();
         server.shutdown().await.expect("mock shutdown");
         Run {
+            lead,
+            clock_phase,
             makespan,
             conversations,
             stats,
             key: key_stats,
         }
     })
+}
+
+/// Seconds since the Unix epoch on the system clock (what clock-aligned windows count from).
+fn since_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// How long until the system clock is `phase` into a window of `period` aligned to the epoch.
+fn until_phase(period: Duration, phase: Duration) -> Duration {
+    let p = period.as_secs_f64();
+    let now = since_epoch() % p;
+    Duration::from_secs_f64((phase.as_secs_f64() - now).rem_euclid(p))
 }
 
 /// The counters of `after` less those of `before` (the warm-up call). The service-time extremes
@@ -558,6 +711,26 @@ struct Row {
     w_reserve: u64,
     jain: f64,
     wait_p99_ms: f64,
+}
+
+impl Row {
+    /// Prints the row's one-line summary on stderr (`run` labels a repetition) and returns its
+    /// makespan / bound.
+    fn report(&self, run: &str) -> f64 {
+        let ratio = self.makespan / self.bound.seconds;
+        eprintln!(
+            "  {} / {}{run}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
+            self.scenario,
+            self.mode.label(),
+            self.makespan,
+            self.bound.seconds,
+            self.bound.term,
+            self.http_429,
+            self.failed,
+            support::load_now()
+        );
+        ratio
+    }
 }
 
 fn row(scenario: &Scenario, mode: Mode, run: &Run) -> Row {
@@ -609,8 +782,10 @@ fn main() {
         "Jain",
         "wait p99 ms",
     ]);
+    // `--semantics`: only the limiter-semantics rows.
+    let semantics_only = std::env::args().any(|a| a == "--semantics");
     for scenario in scenarios(options.quick) {
-        if only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
+        if semantics_only || only.as_deref().is_some_and(|o| !scenario.name.contains(o)) {
             continue;
         }
         for mode in [Mode::Configured, Mode::Learned] {
@@ -656,18 +831,7 @@ fn main() {
                 }
             }
             let r = row(&scenario, mode, &outcome);
-            let ratio = r.makespan / r.bound.seconds;
-            eprintln!(
-                "  {} / {}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
-                r.scenario,
-                r.mode.label(),
-                r.makespan,
-                r.bound.seconds,
-                r.bound.term,
-                r.http_429,
-                r.failed,
-                support::load_now()
-            );
+            let ratio = r.report("");
             table.row(vec![
                 r.scenario.to_owned(),
                 r.mode.label().to_owned(),
@@ -685,11 +849,71 @@ fn main() {
     }
     let rendered = table.render();
     println!("{rendered}");
+    let semantics = semantics_table(&runtime, &options, only.as_deref());
+    println!("{semantics}");
     queue_policies(&runtime, options, only.as_deref());
     if options.write_docs && !options.quick && only.is_none() {
         support::write_section("goodput", &format!("Measured on {machine}.\n\n{rendered}"))
             .unwrap_or_else(|e| panic!("{e}"));
+        support::write_section(
+            "semantics",
+            &format!("Measured on {machine}.\n\n{semantics}"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// The limiter-semantics rows: each scenario of [`semantics_scenarios`], configured and learned,
+/// `--repeat N` times (default 1), one row per run.
+fn semantics_table(
+    runtime: &tokio::runtime::Runtime,
+    options: &Options,
+    only: Option<&str>,
+) -> String {
+    let repeat: usize = std::env::args()
+        .skip_while(|a| a != "--repeat")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    let mut table = Table::new(&[
+        "<provider limiter",
+        "<limits",
+        "run",
+        "calls",
+        "failed conv.",
+        "makespan s",
+        "bound s",
+        "<bound set by",
+        "makespan/bound",
+        "429s",
+        "wait p99 ms",
+    ]);
+    for scenario in semantics_scenarios(options.quick) {
+        if only.is_some_and(|o| !scenario.name.contains(o)) {
+            continue;
+        }
+        for mode in [Mode::Configured, Mode::Learned] {
+            for i in 1..=repeat {
+                let outcome = run(runtime, &scenario, mode);
+                let r = row(&scenario, mode, &outcome);
+                let ratio = r.report(&format!(" #{i}"));
+                table.row(vec![
+                    r.scenario.to_owned(),
+                    r.mode.label().to_owned(),
+                    i.to_string(),
+                    thousands(r.calls),
+                    r.failed.to_string(),
+                    format!("{:.2}", r.makespan),
+                    format!("{:.2}", r.bound.seconds),
+                    r.bound.term.to_owned(),
+                    format!("{ratio:.3}"),
+                    r.http_429.to_string(),
+                    format!("{:.0}", r.wait_p99_ms),
+                ]);
+            }
+        }
+    }
+    table.render()
 }
 
 /// The queue policies compared on the scenarios where the order matters (configured limits):

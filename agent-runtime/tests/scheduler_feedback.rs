@@ -261,10 +261,20 @@ async fn a_pause_longer_than_the_max_wait_returns_the_429_instead_of_hanging() {
     let err = call(&s, &model, "a", &Budget::unlimited())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, CallError::Model(ModelError::RateLimited { .. })),
-        "{err}"
-    );
+    // A typed error naming the key, the limit and what to do, with the provider's 429 inside.
+    match &err {
+        CallError::RateLimitWaitExceeded {
+            key,
+            rate_limited,
+            last,
+            ..
+        } => {
+            assert_eq!((key.as_str(), *rate_limited), ("m", 1));
+            assert!(matches!(**last, ModelError::RateLimited { .. }), "{last}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("max_admission_wait"), "{err}");
     assert_eq!(model.count(), 1);
 }
 

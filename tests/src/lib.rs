@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{Budget, BudgetLimits, CallKind, ChatModel, ChatRequest, LlmAgent, Message};
+use agent_core::{Budget, BudgetLimits, ChatModel, LlmAgent};
 use agent_runtime::QuotaScheduler;
 use agent_runtime::chat::GroupChat;
 use agent_runtime::mock::MockServer;
 use agent_runtime::provider::{OpenAiProvider, SimConfig};
-use agent_runtime::scheduler::{ModelCall, Quota, RetryPolicy};
+use agent_runtime::scheduler::{Quota, RetryPolicy};
 
 /// What a harness step can fail with (any setup error fails the test).
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -95,30 +95,6 @@ pub fn group_chat(
         chat = chat.participant(agent);
     }
     Ok(chat.build()?)
-}
-
-/// Makes one small call through `scheduler` before a run, so the client's buckets and the
-/// provider's start draining at (nearly) the same moment and the connection pool is warm.
-///
-/// Why: a full client bucket starts refilling at its first admission, the provider's at the
-/// first request's arrival. When that first request is slow (twenty connections opening at once
-/// on a loaded two-core machine took ~30 ms), the client runs that much refill ahead of the
-/// provider for the rest of the run, and a later request that travels faster than the first one
-/// can arrive a fraction of a request early: an occasional 429 even with the exact limit
-/// configured. One uncontended call first keeps the offset to a cold localhost round trip.
-pub async fn warm_up(model: &Arc<dyn ChatModel>, scheduler: &QuotaScheduler) -> Result<(), Error> {
-    let budget = Budget::unlimited();
-    let request = ChatRequest::new(vec![Message::user("warm up")]).with_max_completion_tokens(4);
-    let call = ModelCall::new(
-        &**model,
-        request,
-        CallKind::Reply,
-        "warm-up",
-        "harness",
-        &budget,
-    );
-    scheduler.call(call).await?;
-    Ok(())
 }
 
 /// A private `redis-server` on a free port (`--save "" --appendonly no`: it forgets everything

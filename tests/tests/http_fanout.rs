@@ -6,9 +6,7 @@
 use agent_runtime::fanout::{FanoutConfig, FanoutReport, run_fanout};
 use agent_runtime::provider::SimConfig;
 use agent_runtime::scheduler::Quota;
-use turnstile_tests::{
-    PERIOD, fast_retries, provider, scheduler, start_mock, stats_over_http, warm_up,
-};
+use turnstile_tests::{PERIOD, fast_retries, provider, scheduler, start_mock, stats_over_http};
 
 const RPM: u64 = 60;
 const CONVERSATIONS: usize = 20;
@@ -27,16 +25,15 @@ fn workload() -> FanoutConfig {
         .with_max_messages(MAX_MESSAGES)
 }
 
-/// All chats ran to `max_messages`; the scheduler's key also counts `other_calls` made outside
-/// the run.
-fn assert_all_completed(report: &FanoutReport, other_calls: u64) {
+/// All chats ran to `max_messages`.
+fn assert_all_completed(report: &FanoutReport) {
     assert_eq!(
         (report.completed, report.failed),
         (CONVERSATIONS, 0),
         "first error: {:?}",
         report.first_error
     );
-    assert_eq!(report.calls, CALLS + other_calls);
+    assert_eq!(report.calls, CALLS);
     assert!(
         report
             .per_conversation
@@ -58,23 +55,23 @@ async fn configured_quota_completes_every_chat_without_a_429() {
     let model = provider(&server).unwrap();
     let key = model.id().to_owned();
     let quota = Quota::per_period(PERIOD).requests(RPM);
+    // No warm-up call: the cold start (the first requests open their connections) must not cost
+    // a 429 with the exact limit configured.
     let scheduler = scheduler(&key, Some(quota), fast_retries()).unwrap();
-    // See `warm_up` for why (a scheduler issue: the client's bucket can start ahead).
-    warm_up(&model, &scheduler).await.unwrap();
 
     let report = run_fanout(model, scheduler.clone(), &workload(), |_| {})
         .await
         .unwrap();
 
-    assert_all_completed(&report, 1);
+    assert_all_completed(&report);
     assert_eq!(report.http_429, 0, "the scheduler saw a 429");
     assert_eq!(report.retries, 0);
     assert_eq!(scheduler.snapshot().keys[&key].rate_limited.total(), 0);
     let stats = stats_over_http(&server).await.unwrap();
     assert_eq!(stats["rate_limited_requests"], 0, "the mock sent a 429");
     assert_eq!(stats["rate_limited_tokens"], 0);
-    assert_eq!(stats["requests"], CALLS + 1, "one HTTP request per call");
-    assert_eq!(stats["admitted"], CALLS + 1);
+    assert_eq!(stats["requests"], CALLS, "one HTTP request per call");
+    assert_eq!(stats["admitted"], CALLS);
     server.shutdown().await.unwrap();
 }
 
@@ -91,7 +88,7 @@ async fn learned_limits_complete_every_chat_and_every_429_is_retried() {
         .await
         .unwrap();
 
-    assert_all_completed(&report, 0);
+    assert_all_completed(&report);
     eprintln!(
         "learned limits: {} HTTP 429s for {} calls ({} retries), learned rpm {:?}, wall {} s",
         report.http_429, report.calls, report.retries, report.learned_rpm, report.wall_s
@@ -124,14 +121,52 @@ async fn learned_limits_complete_every_chat_and_every_429_is_retried() {
     server.shutdown().await.unwrap();
 }
 
+/// A LiteLLM proxy in front of the model (issue 10): fixed windows per clock period, admitting
+/// `rpm − 1`, 429s with no hint but a constant `llm_provider-retry-after`. The client is told only
+/// the period (the limit and the semantics are learned), or a bucket with the proxy's `rpm` (the
+/// issue's `--rpm 60 --period-seconds 60`). Every chat completes, with a handful of 429s — not the
+/// 33–36 per run and 2–4 failed conversations measured before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_litellm_proxy_s_windows_complete_every_chat_without_a_storm() {
+    for configured in [None, Some(Quota::per_period(PERIOD).requests(RPM))] {
+        let sim = limited().with_charge_rejected(false).litellm();
+        let server = start_mock(sim).await.unwrap();
+        let model = provider(&server).unwrap();
+        let key = model.id().to_owned();
+        let scheduler = scheduler(&key, configured.clone(), fast_retries()).unwrap();
+        let report = run_fanout(model, scheduler.clone(), &workload(), |_| {})
+            .await
+            .unwrap();
+        assert_all_completed(&report);
+        eprintln!(
+            "LiteLLM windows, {}: {} HTTP 429s for {} calls, wall {} s",
+            if configured.is_some() {
+                "configured as a bucket"
+            } else {
+                "learned"
+            },
+            report.http_429,
+            report.calls,
+            report.wall_s
+        );
+        assert!(report.http_429 <= 6, "{} 429s", report.http_429);
+        let limits = scheduler.snapshot().keys[&key].limits;
+        assert!(matches!(
+            limits.requests.map(|r| r.limiter),
+            Some(agent_runtime::scheduler::Limiter::FixedWindow(_))
+        ));
+        server.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_replies_complete_every_chat_without_a_429() {
     let server = start_mock(limited()).await.unwrap();
     let model = provider(&server).unwrap();
     let key = model.id().to_owned();
     let quota = Quota::per_period(PERIOD).requests(RPM);
+    // No warm-up call (see `configured_quota_completes_every_chat_without_a_429`).
     let scheduler = scheduler(&key, Some(quota), fast_retries()).unwrap();
-    warm_up(&model, &scheduler).await.unwrap();
 
     let report = run_fanout(
         model,
@@ -142,11 +177,11 @@ async fn streamed_replies_complete_every_chat_without_a_429() {
     .await
     .unwrap();
 
-    assert_all_completed(&report, 1);
+    assert_all_completed(&report);
     assert_eq!(report.http_429, 0, "the scheduler saw a 429");
     assert_eq!(report.retries, 0);
     let stats = &scheduler.snapshot().keys[&key];
-    assert_eq!((stats.in_flight, stats.succeeded), (0, CALLS + 1));
+    assert_eq!((stats.in_flight, stats.succeeded), (0, CALLS));
     // The usage chunk was asked for and charged: reported tokens, not estimates.
     assert_eq!(report.completion_tokens, stats.completion_tokens);
     assert!(
@@ -155,6 +190,6 @@ async fn streamed_replies_complete_every_chat_without_a_429() {
     );
     let stats = stats_over_http(&server).await.unwrap();
     assert_eq!(stats["rate_limited_requests"], 0, "the mock sent a 429");
-    assert_eq!(stats["requests"], CALLS + 1, "one HTTP request per call");
+    assert_eq!(stats["requests"], CALLS, "one HTTP request per call");
     server.shutdown().await.unwrap();
 }

@@ -47,11 +47,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::provider::headers::{ApiErrorBody, reading_to_headers};
+use crate::provider::headers::ApiErrorBody;
 use crate::provider::{
     Admission, DeliveryFault, Rejection, SimConfig, SimConfigError, SimStats, Simulation,
 };
-use agent_core::RateLimitReading;
 
 /// Why the mock server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -236,7 +235,7 @@ async fn chat_completions(State(state): State<MockState>, body: Bytes) -> Respon
         Ok(admission) => admission,
         Err(rejection) => return rejected(rejection),
     };
-    let headers = response_headers(&admission.reading, &admission.request_id);
+    let headers = response_headers(&admission.headers, &admission.request_id);
     if admission.fault == Some(DeliveryFault::Hang) {
         state.shutdown.cancelled().await;
         let body = ApiErrorBody::new(
@@ -353,24 +352,27 @@ fn dropped() -> std::io::Error {
 fn rejected(rejection: Box<Rejection>) -> Response {
     let status =
         StatusCode::from_u16(rejection.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let headers = response_headers(&rejection.reading, &rejection.request_id);
-    error_response(status, headers, &rejection.body)
+    let headers = response_headers(&rejection.headers, &rejection.request_id);
+    json_response(status, headers, rejection.body)
 }
 
-fn error_response(status: StatusCode, mut headers: HeaderMap, body: &ApiErrorBody) -> Response {
+fn error_response(status: StatusCode, headers: HeaderMap, body: &ApiErrorBody) -> Response {
+    json_response(status, headers, body.to_json())
+}
+
+fn json_response(status: StatusCode, mut headers: HeaderMap, body: Vec<u8>) -> Response {
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    (status, headers, body.to_json()).into_response()
+    (status, headers, body).into_response()
 }
 
-/// The rate-limit headers of `reading` (formatted by the one formatter in
-/// [`headers`](crate::provider::headers)) and the request id.
-fn response_headers(reading: &RateLimitReading, request_id: &str) -> HeaderMap {
+/// The simulation's rate-limit headers (in its dialect) and the request id.
+fn response_headers(rate_limits: &[(&'static str, String)], request_id: &str) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for (name, value) in reading_to_headers(reading) {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    for (name, value) in rate_limits {
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     }

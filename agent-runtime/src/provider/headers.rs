@@ -259,7 +259,8 @@ pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Rat
     let count = |name: &str| lookup(name).and_then(|v| v.trim().parse::<u64>().ok());
     let limit = |name: &str| count(name).filter(|&v| v > 0);
     let reset = |name: &str| lookup(name).and_then(parse_go_duration);
-    RateLimitReading {
+    let now = SystemTime::now();
+    let mut reading = RateLimitReading {
         limit_requests: limit(LIMIT_REQUESTS),
         remaining_requests: count(REMAINING_REQUESTS),
         reset_requests: reset(RESET_REQUESTS),
@@ -269,12 +270,12 @@ pub fn reading_from_headers<'a>(header: impl Fn(&str) -> Option<&'a str>) -> Rat
         // The headers do not say; the provider that knows its endpoint sets them.
         requests_window: None,
         tokens_window: None,
-        retry_after: parse_retry_after(
-            header(RETRY_AFTER_MS),
-            header(RETRY_AFTER),
-            SystemTime::now(),
-        ),
-    }
+        // `llm_provider-retry-after` is deliberately not read: LiteLLM sets it to a constant.
+        retry_after: parse_retry_after(header(RETRY_AFTER_MS), header(RETRY_AFTER), now),
+        ..RateLimitReading::default()
+    };
+    super::dialects::read_anthropic(&mut reading, &header, now);
+    reading
 }
 
 /// Reads a [`RateLimitReading`] from an `http::HeaderMap` (non-UTF-8 values are ignored).
@@ -357,6 +358,15 @@ pub struct ApiErrorBody {
     /// `code`: `rate_limit_exceeded`, `insufficient_quota`, or Azure's `"429"`.
     #[serde(default)]
     pub code: Option<String>,
+    /// Google's `status` (`RESOURCE_EXHAUSTED` from Gemini's OpenAI-compatible endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Google's `RetryInfo.retryDelay`: how long to wait, when the body says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay: Option<Duration>,
+    /// Google's violated `QuotaFailure` `quotaId` (names the limit: requests or tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_id: Option<String>,
 }
 
 impl ApiErrorBody {
@@ -367,6 +377,7 @@ impl ApiErrorBody {
             kind: kind.map(str::to_owned),
             param: None,
             code: code.map(str::to_owned),
+            ..Self::default()
         }
     }
 
@@ -392,14 +403,23 @@ impl ApiErrorBody {
             other => Some(other.to_string()),
         };
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
-            let error = value.get("error").unwrap_or(&value);
+            // Gemini's OpenAI-compatible endpoint wraps its error in a one-element array.
+            let value = match value.as_array().and_then(|a| a.first()) {
+                Some(first) => first,
+                None => &value,
+            };
+            let error = value.get("error").unwrap_or(value);
             if let Some(object) = error.as_object() {
                 let field = |name: &str| object.get(name).and_then(text_of);
+                let google = super::dialects::google_details(error);
                 return Self {
                     message: field("message").unwrap_or_default(),
                     kind: field("type"),
                     param: field("param"),
                     code: field("code"),
+                    status: google.status,
+                    retry_delay: google.retry_delay,
+                    quota_id: google.quota_id,
                 };
             }
             if let Some(message) = text_of(error) {
@@ -430,6 +450,13 @@ impl ApiErrorBody {
     }
 
     fn rate_limit_kind(&self) -> RateLimitKind {
+        if let Some(kind) = self
+            .quota_id
+            .as_deref()
+            .and_then(super::dialects::google_kind)
+        {
+            return kind;
+        }
         match self.kind.as_deref() {
             Some(k) if k.starts_with("tokens") => return RateLimitKind::Tokens,
             Some(k) if k.starts_with("requests") => return RateLimitKind::Requests,
@@ -532,8 +559,28 @@ pub fn classify(status: u16, reading: RateLimitReading, body: &[u8]) -> ModelErr
 
 /// [`classify`] for a body that is already parsed (the simulator's path).
 pub fn classify_body(status: u16, mut reading: RateLimitReading, body: ApiErrorBody) -> ModelError {
+    let litellm = super::dialects::is_litellm_throttle(body.kind.as_deref(), &body.message);
     if reading.retry_after.is_none() {
-        reading.retry_after = try_again_in(&body.message);
+        // LiteLLM's "Try again in 60 seconds" is its router's constant cool-down, not the time
+        // to its window's boundary: no hint at all is better than a wrong one.
+        reading.retry_after = body
+            .retry_delay
+            .or_else(|| (!litellm).then(|| try_again_in(&body.message)).flatten());
+    }
+    let mut kind = body.rate_limit_kind();
+    if litellm && let Some((named, limit)) = super::dialects::litellm_limit(&body.message) {
+        kind = named;
+        // The limit the router enforces, and none of it left.
+        let (l, r) = match named {
+            RateLimitKind::Requests => {
+                (&mut reading.limit_requests, &mut reading.remaining_requests)
+            }
+            _ => (&mut reading.limit_tokens, &mut reading.remaining_tokens),
+        };
+        if l.is_none() {
+            *l = limit;
+        }
+        *r = Some(0);
     }
     let retry_after = reading.retry_after;
     let message = if body.message.is_empty() {
@@ -546,7 +593,7 @@ pub fn classify_body(status: u16, mut reading: RateLimitReading, body: ApiErrorB
         413 => ModelError::RequestTooLarge { message },
         429 if body.is_too_large() => ModelError::RequestTooLarge { message },
         429 => ModelError::RateLimited {
-            kind: body.rate_limit_kind(),
+            kind,
             retry_after,
             reading: (!reading.is_empty()).then(|| Box::new(reading)),
             message,

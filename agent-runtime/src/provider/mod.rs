@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use agent_core::ModelError;
 
+pub mod dialects;
 pub mod headers;
 #[cfg(feature = "openai")]
 mod openai;
@@ -31,7 +32,10 @@ pub use openai::{
 pub use secret::Secret;
 #[cfg(feature = "mock-server")]
 pub(crate) use simulator::{Admission, DeliveryFault, Rejection, Reply, ReplyBody};
-pub use simulator::{Faults, SimConfig, SimConfigError, SimStats, SimulatedProvider, Simulation};
+pub use simulator::{
+    Dialect, Faults, LimiterKind, SimConfig, SimConfigError, SimStats, SimulatedProvider,
+    Simulation, WindowAnchor,
+};
 
 /// The model an example or a quick start should use: the OpenAI-compatible provider when the
 /// environment names an endpoint (`OPENAI_API_KEY` or `OPENAI_BASE_URL` set; see

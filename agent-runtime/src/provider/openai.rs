@@ -840,7 +840,7 @@ impl ErrorMapper {
                         status,
                         reading,
                         body,
-                    } => headers::classify(status, reading, &body),
+                    } => headers::classify(status, *reading, &body),
                     HttpFailure::TimedOut => timeout_error(self.timeout),
                 },
                 Err(other) => ModelError::transient(other.to_string()),
@@ -854,6 +854,7 @@ impl ErrorMapper {
                     kind: response.api_error.r#type,
                     param: response.api_error.param,
                     code: response.api_error.code,
+                    ..ApiErrorBody::default()
                 },
             ),
             OpenAIError::JSONDeserialize(e, content) => ModelError::MalformedResponse {
@@ -1043,7 +1044,8 @@ tokio::task_local! {
 enum HttpFailure {
     Status {
         status: u16,
-        reading: RateLimitReading,
+        /// Boxed: a reading is large, and most failures are not about rate limits.
+        reading: Box<RateLimitReading>,
         body: bytes::Bytes,
     },
     TimedOut,
@@ -1111,7 +1113,7 @@ impl tower::Service<HttpRequestFactory> for SingleAttempt {
             };
             Err(OpenAIError::Boxed(Box::new(HttpFailure::Status {
                 status: status.as_u16(),
-                reading,
+                reading: Box::new(reading),
                 body,
             })))
         })

@@ -55,6 +55,14 @@ pub(crate) struct KeyInner {
     /// The key knows no limit yet and admits one call at a time until the provider answers
     /// ([`feedback::starts_probing`]).
     pub(crate) probing: bool,
+    /// A 429 without a hint put the key in debt: one probe at a time until a success.
+    pub(crate) debt: Option<feedback::Debt>,
+    /// What the provider's answers show about how it counts requests and tokens.
+    pub(crate) inference: [super::inference::Track; 2],
+    /// When the key first admitted a call, until its first answer (the cold-start shift).
+    pub(crate) cold_since: Option<Instant>,
+    /// The key has seen its first answer.
+    pub(crate) warm: bool,
     pub(crate) queue: FairQueue,
     pub(crate) retry_budget: RetryBudget,
     pub(crate) breaker: Breaker,
@@ -99,6 +107,8 @@ pub(crate) struct Admitted {
     pub(crate) probe: bool,
     /// The shared backend's lease.
     pub(crate) lease: Option<Lease>,
+    /// The key's admission count at this admission (orders responses for inference).
+    pub(crate) seq: u64,
     /// What the queue charged the call's client, for the correction at reconcile; `None` when
     /// the call passed an empty queue (no one waited, so no one's share was taken).
     pub(crate) units: Option<u64>,
@@ -282,6 +292,10 @@ impl Key {
                 limits: feedback::effective_limits(&quota, learned, probing),
                 learned,
                 probing,
+                debt: None,
+                inference: Default::default(),
+                cold_since: None,
+                warm: false,
                 queue: FairQueue::new(quota.queue),
                 retry_budget: RetryBudget::new(policy, now),
                 breaker: Breaker::new(),
@@ -347,11 +361,15 @@ impl Key {
                 {
                     let wait = now - start;
                     inner.stats.admitted(ticket.cost, wait, ticket.retry);
+                    if !inner.warm {
+                        inner.cold_since.get_or_insert(now);
+                    }
                     return Ok(Admitted {
                         at: now,
                         wait,
                         probe,
                         lease: None,
+                        seq: inner.stats.attempts,
                         units: None,
                     });
                 }
@@ -560,11 +578,15 @@ impl Key {
         inner
             .stats
             .admitted(waiting.ticket.cost, wait, waiting.ticket.retry);
+        if !inner.warm {
+            inner.cold_since.get_or_insert(now);
+        }
         Admitted {
             at: now,
             wait,
             probe: waiting.probe,
             lease,
+            seq: inner.stats.attempts,
             units: Some(units),
         }
     }

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{
-    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, Reservation, Usage,
+    Budget, CallError, Charge, ChatModel, ChatRequest, Completion, ModelError, RateLimitKind,
+    Reservation, Usage,
 };
 use tokio::time::Instant;
 
-use super::admission::{Key, Ticket, cancelled};
+use super::admission::{Key, Refusal, Ticket, cancelled};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
@@ -129,6 +130,29 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) expired: bool,
     /// The response cache in force for this call (the most specific one configured).
     pub(super) cache: Option<&'c ResponseCache>,
+    /// The call's 429s: they use up no attempt, only `max_admission_wait` from the first.
+    pub(super) limited: RateLimitedWait,
+}
+
+/// How long a call has been rate limited by the provider.
+#[derive(Debug, Default)]
+pub(super) struct RateLimitedWait {
+    /// 429s so far.
+    count: u32,
+    /// The first 429.
+    since: Option<Instant>,
+    /// The last 429, for the error that ends the wait.
+    last: Option<ModelError>,
+}
+
+impl RateLimitedWait {
+    /// What is left of `max_wait` (all of it before the first 429).
+    fn left(&self, now: Instant, max_wait: Duration) -> Duration {
+        match self.since {
+            Some(since) => max_wait.saturating_sub(now.saturating_duration_since(since)),
+            None => max_wait,
+        }
+    }
 }
 
 impl<'s, 'c> CallAttempts<'s, 'c> {
@@ -215,23 +239,31 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
     async fn admit(&mut self, reservation: Reservation) -> Result<InFlight<'s, 'c>, CallError> {
         let scheduler = self.scheduler;
         self.attempt += 1;
-        let admitted = self
-            .key
-            .admit(
-                &scheduler.backend,
-                self.ticket,
-                &scheduler.retry,
-                // The admission wait is the call's, across its attempts: a call waiting out an
-                // outage, attempt after attempt, still ends within it.
+        // The admission wait is the call's, across its attempts: a call waiting out an outage,
+        // attempt after attempt, still ends within it (and, once rate limited, within it from
+        // the first 429).
+        let max_wait = self
+            .limited
+            .left(Instant::now(), scheduler.max_admission_wait)
+            .min(
                 scheduler
                     .max_admission_wait
                     .saturating_sub(self.record.wait),
-            )
+            );
+        let admitted = match self
+            .key
+            .admit(&scheduler.backend, self.ticket, &scheduler.retry, max_wait)
             .await
-            .map_err(|r| {
-                self.record.submitted |= r.counted();
-                scheduler.refusal(self.key, r)
-            })?;
+        {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                self.record.submitted |= refusal.counted();
+                if matches!(refusal, Refusal::TooLong { .. }) && self.limited.since.is_some() {
+                    return Err(self.wait_exceeded());
+                }
+                return Err(scheduler.refusal(self.key, refusal));
+            }
+        };
         self.record.submitted = true;
         self.record.attempts += 1;
         self.record.retries += u64::from(self.ticket.retry);
@@ -321,8 +353,6 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
                 kind: *kind,
                 retry_after: *retry_after,
                 reading: reading.as_deref(),
-                // Grows with the attempt, so hint-less 429s back off exponentially.
-                fallback: self.scheduler.backoff(self.attempt),
             },
             // Abandoned at its deadline: the provider may have done (and charged) the work.
             ModelError::Transient { .. } if self.expired => Outcome::TimedOut,
@@ -343,13 +373,43 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
             ModelError::RateLimited { kind, .. } => {
                 self.record.rate_limited += 1;
                 tracing::debug!(?kind, pause_ms = pause.as_millis() as u64, "rate limited");
-                if pause > self.scheduler.max_admission_wait {
-                    return Next::Fail(CallError::Model(error));
+                let now = Instant::now();
+                self.limited.count = self.limited.count.saturating_add(1);
+                self.limited.since.get_or_insert(now);
+                let left = self.limited.left(now, self.scheduler.max_admission_wait);
+                self.limited.last = Some(error.clone());
+                if pause > left {
+                    return Next::Fail(self.wait_exceeded());
                 }
                 Next::Retry(error)
             }
             ModelError::Transient { .. } => Next::Retry(error),
             _ => Next::Fail(CallError::Model(error)),
+        }
+    }
+
+    /// The error that ends a call the provider kept rate limiting for `max_admission_wait`.
+    fn wait_exceeded(&self) -> CallError {
+        let last = self
+            .limited
+            .last
+            .clone()
+            .unwrap_or_else(|| ModelError::transient("rate limited"));
+        let kind = match &last {
+            ModelError::RateLimited { kind, .. } => *kind,
+            _ => RateLimitKind::Unknown,
+        };
+        let limits = self.key.lock().limits;
+        CallError::RateLimitWaitExceeded {
+            key: self.key.name.to_string(),
+            limit: super::feedback::describe_limit(&limits, kind),
+            waited: self
+                .limited
+                .since
+                .map(|s| Instant::now().saturating_duration_since(s))
+                .unwrap_or_default(),
+            rate_limited: self.limited.count,
+            last: Box::new(last),
         }
     }
 
@@ -395,7 +455,12 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
     fn retry_delay(&self, error: ModelError) -> Result<Option<Duration>, CallError> {
         let scheduler = self.scheduler;
         let policy = &scheduler.retry;
-        if self.attempt >= policy.max_attempts {
+        if let ModelError::RateLimited { .. } = error {
+            // A 429 means wait, not fail: the retry waits for the key's pause in the queue and
+            // uses up no attempt (it still counts as a retry in the metrics).
+            return Ok(None);
+        }
+        if self.attempt.saturating_sub(self.limited.count) >= policy.max_attempts {
             return Err(CallError::RetriesExhausted {
                 attempts: self.attempt,
                 last: error,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use agent_core::RateLimitKind;
 use rustc_hash::FxBuildHasher;
 
-use super::quota::{Cost, Limits};
+use super::quota::{Cost, Limiter, Limits};
 use super::retry::CircuitState;
 
 const BUCKETS: usize = 128;
@@ -180,6 +180,21 @@ pub struct LearnedLimits {
     pub requests: Option<u64>,
     /// Last reported token limit.
     pub tokens: Option<u64>,
+    /// How the provider counts requests, as inferred from its answers (reset headers, a
+    /// `remaining` that does not refill, 429s without a hint); `None` until there is evidence.
+    pub requests_limiter: Option<Limiter>,
+    /// How the provider counts tokens, as inferred.
+    pub tokens_limiter: Option<Limiter>,
+    /// The request limit's period (a bucket's time to refill from empty, a window's length),
+    /// as inferred from reset headers.
+    pub requests_period: Option<Duration>,
+    /// The token limit's period, as inferred.
+    pub tokens_period: Option<Duration>,
+    /// The most requests one fixed window was seen to admit when it admits fewer than its
+    /// reported limit (LiteLLM's router admits `rpm_limit − 1`).
+    pub window_requests: Option<u64>,
+    /// The most tokens one fixed window was seen to admit, likewise.
+    pub window_tokens: Option<u64>,
 }
 
 /// Counters of one quota key.

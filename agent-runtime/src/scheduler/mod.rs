@@ -5,7 +5,8 @@
 //! machinery has its module:
 //!
 //! - budget: [`agent_core::Budget`] — reserved before queueing, so a spent budget never waits;
-//! - [`quota`] — what a key allows; `bucket` — the continuous-bucket arithmetic;
+//! - [`quota`] — what a key allows; `limiter` — how each limiter kind counts (continuous
+//!   bucket, fixed window, sliding log), one module per kind;
 //! - `admission` — the wait for a turn and for quota; `queue` — the order of the waiting calls,
 //!   one module per [`QueuePolicy`]; [`state`] — where bucket state lives
 //!   (in memory, or a shared backend behind [`QuotaState`]);
@@ -20,9 +21,10 @@
 
 mod admission;
 mod attempt;
-mod bucket;
 mod deadline;
 mod feedback;
+mod inference;
+mod limiter;
 pub mod metrics;
 mod queue;
 pub mod quota;
@@ -40,7 +42,7 @@ pub use metrics::{
     WaitStats,
 };
 pub use queue::QueuePolicy;
-pub use quota::{Cost, Dimension, Limits, Quota, QuotaConfigError, Rate};
+pub use quota::{Cost, Dimension, Limiter, Limits, Quota, QuotaConfigError, Rate, WindowStart};
 pub use retry::{CircuitState, RetryPolicy, WhenOpen};
 pub use state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
 pub use stream::ModelStream;
@@ -994,6 +996,7 @@ impl<'c> Prepared<'c> {
             attempt: 0,
             deadlines: self.deadlines,
             expired: false,
+            limited: Default::default(),
             cache: self.cache.or(scheduler.cache.as_ref()),
         }
     }
@@ -1002,7 +1005,8 @@ impl<'c> Prepared<'c> {
 /// The `error.type` of a failed call: a short, stable name for its kind.
 fn error_type(error: &CallError) -> &'static str {
     match error {
-        CallError::Model(ModelError::RateLimited { .. }) => "rate_limited",
+        CallError::Model(ModelError::RateLimited { .. })
+        | CallError::RateLimitWaitExceeded { .. } => "rate_limited",
         CallError::Model(ModelError::Transient { .. }) => "transient",
         CallError::Model(ModelError::InvalidRequest { .. }) => "invalid_request",
         CallError::Model(ModelError::MalformedResponse { .. }) => "malformed_response",

@@ -64,8 +64,13 @@ pub struct Quota {
     /// scheduler's when it leaves: network jitter of up to `guard` between the two can then never
     /// make a request arrive before the provider has refilled for it. It costs one shift of
     /// `guard` at the start of a saturated run, never throughput. In-memory state only (a shared
-    /// backend admits by its own clock).
+    /// backend admits by its own clock). The cold start needs no guard: a key's buckets give up
+    /// the refill of its first round trip by default (`docs/quota.md`, "Cold start").
     pub guard: Duration,
+    /// How the provider counts `requests` (default a continuous [`Limiter::Bucket`]).
+    pub requests_limiter: Limiter,
+    /// How the provider counts `tokens` (default a continuous [`Limiter::Bucket`]).
+    pub tokens_limiter: Limiter,
     /// How calls waiting for this key are ordered (default [`QueuePolicy::token_fair`]).
     pub queue: QueuePolicy,
 }
@@ -92,6 +97,8 @@ impl Quota {
             learn_from_headers: true,
             start_empty: false,
             guard: Duration::ZERO,
+            requests_limiter: Limiter::Bucket,
+            tokens_limiter: Limiter::Bucket,
             queue: QueuePolicy::token_fair(),
         }
     }
@@ -195,6 +202,28 @@ impl Quota {
         self
     }
 
+    /// Sets how the provider counts both `requests` and `tokens` (see [`Limiter`]).
+    #[must_use]
+    pub const fn limiter(mut self, limiter: Limiter) -> Self {
+        self.requests_limiter = limiter;
+        self.tokens_limiter = limiter;
+        self
+    }
+
+    /// Sets how the provider counts `requests` only.
+    #[must_use]
+    pub const fn requests_limiter(mut self, limiter: Limiter) -> Self {
+        self.requests_limiter = limiter;
+        self
+    }
+
+    /// Sets how the provider counts `tokens` only.
+    #[must_use]
+    pub const fn tokens_limiter(mut self, limiter: Limiter) -> Self {
+        self.tokens_limiter = limiter;
+        self
+    }
+
     /// Sets how waiting calls are ordered (see `docs/quota.md`, "Fair admission").
     #[must_use]
     pub const fn queue(mut self, policy: QueuePolicy) -> Self {
@@ -202,7 +231,9 @@ impl Quota {
         self
     }
 
-    /// Checks the configuration: periods must be positive, limits set must be at least 1.
+    /// Checks the configuration: periods must be positive, limits set must be at least 1, a
+    /// token window must hold the default completion reservation, and the queue policy must be
+    /// consistent.
     pub fn validate(&self) -> Result<(), QuotaConfigError> {
         self.validate_for("")
     }
@@ -232,6 +263,22 @@ impl Quota {
                 });
             }
         }
+        // A request that sets no `max_completion_tokens` reserves the default: a window whose
+        // allowance is below it refuses every such call. (Buckets keep their per-call check at
+        // admission only, `CallError::ExceedsQuota`: configurations that worked before windows
+        // existed stay valid.)
+        let reserve = u64::from(self.default_max_completion_tokens);
+        if self.tokens_limiter != Limiter::Bucket
+            && let Some(capacity) = self.tokens.filter(|l| *l < reserve)
+        {
+            return Err(QuotaConfigError::CostExceedsCapacity {
+                key: key.to_owned(),
+                dimension: "tokens per period",
+                limiter: self.tokens_limiter,
+                cost: reserve,
+                capacity,
+            });
+        }
         if let Some(reason) = self.queue.invalid() {
             return Err(QuotaConfigError::InvalidQueuePolicy {
                 key: key.to_owned(),
@@ -243,32 +290,112 @@ impl Quota {
 
     /// The limits as the state backend sees them.
     pub fn limits(&self) -> Limits {
-        let rate = |limit: Option<u64>, period: Duration| limit.map(|limit| Rate { limit, period });
+        let rate = |limit: Option<u64>, period: Duration, limiter: Limiter| {
+            limit.map(|limit| Rate::new(limit, period).with_limiter(limiter))
+        };
         Limits {
-            requests: rate(self.requests, self.period),
-            tokens: rate(self.tokens, self.period),
-            requests_per_day: rate(self.requests_per_day, self.day),
-            tokens_per_day: rate(self.tokens_per_day, self.day),
+            requests: rate(self.requests, self.period, self.requests_limiter),
+            tokens: rate(self.tokens, self.period, self.tokens_limiter),
+            requests_per_day: rate(self.requests_per_day, self.day, Limiter::Bucket),
+            tokens_per_day: rate(self.tokens_per_day, self.day, Limiter::Bucket),
             max_in_flight: self.max_in_flight,
             start_empty: self.start_empty,
         }
     }
 }
 
-/// One bucket's parameters: capacity `limit`, refilled continuously at `limit / period`.
+/// One limit's parameters: `limit` per `period`, counted the way `limiter` says (a continuous
+/// bucket unless set otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Rate {
-    /// Capacity, and the amount refilled per `period`.
+    /// Capacity, and the amount refilled (or allowed) per `period`.
     pub limit: u64,
-    /// The refill period.
+    /// The refill period, or the window's length.
     pub period: Duration,
+    /// How the provider counts this limit.
+    pub limiter: Limiter,
 }
 
 impl Rate {
-    /// A rate of `limit` per `period`.
+    /// A continuous bucket of `limit` per `period`.
     pub const fn new(limit: u64, period: Duration) -> Self {
-        Self { limit, period }
+        Self {
+            limit,
+            period,
+            limiter: Limiter::Bucket,
+        }
     }
+
+    /// The same limit counted by `limiter`.
+    #[must_use]
+    pub const fn with_limiter(mut self, limiter: Limiter) -> Self {
+        self.limiter = limiter;
+        self
+    }
+}
+
+/// How a provider counts one limit: the semantics admission reproduces (see `docs/quota.md`,
+/// one section per kind).
+///
+/// - OpenAI and Anthropic: [`Bucket`](Limiter::Bucket) — capacity `limit`, refilled
+///   continuously at `limit / period` (the default).
+/// - LiteLLM and most API gateways: [`FixedWindow`](Limiter::FixedWindow) — `limit` per window,
+///   the count reset at each boundary (LiteLLM: UTC calendar minutes, [`WindowStart::Clock`]).
+/// - Azure OpenAI (per-10 s request windows) and strict "at most `limit` in any `period`"
+///   limiters: [`SlidingWindow`](Limiter::SlidingWindow).
+///
+/// ```
+/// use std::time::Duration;
+/// use agent_runtime::scheduler::{Limiter, Quota, WindowStart};
+///
+/// // A LiteLLM deployment with `rpm: 60`: fixed UTC minutes.
+/// let litellm = Quota::per_minute()
+///     .requests(60)
+///     .limiter(Limiter::FixedWindow(WindowStart::Clock));
+/// assert_eq!(litellm.limits().requests.unwrap().limiter, Limiter::FixedWindow(WindowStart::Clock));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Limiter {
+    /// A continuously refilling bucket (GCRA): at most `limit + limit·t/period` in any `t`.
+    #[default]
+    Bucket,
+    /// Fixed windows of `period`: at most `limit` per window, the count reset at each boundary.
+    FixedWindow(WindowStart),
+    /// A sliding log: at most `limit` in any `period`, each admission freeing its share exactly
+    /// `period` after it was taken.
+    SlidingWindow,
+}
+
+impl Limiter {
+    /// A short name (`"bucket"`, `"fixed window"`, `"sliding window"`), as used in errors.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Limiter::Bucket => "bucket",
+            Limiter::FixedWindow(_) => "fixed window",
+            Limiter::SlidingWindow => "sliding window",
+        }
+    }
+}
+
+impl std::fmt::Display for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a fixed window's boundaries fall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum WindowStart {
+    /// At whole multiples of the period since the Unix epoch: UTC calendar minutes for a one
+    /// minute period (LiteLLM's per-minute keys, Envoy's rate-limit service). In memory this is the
+    /// process's wall clock; with Redis, the Redis server's clock.
+    #[default]
+    Clock,
+    /// At the first request, and again at the first request after a window ends (LiteLLM's proxy
+    /// limiter v3, CrewAI's RPM controller).
+    FirstRequest,
 }
 
 /// The effective limits of a key at one moment (configured, possibly tightened or learned from
@@ -413,6 +540,24 @@ pub enum QuotaConfigError {
         /// Which limit.
         dimension: &'static str,
     },
+    /// The default completion reservation alone is more than a limit can ever admit (a bucket's
+    /// capacity, a window's allowance): every call that sets no `max_completion_tokens` would be
+    /// refused.
+    #[error(
+        "quota '{key}': a call reserves at least {cost} tokens (default_max_completion_tokens) but the {limiter} of {dimension} admits at most {capacity}; lower default_max_completion_tokens or raise the limit"
+    )]
+    CostExceedsCapacity {
+        /// The quota key (empty for the default quota).
+        key: String,
+        /// Which limit.
+        dimension: &'static str,
+        /// How that limit counts.
+        limiter: Limiter,
+        /// The smallest reservation of a call.
+        cost: u64,
+        /// What the limit admits at most.
+        capacity: u64,
+    },
     /// The shared-state poll interval is zero: a waiting call would ask the backend in a busy loop.
     #[error(
         "the scheduler's poll_interval must be longer than zero with a shared quota state (default 50 ms)"
@@ -473,6 +618,48 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_token_window_smaller_than_the_default_reservation_is_refused() {
+        let window = Limiter::FixedWindow(WindowStart::Clock);
+        let err = Quota::per_minute()
+            .tokens(100)
+            .tokens_limiter(window)
+            .validate_for("litellm/gpt")
+            .unwrap_err();
+        assert_eq!(
+            err,
+            QuotaConfigError::CostExceedsCapacity {
+                key: "litellm/gpt".into(),
+                dimension: "tokens per period",
+                limiter: window,
+                cost: 256,
+                capacity: 100,
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("lower default_max_completion_tokens")
+        );
+        // Fits once the reservation does; buckets keep their per-call check.
+        let fits = Quota::per_minute()
+            .tokens(100)
+            .tokens_limiter(window)
+            .default_max_completion_tokens(64);
+        assert!(fits.validate().is_ok());
+        assert!(Quota::per_minute().tokens(100).validate().is_ok());
+        // The limiter travels with the limit it counts.
+        let limits = Quota::per_minute()
+            .requests(9)
+            .requests_limiter(Limiter::SlidingWindow)
+            .tokens(1_000)
+            .limits();
+        assert_eq!(
+            limits.requests.map(|r| r.limiter),
+            Some(Limiter::SlidingWindow)
+        );
+        assert_eq!(limits.tokens.map(|r| r.limiter), Some(Limiter::Bucket));
     }
 
     #[test]

@@ -25,8 +25,6 @@ pub(super) enum Outcome<'r> {
         kind: RateLimitKind,
         retry_after: Option<Duration>,
         reading: Option<&'r RateLimitReading>,
-        /// The pause when neither the provider nor the buckets say one: this attempt's backoff.
-        fallback: Duration,
     },
     Transient,
     /// Abandoned at its deadline: a transient failure whose reservation stays charged (the
@@ -118,7 +116,7 @@ impl InFlight<'_, '_> {
         let settlement = self.settlement(actual);
         let scheduler = self.scheduler;
         let mut pause = Duration::ZERO;
-        let (limits, reading) = {
+        let (limits, reading, hintless) = {
             let mut inner = self.key.lock();
             let inner = &mut *inner;
             // An unlimited key's success touches no bucket and no timer: spare the clock read.
@@ -193,7 +191,9 @@ impl InFlight<'_, '_> {
                     && feedback::learn(&mut inner.learned, r, self.key.quota.period)
             });
             // The provider answered (with or without headers): the probe has taught what it can.
+            // (A key in debt keeps probing until a success ends the debt.)
             let probed = inner.probing
+                && inner.debt.is_none()
                 && matches!(
                     outcome,
                     Outcome::Completed { .. }
@@ -206,6 +206,32 @@ impl InFlight<'_, '_> {
             if learned || probed {
                 inner.limits =
                     feedback::effective_limits(&self.key.quota, inner.learned, inner.probing);
+            }
+            // What the answer shows beyond the headers: the cold start ends, a success ends a
+            // debt and feeds inference, a 429 without a hint starts (or continues) a debt.
+            let mut hintless = None;
+            match &outcome {
+                Outcome::Completed { .. } => {
+                    inner.first_answer(now);
+                    inner.succeeded(&self.key.quota, now, &self.admitted, reading);
+                }
+                Outcome::RateLimited {
+                    kind, retry_after, ..
+                } => {
+                    inner.first_answer(now);
+                    let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
+                    if told.is_none() {
+                        pause = inner.refused_without_hint(
+                            &self.key.quota,
+                            now,
+                            self.admitted.at,
+                            *kind,
+                            self.cost,
+                        );
+                        hintless = Some(*kind);
+                    }
+                }
+                _ => {}
             }
             let limits = inner.limits;
             if let Backend::Local = scheduler.backend {
@@ -233,30 +259,37 @@ impl InFlight<'_, '_> {
                 }
             }
             if let Outcome::RateLimited {
-                kind,
-                retry_after,
-                fallback,
-                ..
+                kind, retry_after, ..
             } = &outcome
+                && let Some(told) = retry_after.or_else(|| reading.and_then(|r| r.retry_after))
             {
-                pause = feedback::pause_after_429(
-                    *kind,
-                    *retry_after,
-                    reading,
-                    &limits,
-                    self.cost,
-                    *fallback,
-                );
+                // The provider said when: the key pauses that long, and its bucket holds no
+                // more than that implies.
+                pause = told;
                 inner.buckets.pause_until(state::instant_after(now, pause));
-                let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
-                if let (Backend::Local, Some(told)) = (&scheduler.backend, told) {
+                if let Backend::Local = scheduler.backend {
                     inner
                         .buckets
                         .after_429(now, &limits, *kind, self.cost, told);
                 }
             }
             inner.queue.notify_head();
-            (limits, reading)
+            (limits, reading, hintless)
+        };
+        // A shared backend drains what this process drained: a report of nothing left.
+        let reading = match hintless {
+            Some(kind) => {
+                let mut drained = reading.cloned().unwrap_or_default();
+                for &d in state::KeyBuckets::dimensions_of(kind) {
+                    if d == 0 {
+                        drained.remaining_requests = Some(0);
+                    } else {
+                        drained.remaining_tokens = Some(0);
+                    }
+                }
+                Some(drained)
+            }
+            None => reading.cloned(),
         };
         let remote = match &scheduler.backend {
             Backend::Local => None,
@@ -266,7 +299,7 @@ impl InFlight<'_, '_> {
                 lease: self.admitted.lease,
                 limits,
                 settlement,
-                reading: reading.cloned(),
+                reading,
                 pause,
             }),
         };

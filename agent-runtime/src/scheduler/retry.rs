@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use super::quota::QuotaConfigError;
 
 /// How the scheduler retries transient failures (5xx, timeouts, dropped connections) and how it
-/// protects a failing provider. Rate limits (429) are not retried by backoff: the key pauses until
-/// the provider's retry time and the call goes back to the front of its queue.
+/// protects a failing provider. Rate limits (429) are not retried by backoff and use up no
+/// attempt: the key pauses until the provider's retry time (or, with no usable hint, probes one
+/// call at a time) and the call goes back to the front of its queue.
 ///
 /// ```
 /// use std::time::Duration;
@@ -32,7 +33,8 @@ use super::quota::QuotaConfigError;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Provider attempts per call, first included (default 6). Counts 429 retries too.
+    /// Provider attempts per call, first included (default 6). A rate-limit 429 uses none: the
+    /// call waits for quota instead, up to the scheduler's `max_admission_wait`.
     pub max_attempts: u32,
     /// Backoff base: attempt `n` sleeps `uniform(0, min(cap, base·2^(n−1)))` (default 500 ms).
     pub base: Duration,

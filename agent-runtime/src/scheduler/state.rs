@@ -34,7 +34,7 @@ use agent_core::{RateLimitKind, RateLimitReading};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::bucket::Bucket;
+use super::limiter::Meter;
 use super::quota::{Cost, Dimension, Limits, Rate};
 
 /// A granted admission: its cost is taken from the buckets and it holds an in-flight slot until
@@ -217,7 +217,7 @@ pub(crate) struct Present {
 /// scheduler can update it under its per-key lock with no allocation and no `await`.
 #[derive(Debug, Default)]
 pub(crate) struct KeyBuckets {
-    buckets: [Option<Bucket>; 4],
+    buckets: [Option<Meter>; 4],
     /// Any bucket exists (lets an unlimited key skip `sync`).
     has_buckets: bool,
     in_flight: u32,
@@ -259,7 +259,7 @@ impl KeyBuckets {
                         b.set_rate(r, now);
                     }
                 }
-                (None, Some(r)) => *slot = Some(Bucket::new(r, now, !limits.start_empty)),
+                (None, Some(r)) => *slot = Some(Meter::new(r, now, !limits.start_empty)),
                 (Some(_), None) => *slot = None,
                 (None, None) => {}
             }
@@ -441,12 +441,110 @@ impl KeyBuckets {
         }
     }
 
+    /// The request and token meters a 429 of `kind` is about (both when it does not say):
+    /// 0 requests, 1 tokens.
+    pub(crate) fn dimensions_of(kind: RateLimitKind) -> &'static [usize] {
+        match kind {
+            RateLimitKind::Requests => &[0],
+            RateLimitKind::Tokens => &[1],
+            _ => &[0, 1],
+        }
+    }
+
+    /// A 429 with no usable hint: the meters of `kind` hold nothing until they recover on their
+    /// own (a bucket refills from empty, a window opens at its boundary). Returns the longest
+    /// time until a window opens, when a meter is a window.
+    pub(crate) fn drain(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        kind: RateLimitKind,
+        cost: Cost,
+    ) -> Option<Duration> {
+        self.sync(limits, now);
+        let amounts = [cost.requests, cost.tokens];
+        let mut window_end = None;
+        for &i in Self::dimensions_of(kind) {
+            if let Some(m) = &mut self.buckets[i] {
+                m.drain();
+                if matches!(m.rate().limiter, super::quota::Limiter::FixedWindow(_)) {
+                    let wait = m.wait(amounts[i].max(1));
+                    window_end = Some(window_end.map_or(wait, |w: Duration| w.max(wait)));
+                }
+            }
+        }
+        window_end
+    }
+
+    /// Windows of `kind` start afresh now (a probe's success will place them).
+    pub(crate) fn reopen_windows(&mut self, now: Instant, limits: &Limits, kind: RateLimitKind) {
+        self.sync(limits, now);
+        for &i in Self::dimensions_of(kind) {
+            if let Some(m) = &mut self.buckets[i]
+                && matches!(m.rate().limiter, super::quota::Limiter::FixedWindow(_))
+            {
+                let mut fresh = Meter::new(m.rate(), now, true);
+                fresh.align(now);
+                *m = fresh;
+            }
+        }
+    }
+
+    /// The continuous buckets of `kind` hold nothing more than they have now or zero: they
+    /// earned nothing while the key was in debt.
+    pub(crate) fn drain_buckets(&mut self, now: Instant, limits: &Limits, kind: RateLimitKind) {
+        self.sync(limits, now);
+        for &i in Self::dimensions_of(kind) {
+            if let Some(m) = &mut self.buckets[i]
+                && m.rate().limiter == super::quota::Limiter::Bucket
+            {
+                m.drain();
+            }
+        }
+    }
+
+    /// Every continuous bucket that exists gives up `by` of refill (the cold-start shift). A
+    /// bucket created since, for limits the answer taught, started no earlier than the answer
+    /// and has no lead to give up.
+    pub(crate) fn lag(&mut self, now: Instant, by: Duration) {
+        for m in self.buckets.iter_mut().flatten() {
+            m.refill(now);
+            m.lag(by);
+        }
+    }
+
+    /// What a fixed-window meter of `kind` held before `cost` when a 429 refused it: the most
+    /// the provider's window admits, when it admits fewer than its limit. `None` for other kinds.
+    pub(crate) fn window_count_before(
+        &mut self,
+        now: Instant,
+        limits: &Limits,
+        dimension: usize,
+        cost: u64,
+    ) -> Option<u64> {
+        self.sync(limits, now);
+        let m = self.buckets.get(dimension)?.as_ref()?;
+        if !matches!(m.rate().limiter, super::quota::Limiter::FixedWindow(_)) {
+            return None;
+        }
+        let used = m.rate().limit.saturating_sub(m.available());
+        Some(used.saturating_sub(cost))
+    }
+
+    /// The provider showed a window boundary for `dimension` (0 requests, 1 tokens).
+    pub(crate) fn align(&mut self, now: Instant, limits: &Limits, dimension: usize, at: Instant) {
+        self.sync(limits, now);
+        if let Some(Some(m)) = self.buckets.get_mut(dimension) {
+            m.align(at);
+        }
+    }
+
     /// Whole units available per dimension now: `[requests, tokens]` (for snapshots).
     pub(crate) fn available(&mut self, now: Instant, limits: &Limits) -> [Option<u64>; 2] {
         self.sync(limits, now);
         [
-            self.buckets[0].as_ref().map(Bucket::available),
-            self.buckets[1].as_ref().map(Bucket::available),
+            self.buckets[0].as_ref().map(Meter::available),
+            self.buckets[1].as_ref().map(Meter::available),
         ]
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-const NANOS_PER_MS: u128 = 1_000_000;
+pub(super) const NANOS_PER_MS: u128 = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ProviderBucket {

@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use agent_core::CharsPerToken;
 
+use super::{Dialect, LimiterKind, WindowAnchor};
+
 /// How a simulated provider behaves: its limits, its latency, its replies and its faults.
 ///
 /// The defaults model a generous provider (no limits, 20 ms + 1 ms per output token, 24-token
-/// replies); set `rpm`/`tpm` to enforce OpenAI-style continuous buckets.
+/// replies); set `rpm`/`tpm` to enforce OpenAI-style continuous buckets, and the limiter kinds,
+/// the dialect and `off_by_one` to play another provider (fixed or sliding windows, Azure,
+/// Anthropic, a LiteLLM proxy — see [`SimConfig::litellm`]).
 ///
 /// ```
 /// use std::time::Duration;
@@ -36,6 +40,24 @@ pub struct SimConfig {
     pub tpm: Option<u64>,
     /// How long a rate-limit "minute" lasts (default 60 s; shorten it to compress a benchmark).
     pub period: Duration,
+    /// How the request limit is counted (default: a continuous bucket).
+    pub request_limiter: LimiterKind,
+    /// How the token limit is counted (default: a continuous bucket).
+    pub token_limiter: LimiterKind,
+    /// The window of the request limit when it is not `period` (Azure counts requests per 10 s
+    /// and tokens per minute). `None`: `period`.
+    pub request_period: Option<Duration>,
+    /// Which provider's headers and 429 bodies to send (default OpenAI's).
+    pub dialect: Dialect,
+    /// Send `x-ratelimit-reset-*` ([`Dialect::OpenAi`] only; default on).
+    pub reset_headers: bool,
+    /// Send `retry-after`/`retry-after-ms` and "Please try again in t" on a 429
+    /// ([`Dialect::OpenAi`] only; default on).
+    pub retry_after_headers: bool,
+    /// Admit only `limit − 1` requests per window, as LiteLLM does (it excludes a deployment when
+    /// `current + 1 >= rpm`). Headers still report the configured limit. Requests only: LiteLLM's
+    /// token check has no such slip. Default off.
+    pub off_by_one: bool,
     /// Buckets start empty instead of full, which removes the first-period burst.
     pub start_empty: bool,
     /// Rejected requests still take one request from the request bucket, as OpenAI documents
@@ -77,6 +99,13 @@ impl Default for SimConfig {
             rpm: None,
             tpm: None,
             period: Duration::from_secs(60),
+            request_limiter: LimiterKind::Bucket,
+            token_limiter: LimiterKind::Bucket,
+            request_period: None,
+            dialect: Dialect::OpenAi,
+            reset_headers: true,
+            retry_after_headers: true,
+            off_by_one: false,
             start_empty: false,
             charge_rejected: false,
             refund_unused: false,
@@ -157,14 +186,33 @@ pub enum SimConfigError {
     #[error("the rate-limit period must be longer than zero (use e.g. 60 s, or 6 s to compress)")]
     ZeroPeriod,
     /// A limit is zero, so nothing could ever be admitted.
-    #[error("the {0} limit is zero, so no request could ever be admitted; use None for no limit")]
+    #[error(
+        "the {0} limit is zero, so no request could ever be admitted; leave it unset (None) for no limit"
+    )]
     ZeroLimit(&'static str),
     /// `max_concurrency` is zero.
-    #[error("max_concurrency is zero, so every request would get 503; use None for no cap")]
+    #[error(
+        "max_concurrency is zero, so every request would get 503; leave it unset (None) for no cap"
+    )]
     ZeroConcurrency,
     /// A fault fires "every 0 requests".
-    #[error("fault `{0}` is set to every 0 requests; use 1 for every request or None to disable")]
+    #[error(
+        "fault `{0}` is set to every 0 requests; use 1 for every request, or leave it unset to disable it"
+    )]
     ZeroFaultInterval(&'static str),
+    /// A fixed window's phase is not shorter than its period.
+    #[error(
+        "the {dimension} window phase ({phase:?}) must be shorter than its period ({period:?}); \
+         use a phase in [0, period)"
+    )]
+    PhaseNotWithinPeriod {
+        /// `requests` or `tokens`.
+        dimension: &'static str,
+        /// The phase asked for.
+        phase: Duration,
+        /// The window's period.
+        period: Duration,
+    },
     /// A value beyond what the simulator models (a period over a year, a latency over a day, a
     /// reply of more than a million tokens).
     #[error("`{field}` is larger than the simulator supports; use at most {max}")]
@@ -195,6 +243,29 @@ impl SimConfig {
         if self.period > Self::MAX_PERIOD {
             return too_large("period", "365 days");
         }
+        if let Some(period) = self.request_period {
+            if period.is_zero() {
+                return Err(SimConfigError::ZeroPeriod);
+            }
+            if period > Self::MAX_PERIOD {
+                return too_large("request_period", "365 days");
+            }
+        }
+        let windows = [
+            ("requests", self.request_limiter, self.requests_window()),
+            ("tokens", self.token_limiter, self.period),
+        ];
+        for (dimension, kind, period) in windows {
+            if let LimiterKind::FixedWindow(WindowAnchor::Phase(phase)) = kind
+                && phase >= period
+            {
+                return Err(SimConfigError::PhaseNotWithinPeriod {
+                    dimension,
+                    phase,
+                    period,
+                });
+            }
+        }
         if self.latency > Self::MAX_LATENCY {
             return too_large("latency", "1 day");
         }
@@ -223,6 +294,88 @@ impl SimConfig {
             return Err(SimConfigError::ZeroFaultInterval(name));
         }
         Ok(())
+    }
+
+    /// The period the request limit is counted over: `request_period`, else `period`.
+    pub fn requests_window(&self) -> Duration {
+        self.request_period.unwrap_or(self.period)
+    }
+
+    /// Plays a LiteLLM proxy in front of a deployment with `rpm`/`tpm`: fixed windows on the UTC
+    /// calendar minute (of `period`) for both limits, `limit − 1` requests per window, and
+    /// LiteLLM's headers and 429s ([`Dialect::LiteLlm`]). Set a [`WindowAnchor::Phase`] afterwards
+    /// for a run that must start at a known phase.
+    ///
+    /// ```
+    /// use agent_runtime::provider::{Dialect, SimConfig};
+    ///
+    /// let config = SimConfig::default().with_rpm(60).litellm();
+    /// assert!(config.off_by_one);
+    /// assert_eq!(config.dialect, Dialect::LiteLlm);
+    /// ```
+    #[must_use]
+    pub fn litellm(self) -> Self {
+        self.with_limiter(LimiterKind::FixedWindow(WindowAnchor::Clock))
+            .with_dialect(Dialect::LiteLlm)
+            .with_off_by_one(true)
+    }
+
+    /// Counts both limits with `kind`.
+    #[must_use]
+    pub fn with_limiter(mut self, kind: LimiterKind) -> Self {
+        self.request_limiter = kind;
+        self.token_limiter = kind;
+        self
+    }
+
+    /// Counts the request limit with `kind`.
+    #[must_use]
+    pub fn with_request_limiter(mut self, kind: LimiterKind) -> Self {
+        self.request_limiter = kind;
+        self
+    }
+
+    /// Counts the token limit with `kind`.
+    #[must_use]
+    pub fn with_token_limiter(mut self, kind: LimiterKind) -> Self {
+        self.token_limiter = kind;
+        self
+    }
+
+    /// Counts the request limit over `period` instead of the common period (Azure: 10 s).
+    #[must_use]
+    pub fn with_request_period(mut self, period: Duration) -> Self {
+        self.request_period = Some(period);
+        self
+    }
+
+    /// Sets which provider's headers and 429 bodies to send.
+    #[must_use]
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = dialect;
+        self
+    }
+
+    /// Sends (or not) `x-ratelimit-reset-*` in the OpenAI dialect.
+    #[must_use]
+    pub fn with_reset_headers(mut self, send: bool) -> Self {
+        self.reset_headers = send;
+        self
+    }
+
+    /// Sends (or not) `retry-after`, `retry-after-ms` and "Please try again in t" on a 429 in the
+    /// OpenAI dialect.
+    #[must_use]
+    pub fn with_retry_after_headers(mut self, send: bool) -> Self {
+        self.retry_after_headers = send;
+        self
+    }
+
+    /// Admits only `limit − 1` requests per window (LiteLLM's off-by-one).
+    #[must_use]
+    pub fn with_off_by_one(mut self, off_by_one: bool) -> Self {
+        self.off_by_one = off_by_one;
+        self
     }
 
     /// Sets the model name.

@@ -8,8 +8,12 @@
 
 mod bucket;
 mod config;
+mod dialect;
+mod fixed_window;
+mod limiter;
 mod reply;
 mod simulation;
+mod sliding_log;
 mod structured;
 
 use std::sync::Arc;
@@ -21,6 +25,8 @@ use agent_core::{
 use futures::StreamExt;
 
 pub use config::{Faults, SimConfig, SimConfigError};
+pub use dialect::Dialect;
+pub use limiter::{LimiterKind, WindowAnchor};
 #[cfg(feature = "mock-server")]
 pub(crate) use reply::{Reply, ReplyBody};
 pub(crate) use simulation::{Admission, DeliveryFault, Rejection};
@@ -231,5 +237,7 @@ impl StreamState {
     }
 }
 
+#[cfg(test)]
+mod limiter_tests;
 #[cfg(test)]
 mod tests;

@@ -9,17 +9,15 @@ use agent_core::{ChatRequest, RateLimitReading, TokenEstimator};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::bucket::ProviderBucket;
+use super::dialect::{Headers, Level, Levels, ORGANIZATION, RATE_LIMIT_DOCS, Refusal};
+use super::limiter::Limiter;
 use super::reply::Reply;
 use super::{SimConfig, SimConfigError};
-use crate::provider::headers::{ApiErrorBody, format_go_duration};
+use crate::provider::headers::{ApiErrorBody, classify, reading_from_headers};
 
-const ORGANIZATION: &str = "org-turnstile-sim";
-const RATE_LIMIT_DOCS: &str =
-    "Visit https://platform.openai.com/account/rate-limits to learn more.";
-
-/// A simulated OpenAI-style provider: continuous RPM/TPM buckets with OpenAI's arithmetic,
-/// deterministic replies, latency, fault injection and statistics.
+/// A simulated provider: RPM/TPM limits counted the way the configured provider counts them
+/// (OpenAI's continuous buckets by default; fixed or sliding windows), answered in its dialect,
+/// with deterministic replies, latency, fault injection and statistics.
 ///
 /// Cheap to clone (clones share state). The in-process
 /// [`SimulatedProvider`](super::SimulatedProvider) and the mock HTTP server both wrap one, so the
@@ -43,8 +41,8 @@ struct Inner {
 }
 
 struct State {
-    requests: Option<ProviderBucket>,
-    tokens: Option<ProviderBucket>,
+    requests: Option<Limiter>,
+    tokens: Option<Limiter>,
     arrivals: u64,
     in_flight: usize,
     /// Requests whose service time is in the stats.
@@ -126,6 +124,10 @@ pub(crate) enum DeliveryFault {
 #[derive(Debug)]
 pub(crate) struct Admission {
     pub(crate) reply: Reply,
+    /// The rate-limit headers of the response, in the configured dialect.
+    #[cfg_attr(not(feature = "mock-server"), allow(dead_code))]
+    pub(crate) headers: Headers,
+    /// What a client parses from `headers`.
     pub(crate) reading: RateLimitReading,
     pub(crate) fault: Option<DeliveryFault>,
     /// Sent as `x-request-id` by the mock server.
@@ -145,11 +147,16 @@ impl Admission {
     }
 }
 
-/// A refused request: the status, OpenAI-shaped body and headers to answer with.
+/// A refused request: the status, body and headers to answer with, in the configured dialect.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Rejection {
     pub(crate) status: u16,
-    pub(crate) body: ApiErrorBody,
+    /// The JSON body.
+    pub(crate) body: Vec<u8>,
+    /// The rate-limit headers.
+    #[cfg_attr(not(feature = "mock-server"), allow(dead_code))]
+    pub(crate) headers: Headers,
+    /// What a client parses from `headers`.
     pub(crate) reading: RateLimitReading,
     pub(crate) request_id: String,
 }
@@ -164,7 +171,7 @@ impl Rejection {
             reading,
             ..
         } = *self;
-        crate::provider::headers::classify_body(status, reading, body)
+        classify(status, reading, &body)
     }
 }
 
@@ -235,8 +242,8 @@ impl Simulation {
 
     fn build(config: SimConfig) -> Self {
         let now = Instant::now();
-        let bucket = |limit: Option<u64>| {
-            limit.map(|l| ProviderBucket::new(l, config.period, config.start_empty, now))
+        let limiter = |kind, limit: Option<u64>, period| {
+            limit.map(|l| Limiter::new(kind, l, period, config.start_empty, now))
         };
         let stats = SimStats {
             rpm: config.rpm,
@@ -245,8 +252,8 @@ impl Simulation {
             ..SimStats::default()
         };
         let state = State {
-            requests: bucket(config.rpm),
-            tokens: bucket(config.tpm),
+            requests: limiter(config.request_limiter, config.rpm, config.requests_window()),
+            tokens: limiter(config.token_limiter, config.tpm, config.period),
             arrivals: 0,
             in_flight: 0,
             served: 0,
@@ -274,8 +281,8 @@ impl Simulation {
     }
 
     /// Changes the limits at run time, as Azure's dynamic quota does; `None` leaves a limit as it
-    /// is. Tokens already in a bucket stay, capped at the new capacity; a limit that did not
-    /// exist starts full.
+    /// is. What a limiter has counted stays (a bucket's tokens capped at the new capacity); a
+    /// limit that did not exist starts with nothing counted.
     ///
     /// ```
     /// use agent_runtime::provider::{SimConfig, Simulation};
@@ -292,22 +299,28 @@ impl Simulation {
             return Err(SimConfigError::ZeroLimit("tokens"));
         }
         let now = Instant::now();
-        let period = self.inner.config.period;
+        let config = &self.inner.config;
         let mut state = lock(&self.inner.state);
-        let update = |bucket: &mut Option<ProviderBucket>, limit: Option<u64>| {
+        let update = |limiter: &mut Option<Limiter>, kind, limit: Option<u64>, period| {
             let Some(limit) = limit else { return };
-            match bucket {
-                Some(b) => {
-                    b.refill(now);
-                    b.set_capacity(limit);
+            match limiter {
+                Some(l) => {
+                    l.refill(now);
+                    l.set_capacity(limit);
                 }
-                None => *bucket = Some(ProviderBucket::new(limit, period, false, now)),
+                None => *limiter = Some(Limiter::new(kind, limit, period, false, now)),
             }
         };
-        update(&mut state.requests, rpm);
-        update(&mut state.tokens, tpm);
-        state.stats.rpm = state.requests.as_ref().map(ProviderBucket::capacity);
-        state.stats.tpm = state.tokens.as_ref().map(ProviderBucket::capacity);
+        let requests_window = config.requests_window();
+        update(
+            &mut state.requests,
+            config.request_limiter,
+            rpm,
+            requests_window,
+        );
+        update(&mut state.tokens, config.token_limiter, tpm, config.period);
+        state.stats.rpm = state.requests.as_ref().map(Limiter::capacity);
+        state.stats.tpm = state.tokens.as_ref().map(Limiter::capacity);
         Ok(())
     }
 
@@ -330,17 +343,19 @@ impl Simulation {
             bucket.refill(now);
         }
 
-        let reject =
-            |state: &mut State, status: u16, body: ApiErrorBody, retry: Option<Duration>| {
-                let mut reading = reading_of(state);
-                reading.retry_after = retry;
-                Err(Box::new(Rejection {
-                    status,
-                    body,
-                    reading,
-                    request_id: request_id.clone(),
-                }))
-            };
+        let answer = |status: u16, body: Vec<u8>, headers: Headers| {
+            Err(Box::new(Rejection {
+                status,
+                body,
+                reading: parse(&headers),
+                headers,
+                request_id: request_id.clone(),
+            }))
+        };
+        let reject = |state: &mut State, status: u16, body: ApiErrorBody| {
+            let headers = config.dialect.headers(config, &levels_of(state));
+            answer(status, body.to_json(), headers)
+        };
 
         if let Some(slots) = config.max_concurrency
             && state.in_flight >= slots
@@ -351,7 +366,7 @@ impl Simulation {
                 Some("server_error"),
                 None,
             );
-            return reject(state, 503, body, None);
+            return reject(state, 503, body);
         }
 
         if let Some(quota) = config.faults.insufficient_quota_after_tokens
@@ -365,7 +380,7 @@ impl Simulation {
                 Some("insufficient_quota"),
                 Some("insufficient_quota"),
             );
-            return reject(state, 429, body, None);
+            return reject(state, 429, body);
         }
 
         let prompt_tokens = config.estimator.prompt_tokens(request);
@@ -394,40 +409,45 @@ impl Simulation {
                 Some("tokens"),
                 Some("rate_limit_exceeded"),
             );
-            return reject(state, 429, body, None);
+            return reject(state, 429, body);
         }
 
-        let requests_short = state.requests.as_ref().is_some_and(|b| !b.has(1));
-        let tokens_short = state.tokens.as_ref().is_some_and(|b| !b.has(cost));
+        // LiteLLM's off-by-one: a request fits only if one more would too.
+        let request_need = if config.off_by_one { 2 } else { 1 };
+        let requests_short = state
+            .requests
+            .as_ref()
+            .is_some_and(|l| !l.has(request_need));
+        let tokens_short = state.tokens.as_ref().is_some_and(|l| !l.has(cost));
         if requests_short || tokens_short {
-            // Describe the bucket as it was when the request arrived, then charge it if asked.
-            let (label, bucket, requested) = if requests_short {
+            // Describe the limiter as it was when the request arrived, then charge it if asked.
+            let levels = levels_of(state);
+            let (level, requested) = if requests_short {
                 state.stats.rate_limited_requests += 1;
-                ("requests per min (RPM)", state.requests.as_ref(), 1)
+                (levels.requests, 1)
             } else {
                 state.stats.rate_limited_tokens += 1;
-                ("tokens per min (TPM)", state.tokens.as_ref(), cost)
+                (levels.tokens, cost)
             };
-            let (limit, used) = bucket.map_or((0, 0), |b| (b.capacity(), b.used()));
-            let kind = if requests_short { "requests" } else { "tokens" };
             if config.charge_rejected
                 && let Some(r) = state.requests.as_mut()
             {
                 r.take(1);
             }
-            let wait = wait_for(state, cost);
-            let body = ApiErrorBody::new(
-                format!(
-                    "Rate limit reached for {} in organization {ORGANIZATION} on {label}: \
-                     Limit {limit}, Used {used}, Requested {requested}. Please try again in {}. \
-                     {RATE_LIMIT_DOCS}",
-                    config.model,
-                    format_go_duration(wait)
-                ),
-                Some(kind),
-                Some("rate_limit_exceeded"),
-            );
-            return reject(state, 429, body, Some(wait));
+            let wait = wait_for(state, request_need, cost);
+            let refusal = Refusal {
+                requests: requests_short,
+                level: level.unwrap_or(Level {
+                    limit: 0,
+                    used: 0,
+                    remaining: 0,
+                    reset: Duration::ZERO,
+                }),
+                requested,
+                wait,
+            };
+            let (body, headers) = config.dialect.rate_limited(config, &levels, &refusal);
+            return answer(429, body, headers);
         }
 
         if let Some(r) = state.requests.as_mut() {
@@ -445,7 +465,7 @@ impl Simulation {
                 Some("server_error"),
                 None,
             );
-            return reject(state, 500, body, None);
+            return reject(state, 500, body);
         }
 
         let reply = Reply::generate(config, request, prompt_tokens);
@@ -469,13 +489,14 @@ impl Simulation {
         state.in_flight += 1;
         state.stats.in_flight = state.in_flight;
         state.stats.max_in_flight = state.stats.max_in_flight.max(state.in_flight);
-        let reading = reading_of(state);
+        let headers = config.dialect.headers(config, &levels_of(state));
         drop(guard);
 
         let refund = max_completion.saturating_sub(reply.completion_tokens());
         Ok(Admission {
             reply,
-            reading,
+            reading: parse(&headers),
+            headers,
             fault,
             request_id,
             latency: config.latency,
@@ -503,32 +524,42 @@ fn record_service(state: &mut State, config: &SimConfig, completion_tokens: u64)
     state.served += 1;
 }
 
-/// The wait until both buckets could admit a request of `cost` tokens.
-fn wait_for(state: &State, cost: u64) -> Duration {
+/// The wait until both limiters could admit a request needing `requests` request units and
+/// `cost` tokens.
+fn wait_for(state: &State, requests: u64, cost: u64) -> Duration {
     let requests = state
         .requests
         .as_ref()
-        .map_or(Duration::ZERO, |b| b.wait_for(1));
+        .map_or(Duration::ZERO, |l| l.wait_for(requests));
     let tokens = state
         .tokens
         .as_ref()
-        .map_or(Duration::ZERO, |b| b.wait_for(cost));
+        .map_or(Duration::ZERO, |l| l.wait_for(cost));
     requests.max(tokens)
 }
 
-fn reading_of(state: &State) -> RateLimitReading {
-    let mut reading = RateLimitReading::default();
-    if let Some(b) = &state.requests {
-        reading.limit_requests = Some(b.capacity());
-        reading.remaining_requests = Some(b.available());
-        reading.reset_requests = Some(b.time_to_full());
+fn levels_of(state: &State) -> Levels {
+    let level = |limiter: &Limiter| Level {
+        limit: limiter.capacity(),
+        used: limiter.used(),
+        remaining: limiter.available(),
+        reset: limiter.time_to_full(),
+    };
+    Levels {
+        requests: state.requests.as_ref().map(level),
+        tokens: state.tokens.as_ref().map(level),
     }
-    if let Some(b) = &state.tokens {
-        reading.limit_tokens = Some(b.capacity());
-        reading.remaining_tokens = Some(b.available());
-        reading.reset_tokens = Some(b.time_to_full());
-    }
-    reading
+}
+
+/// What a client reads from `headers`: the HTTP provider's own parser, so the in-process provider
+/// sees exactly what the mock server's clients see.
+fn parse(headers: &Headers) -> RateLimitReading {
+    reading_from_headers(|name| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    })
 }
 
 fn record_admission(state: &mut State, now: Instant, cost: u64, period: Duration) {

@@ -687,7 +687,7 @@ fn local_share(limits: &Limits, processes: u32) -> Limits {
     let share = |rate: Option<Rate>| {
         rate.map(|r| Rate {
             limit: (r.limit / n).max(1),
-            period: r.period,
+            ..r
         })
     };
     Limits {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 
-use crate::scheduler::quota::{Cost, Dimension, Limits, Rate};
+use crate::scheduler::quota::{Cost, Dimension, Limiter, Limits, Rate, WindowStart};
 
 /// One bucket of a quota as the scripts see it: its stored name and rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl BucketArg {
         matches!(self.dimension, Dimension::Tokens | Dimension::TokensPerDay)
     }
 
-    /// Pushes `name, capacity, period_ms, amount` onto a script call.
+    /// Pushes `name, capacity, period_ms, amount, kind` onto a script call.
     fn push(&self, inv: &mut ScriptInvocation<'_>, amount: f64) {
         // At least 1 ms: the scheduler validates periods above zero, and Redis must never divide
         // by zero whatever it is sent.
@@ -52,7 +52,19 @@ impl BucketArg {
         inv.arg(dimension_name(self.dimension))
             .arg(self.rate.limit)
             .arg(period_ms.max(1.0))
-            .arg(amount);
+            .arg(amount)
+            .arg(limiter_kind(self.rate.limiter));
+    }
+}
+
+/// How the scripts name a limiter kind (`common.lua`'s meters).
+fn limiter_kind(limiter: Limiter) -> &'static str {
+    match limiter {
+        Limiter::FixedWindow(WindowStart::FirstRequest) => "f",
+        // A learned phase is this process's alone: shared, a window follows the server's clock.
+        Limiter::FixedWindow(_) => "c",
+        Limiter::SlidingWindow => "s",
+        _ => "b",
     }
 }
 

@@ -2,7 +2,7 @@
 -- tokens, daily caps) and the in-flight leases. Either everything is reserved or nothing is.
 --
 -- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start_empty (0/1), n,
---       then n x (name, cap, period_ms, cost)
+--       then n x (name, cap, period_ms, cost, kind)
 -- Returns {1, now_us, lease_id}            granted; the lease is recorded under lease_id, which is
 --                                          the grant's server time in µs (made unique)
 --         {0, now_us, dimension, wait_us}  not now; nothing changed except pruned leases and
@@ -11,7 +11,7 @@
 local lease_ttl = tonumber(ARGV[1])
 local max_in_flight = tonumber(ARGV[2])
 local empty = ARGV[3] == '1'
-local specs = read_specs(5, tonumber(ARGV[4]), 4)
+local specs = read_specs(5, tonumber(ARGV[4]), 5)
 local now_us, now_ms = server_now()
 
 for _, s in ipairs(specs) do
@@ -27,12 +27,10 @@ if paused and tonumber(paused) > now_ms then
   wait, dimension = tonumber(paused) - now_ms, 'paused'
 end
 for _, s in ipairs(specs) do
-  s.level, s.rate, s.fresh = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, empty)
-  if s.level < s.amount then
-    local w = (s.amount - s.level) / s.rate
-    if w > wait then
-      wait, dimension = w, s.name
-    end
+  load_meter(KEYS[1], s, now_ms, empty)
+  local w = meter_wait(s, s.amount, now_ms)
+  if w > wait then
+    wait, dimension = w, s.name
   end
 end
 
@@ -59,9 +57,8 @@ end
 
 local ttl = 0
 for _, s in ipairs(specs) do
-  local left = s.level - s.amount
-  store_bucket(KEYS[1], s.name, left, now_ms)
-  ttl = math.max(ttl, time_to_full(s.cap, s.rate, left))
+  meter_take(KEYS[1], s, s.amount, now_ms)
+  ttl = math.max(ttl, meter_ttl(s))
 end
 if #specs > 0 then
   keep_for(KEYS[1], ttl)

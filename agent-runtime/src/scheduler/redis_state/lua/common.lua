@@ -71,8 +71,10 @@ local function prune_leases(key, now_ms)
   redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.3f', now_ms))
 end
 
--- Reads bucket specs from ARGV starting at `first`, `width` values each: name, capacity,
--- period_ms, then (when width is 4) one number whose meaning the script defines.
+-- Reads meter specs from ARGV starting at `first`, `width` values each: name, capacity,
+-- period_ms, one number whose meaning the script defines, and the limiter kind:
+-- 'b' continuous bucket, 'c' fixed window on the server's clock, 'f' fixed window anchored at the
+-- first request, 's' sliding log.
 local function read_specs(first, n, width)
   local specs = {}
   for i = 0, n - 1 do
@@ -82,7 +84,131 @@ local function read_specs(first, n, width)
       cap = tonumber(ARGV[base + 1]),
       period = tonumber(ARGV[base + 2]),
       amount = tonumber(ARGV[base + 3]),
+      kind = ARGV[base + 4] or 'b',
     }
   end
   return specs
+end
+
+-- Meters of every kind, with the same four operations so each script is written once.
+--
+-- Windows store `<name>:w` (the window's start, server ms) and `<name>:u` (units used in it);
+-- a clock window's start is the last multiple of the period since the epoch, plus a skew margin
+-- of 1 % of the period (at most 250 ms) so a window never opens before the provider's. A
+-- sliding log is a sorted set `<buckets key>:log:<name>` of `<ms>:<n>:<amount>` members scored by
+-- their time (it shares the quota's hash tag, so it lives in the same cluster slot).
+
+local function log_key(key, name)
+  return key .. ':log:' .. name
+end
+
+local function log_amount(member)
+  return tonumber(string.match(member, ':([-%d%.]+)$'))
+end
+
+local function load_meter(key, s, now_ms, empty)
+  if s.kind == 'c' or s.kind == 'f' then
+    local v = redis.call('HMGET', key, s.name .. ':w', s.name .. ':u')
+    local stored, used = tonumber(v[1]), tonumber(v[2]) or 0
+    local start
+    if s.kind == 'c' then
+      local margin = math.min(s.period / 100, 250)
+      start = math.floor((now_ms - margin) / s.period) * s.period + margin
+    elseif stored and now_ms - stored < s.period then
+      start = stored
+    end
+    if not stored or start ~= stored then
+      used = 0
+    end
+    s.start, s.used = start, used
+    s.level = s.cap - used
+  elseif s.kind == 's' then
+    local log = log_key(key, s.name)
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', string.format('%.3f', now_ms - s.period))
+    local entries = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+    local sum = 0
+    s.entries = {}
+    for i = 1, #entries, 2 do
+      local amount = log_amount(entries[i])
+      sum = sum + amount
+      s.entries[#s.entries + 1] = {member = entries[i], at = tonumber(entries[i + 1]), amount = amount}
+    end
+    s.level = s.cap - sum
+  else
+    s.level, s.rate, s.fresh = load_bucket(key, s.name, s.cap, s.period, now_ms, empty)
+  end
+end
+
+-- How long until `amount` fits (0 if it does now).
+local function meter_wait(s, amount, now_ms)
+  if s.level >= amount then
+    return 0
+  end
+  if s.kind == 'c' or s.kind == 'f' then
+    if not s.start then
+      return 0
+    end
+    return math.max(0.001, s.start + s.period - now_ms)
+  elseif s.kind == 's' then
+    local need, freed = amount - s.level, 0
+    for _, e in ipairs(s.entries) do
+      freed = freed + e.amount
+      if freed >= need then
+        return math.max(0.001, e.at + s.period - now_ms)
+      end
+    end
+    return s.period
+  end
+  return (amount - s.level) / s.rate
+end
+
+local log_seq = 0
+
+-- Takes `amount` (negative: gives it back), after load_meter.
+local function meter_take(key, s, amount, now_ms)
+  if s.kind == 'c' or s.kind == 'f' then
+    if not s.start then
+      s.start = now_ms
+    end
+    s.used = math.max(0, s.used + amount)
+    s.level = s.cap - s.used
+    redis.call('HSET', key, s.name .. ':w', string.format('%.3f', s.start), s.name .. ':u',
+      string.format('%.6f', s.used))
+  elseif s.kind == 's' then
+    local log = log_key(key, s.name)
+    if amount > 0 then
+      log_seq = log_seq + 1
+      redis.call('ZADD', log, string.format('%.3f', now_ms),
+        string.format('%.3f:%d:%.6f', now_ms, log_seq, amount))
+    else
+      -- A refund comes off the newest entries (the settled call is among them).
+      local back = -amount
+      for i = #s.entries, 1, -1 do
+        if back <= 0 then
+          break
+        end
+        local e = s.entries[i]
+        local take = math.min(e.amount, back)
+        back = back - take
+        redis.call('ZREM', log, e.member)
+        if e.amount - take > 0 then
+          redis.call('ZADD', log, string.format('%.3f', e.at),
+            string.format('%.3f:r%d:%.6f', e.at, i, e.amount - take))
+        end
+      end
+    end
+    s.level = s.level - amount
+    redis.call('PEXPIRE', log, math.ceil(s.period) + 1000)
+  else
+    s.level = math.min(s.cap, s.level - amount)
+    store_bucket(key, s.name, s.level, now_ms)
+  end
+end
+
+-- How long the meter's state must live after this operation.
+local function meter_ttl(s)
+  if s.kind == 'b' then
+    return time_to_full(s.cap, s.rate, s.level)
+  end
+  return s.period
 end

@@ -2,19 +2,18 @@
 -- what was reserved and what was used (positive = refund, capped at capacity; negative = extra
 -- charge, which may leave a bucket in debt that later callers wait out).
 --
--- ARGV: lease_id, start_empty (0/1), n, then n x (name, cap, period_ms, delta)
+-- ARGV: lease_id, start_empty (0/1), n, then n x (name, cap, period_ms, delta, kind)
 -- Returns {released (1 when the lease was still held, 0 when it had expired), now_us}
 local empty = ARGV[2] == '1'
-local specs = read_specs(4, tonumber(ARGV[3]), 4)
+local specs = read_specs(4, tonumber(ARGV[3]), 5)
 local now_us, now_ms = server_now()
 
 local released = redis.call('ZREM', KEYS[2], ARGV[1])
 local ttl = 0
 for _, s in ipairs(specs) do
-  local level, rate = load_bucket(KEYS[1], s.name, s.cap, s.period, now_ms, empty)
-  level = math.min(s.cap, level + s.amount)
-  store_bucket(KEYS[1], s.name, level, now_ms)
-  ttl = math.max(ttl, time_to_full(s.cap, rate, level))
+  load_meter(KEYS[1], s, now_ms, empty)
+  meter_take(KEYS[1], s, -s.amount, now_ms)
+  ttl = math.max(ttl, meter_ttl(s))
 end
 if #specs > 0 then
   keep_for(KEYS[1], ttl)

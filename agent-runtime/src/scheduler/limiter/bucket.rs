@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::quota::Rate;
+use crate::scheduler::quota::Rate;
 
 fn nanos(d: Duration) -> i128 {
     i128::try_from(d.as_nanos()).unwrap_or(i128::MAX)
@@ -139,6 +139,12 @@ impl Bucket {
         self.level = self
             .level
             .min(self.scaled(remaining).saturating_add(refilled));
+    }
+
+    /// Takes away what the bucket refills in `by` (the balance may go negative).
+    pub(crate) fn lag(&mut self, by: Duration) {
+        let refill = i128::from(self.rate.limit).saturating_mul(nanos(by));
+        self.level = self.level.saturating_sub(refill);
     }
 
     /// Changes the rate, keeping the balance (clamped to the new capacity).

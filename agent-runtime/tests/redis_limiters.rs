@@ -1,0 +1,148 @@
+//! The limiter kinds in the shared Redis quota (`REDIS_URL`): fixed windows on the server's clock
+//! and anchored at the first request, and sliding logs — the same bounds the in-memory meters
+//! keep, checked on the **server** timestamps of the grants (a lease id is its grant's server
+//! time in µs), never on wall-clock durations.
+#![cfg(feature = "redis")]
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+use std::time::Duration;
+
+use agent_core::RateLimitReading;
+use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
+use agent_runtime::scheduler::{
+    Acquire, Cost, Dimension, Limiter, Limits, Quota, QuotaState, Settlement, WindowStart,
+};
+
+const TTL: Duration = Duration::from_secs(30);
+const ONE: Cost = Cost {
+    requests: 1,
+    tokens: 0,
+};
+
+async fn connect(test: &str) -> Option<RedisQuotaState> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("skipping: REDIS_URL not set");
+        return None;
+    };
+    let prefix = format!("turnstile-test:{test}:{:016x}", rand::random::<u64>());
+    let config = RedisQuotaConfig::default().with_key_prefix(prefix);
+    Some(RedisQuotaState::connect(&url, config).await.unwrap())
+}
+
+/// `tasks` concurrent callers each take `each` requests, waiting as told; returns the grants'
+/// server times in µs.
+async fn grants(state: &RedisQuotaState, limits: Limits, tasks: usize, each: usize) -> Vec<u64> {
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let state = state.clone();
+        handles.push(tokio::spawn(async move {
+            let mut times = Vec::new();
+            while times.len() < each {
+                match state.acquire("m", &limits, ONE, TTL).await.unwrap() {
+                    Acquire::Granted(lease) => {
+                        times.push(lease.id);
+                        let s = Settlement {
+                            actual_tokens: 0,
+                            refund_unused: false,
+                        };
+                        state.settle("m", &limits, lease, s).await.unwrap();
+                    }
+                    Acquire::Wait { retry_after, .. } => {
+                        let wait = retry_after.unwrap_or(Duration::from_millis(5));
+                        tokio::time::sleep(wait).await;
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            times
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort_unstable();
+    all
+}
+
+#[tokio::test]
+async fn clock_windows_never_admit_more_than_the_limit_per_window() {
+    let Some(state) = connect("clock-windows").await else {
+        return;
+    };
+    let period = Duration::from_millis(500);
+    let limits = Quota::per_period(period)
+        .requests(3)
+        .limiter(Limiter::FixedWindow(WindowStart::Clock))
+        .limits();
+    let times = grants(&state, limits, 4, 3).await;
+    assert_eq!(times.len(), 12);
+    // Windows start at multiples of the period since the epoch, plus the skew margin (1 %).
+    let period_us = 500_000u64;
+    let margin_us = 5_000u64;
+    let mut per_window = std::collections::HashMap::<u64, u32>::new();
+    for t in &times {
+        *per_window.entry((t - margin_us) / period_us).or_default() += 1;
+    }
+    assert!(per_window.values().all(|n| *n <= 3), "{per_window:?}");
+    assert!(
+        per_window.len() >= 4,
+        "12 grants at 3 a window: {per_window:?}"
+    );
+}
+
+#[tokio::test]
+async fn first_request_windows_wait_for_their_end_and_reports_close_them() {
+    let Some(state) = connect("first-request-windows").await else {
+        return;
+    };
+    let period = Duration::from_secs(2);
+    let limits = Quota::per_period(period)
+        .requests(3)
+        .limiter(Limiter::FixedWindow(WindowStart::FirstRequest))
+        .limits();
+    let mut first = None;
+    for _ in 0..2 {
+        match state.acquire("m", &limits, ONE, TTL).await.unwrap() {
+            Acquire::Granted(lease) => {
+                first.get_or_insert(lease.id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The provider says nothing is left: the window closes until its end, two seconds after
+    // the first grant.
+    let empty = RateLimitReading {
+        remaining_requests: Some(0),
+        ..RateLimitReading::default()
+    };
+    state.observe("m", &limits, &empty).await.unwrap();
+    match state.acquire("m", &limits, ONE, TTL).await.unwrap() {
+        Acquire::Wait {
+            retry_after: Some(wait),
+            dimension: Dimension::Requests,
+        } => assert!(wait <= period && !wait.is_zero(), "{wait:?}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sliding_logs_admit_at_most_the_limit_in_any_period() {
+    let Some(state) = connect("sliding").await else {
+        return;
+    };
+    let period = Duration::from_millis(400);
+    let limits = Quota::per_period(period)
+        .requests(3)
+        .limiter(Limiter::SlidingWindow)
+        .limits();
+    let times = grants(&state, limits, 4, 3).await;
+    assert_eq!(times.len(), 12);
+    for (i, start) in times.iter().enumerate() {
+        let n = times[i..]
+            .iter()
+            .take_while(|t| **t < start + 400_000)
+            .count();
+        assert!(n <= 3, "{n} grants within one period from {start}");
+    }
+}
