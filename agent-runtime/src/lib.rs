@@ -9,6 +9,8 @@
 //! `budget → quota admission → provider → reconcile`, with one retry loop around the provider.
 
 pub mod chat;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod context;
 pub mod fanout;
 #[cfg(feature = "mock-server")]
