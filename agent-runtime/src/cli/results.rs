@@ -80,6 +80,14 @@ pub enum ResultsError {
         /// The failure.
         source: std::io::Error,
     },
+    /// Another process (or another handle in this one) is writing the file.
+    #[error(
+        "{path} is being written by another turnstile run; wait for it to end, or give this run another --output"
+    )]
+    Locked {
+        /// The file.
+        path: String,
+    },
     /// A complete line is not a result: the file is not this tool's output, or was edited.
     #[error(
         "{path}: line {line} is not a result line ({message}); point --output at a new file or fix that line"
@@ -109,7 +117,13 @@ struct IdOnly {
 }
 
 impl ResultsFile {
-    /// Opens (creating) `path`, cuts a torn last line, and reads the ids already done.
+    /// Opens (creating) `path`, locks it for this writer, cuts a torn last line, and reads the
+    /// ids already done.
+    ///
+    /// The lock is an exclusive advisory lock held while the `ResultsFile` lives: a second run
+    /// on the same output fails at once with [`ResultsError::Locked`] instead of interleaving
+    /// lines and running tasks twice. The system releases it when the process dies, so a killed
+    /// run leaves no stale lock behind.
     pub fn open(path: &Path) -> Result<ResultsFile, ResultsError> {
         let shown = path.display().to_string();
         let io = |source| ResultsError::Io {
@@ -122,6 +136,13 @@ impl ResultsFile {
             .create(true)
             .open(path)
             .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(ResultsError::Locked { path: shown });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(io)?;
         let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
@@ -210,6 +231,18 @@ mod tests {
         let again = ResultsFile::open(&path).unwrap();
         assert!(!again.repaired());
         assert_eq!(again.done().len(), 2);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_until_the_first_is_gone() {
+        let path = temp("locked");
+        let first = ResultsFile::open(&path).unwrap();
+        let err = ResultsFile::open(&path).unwrap_err();
+        assert!(matches!(err, ResultsError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("another turnstile run"), "{err}");
+        drop(first);
+        ResultsFile::open(&path).unwrap();
         let _ = std::fs::remove_file(&path);
     }
 

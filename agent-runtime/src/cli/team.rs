@@ -64,7 +64,9 @@ impl Team {
     ) -> Result<Team, SpecError> {
         spec.validate()?;
         let mut providers = BTreeMap::new();
-        let mut scheduler = QuotaScheduler::builder();
+        // Each result carries its task's usage; per-conversation stats in the scheduler would
+        // only grow with the batch (a 10,000-task run would track 10,000 conversations).
+        let mut scheduler = QuotaScheduler::builder().max_tracked_conversations(0);
         for (name, p) in &spec.providers {
             let model = build_provider(name, p, env)?;
             let quota = quota_of(name, p)?;
