@@ -27,6 +27,9 @@ pub enum CallKind {
     Summary,
     /// Reflecting on a finished chat to produce its summary.
     Reflection,
+    /// A team's orchestrator planning or judging progress (a Magentic orchestrator's task and
+    /// progress ledgers and its final answer).
+    Orchestration,
     /// Anything else a user-written agent does.
     Other,
 }

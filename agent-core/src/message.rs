@@ -63,6 +63,51 @@ pub struct ToolResult {
     pub is_error: bool,
 }
 
+impl ToolResult {
+    /// A successful result of the call `call_id` to the tool `name`.
+    ///
+    /// ```
+    /// use agent_core::{Message, ToolCall, ToolResult};
+    ///
+    /// let call = ToolCall::new("call_1", "add", r#"{"a": 2, "b": 3}"#);
+    /// let result = ToolResult::new(call.id.clone(), call.name.clone(), "5");
+    /// assert!(!result.is_error);
+    /// let message = Message::tool_results("calculator", vec![result]);
+    /// assert_eq!(message.results()[0].content.as_ref(), "5");
+    /// ```
+    pub fn new(
+        call_id: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        content: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            call_id: call_id.into(),
+            name: name.into(),
+            content: content.into(),
+            is_error: false,
+        }
+    }
+
+    /// A failed call: `message` says what went wrong, in words the model can act on.
+    ///
+    /// ```
+    /// use agent_core::ToolResult;
+    ///
+    /// let result = ToolResult::error("call_1", "add", "argument 'b' is missing");
+    /// assert!(result.is_error);
+    /// ```
+    pub fn error(
+        call_id: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+        message: impl Into<Arc<str>>,
+    ) -> Self {
+        Self {
+            is_error: true,
+            ..Self::new(call_id, name, message)
+        }
+    }
+}
+
 /// What a message carries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

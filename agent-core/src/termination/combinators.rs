@@ -214,6 +214,15 @@ impl Termination for Or {
         }
         self.fired = None;
     }
+
+    /// Any child's exits: `a | b` stops wherever either does. (`And` keeps the default, none: a
+    /// handoff alone does not stop it.)
+    fn handoff_exits(&self) -> Vec<String> {
+        self.children
+            .iter()
+            .flat_map(|c| c.handoff_exits())
+            .collect()
+    }
 }
 
 impl fmt::Debug for Or {
@@ -539,5 +548,22 @@ mod tests {
         fn assert_send_sync<T: Send + Sync + 'static>() {}
         assert_send_sync::<And>();
         assert_send_sync::<Or>();
+    }
+
+    #[test]
+    fn handoff_exits_are_the_union_under_or_and_none_under_and() {
+        let user = HandoffTo::new("user");
+        assert_eq!(user.handoff_exits(), vec!["user".to_owned()]);
+        let either = HandoffTo::new("user")
+            .or(HandoffTo::new("admin"))
+            .or(StopMessage::new());
+        assert_eq!(
+            either.handoff_exits(),
+            vec!["user".to_owned(), "admin".to_owned()]
+        );
+        let both = HandoffTo::new("user").and(MaxMessages::new(3));
+        assert!(both.handoff_exits().is_empty());
+        let boxed: Box<dyn Termination> = Box::new(HandoffTo::new("user"));
+        assert_eq!(boxed.handoff_exits(), vec!["user".to_owned()]);
     }
 }

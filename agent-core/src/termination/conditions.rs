@@ -22,6 +22,10 @@ use crate::message::{Content, Message};
 /// `evaluate(&mut self, &[Message]) -> Option<StopReason>` method and a `forget(&mut self)` method.
 macro_rules! latched {
     ($($ty:ty),+ $(,)?) => {$(
+        latched!(@impl $ty, {});
+    )+};
+    // `$extra`: further trait methods of this condition (its handoff exits).
+    (@impl $ty:ty, {$($extra:tt)*}) => {
         impl Termination for $ty {
             fn check(&mut self, delta: &[Message]) -> Option<StopReason> {
                 if let Some(reason) = &self.fired {
@@ -40,8 +44,10 @@ macro_rules! latched {
                 self.fired = None;
                 self.forget();
             }
+
+            $($extra)*
         }
-    )+};
+    };
 }
 
 /// The name a stop text shows for a message's source.
@@ -461,6 +467,12 @@ impl HandoffTo {
     fn forget(&mut self) {}
 }
 
+latched!(@impl HandoffTo, {
+    fn handoff_exits(&self) -> Vec<String> {
+        vec![self.target.to_string()]
+    }
+});
+
 /// Stops when a stop message ([`Content::Stop`]) is seen (AutoGen's `StopMessageTermination`).
 ///
 /// Stop text: `Stop message received`.
@@ -621,7 +633,6 @@ latched!(
     Timeout,
     External,
     SourceMatch,
-    HandoffTo,
     StopMessage,
     ToolExecuted,
     TextMessageFrom,

@@ -168,6 +168,15 @@ pub enum StopReason {
     },
     /// The chat was cancelled.
     Cancelled,
+    /// A graph workflow ran out of nodes to run: every path reached a leaf or an edge whose
+    /// condition did not hold (AutoGen's `GraphFlow`: "Digraph execution is complete").
+    GraphComplete,
+    /// A Magentic orchestrator's progress ledger judged the request satisfied; `reason` is the
+    /// ledger's own reason (AutoGen's `MagenticOneGroupChat` reports it as the stop reason).
+    Satisfied {
+        /// Why the orchestrator judged the task done.
+        because: String,
+    },
     /// Several conditions fired together (AND accumulation, or several OR children).
     Combined(Vec<StopReason>),
     /// A reason given by user code.
@@ -242,6 +251,8 @@ impl fmt::Display for StopReason {
                 write!(f, "'{source}' asked to stop: {text}")
             }
             StopReason::Cancelled => f.write_str("Cancelled"),
+            StopReason::GraphComplete => f.write_str("Digraph execution is complete"),
+            StopReason::Satisfied { because } => f.write_str(because),
             StopReason::Combined(reasons) => {
                 for (i, r) in reasons.iter().enumerate() {
                     if i > 0 {
@@ -284,6 +295,16 @@ pub trait Termination: Send + Sync {
 
     /// Forgets all accumulated state.
     fn reset(&mut self);
+
+    /// Handoff targets this condition stops on by itself, whatever else happened (default:
+    /// none). A chat with handoff selection accepts, at `build()`, an agent that can hand off to a
+    /// non-participant only when its condition exits on that target — AutoGen's
+    /// human-in-the-loop swarm hands off to `"user"` and stops with [`HandoffTo`]`("user")`.
+    ///
+    /// [`HandoffTo`]: crate::termination::HandoffTo
+    fn handoff_exits(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl<T: Termination + ?Sized> Termination for Box<T> {
@@ -295,6 +316,9 @@ impl<T: Termination + ?Sized> Termination for Box<T> {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn handoff_exits(&self) -> Vec<String> {
+        (**self).handoff_exits()
     }
 }
 
@@ -309,6 +333,9 @@ impl<T: Termination + ?Sized> Termination for &mut T {
     }
     fn reset(&mut self) {
         (**self).reset()
+    }
+    fn handoff_exits(&self) -> Vec<String> {
+        (**self).handoff_exits()
     }
 }
 

@@ -68,6 +68,43 @@ pub enum ChatConfigError {
         /// The builder setting: `.transitions(..)` or `.allow_repeat(..)` / `.allow_repeat_for(..)`.
         setting: &'static str,
     },
+    /// A graph has no node to start from: every node has an incoming edge and no start node was
+    /// named.
+    #[error(
+        "the graph has no start node: every node has an incoming edge; name one with .start(..) or remove an edge into it"
+    )]
+    GraphNoStart,
+    /// A graph has no leaf: every node has an outgoing edge, so no path can end there.
+    #[error(
+        "the graph has no leaf node (one without outgoing edges), so no path can finish; add a node that ends the workflow"
+    )]
+    GraphNoLeaf,
+    /// A cycle of the graph has no conditional edge, so once entered it never exits.
+    #[error(
+        "cycle detected without exit condition: {}; make one of its edges conditional (Edge::when_contains or Edge::when)",
+        cycle.join(" -> ")
+    )]
+    GraphCycleWithoutExit {
+        /// The cycle, first node repeated at the end (`["A", "B", "A"]`).
+        cycle: Vec<String>,
+    },
+    /// A node has both conditional and unconditional outgoing edges (AutoGen rejects it too: the
+    /// unconditional ones would always fire, making the condition meaningless as a branch).
+    #[error(
+        "node '{node}' has a mix of conditional and unconditional edges; make all of its outgoing edges conditional or none"
+    )]
+    GraphMixedEdges {
+        /// The node.
+        node: String,
+    },
+    /// A graph lists the same edge twice.
+    #[error("the edge '{from}' -> '{to}' is defined twice; define each edge once")]
+    GraphDuplicateEdge {
+        /// The source node.
+        from: String,
+        /// The target node.
+        to: String,
+    },
     /// A saved state has a format version this build cannot read.
     #[error(
         "saved chat state has format version {found}, but this build reads version {supported}; save it again with a matching version"
@@ -122,6 +159,20 @@ pub enum ChatErrorKind {
     /// A speaker-selection model call failed (after the scheduler's retries).
     #[error("speaker selection failed: {0}")]
     Selector(CallError),
+    /// A Magentic orchestrator's ledger or final-answer call failed (after the scheduler's
+    /// retries).
+    #[error("orchestrator call failed: {0}")]
+    Orchestrator(CallError),
+    /// A Magentic orchestrator's model never produced a usable progress ledger.
+    #[error(
+        "the orchestrator's progress ledger was unreadable after {attempts} calls (last problem: {problem}); use a model that follows JSON instructions, or raise ledger_attempts"
+    )]
+    LedgerUnreadable {
+        /// Calls made for this ledger.
+        attempts: u32,
+        /// What was wrong with the last answer.
+        problem: String,
+    },
     /// The summary's reflection call failed.
     #[error("summary reflection failed: {0}")]
     Summary(CallError),
@@ -131,16 +182,29 @@ pub enum ChatErrorKind {
         "{context} named '{name}', which is not a participant (participants: {participants:?})"
     )]
     UnknownSpeaker {
-        /// Who named it: `"selector function"` or `"handoff"`.
+        /// Who named it: `"selector function"`, `"candidate function"` or `"handoff"`.
         context: &'static str,
         /// The name given.
         name: String,
         /// The participants.
         participants: Vec<String>,
     },
+    /// The [candidate function](super::GroupChatBuilder::candidate_func) returned no names
+    /// (AutoGen raises `ValueError` there too).
+    #[error(
+        "the candidate function returned no candidates; return at least one participant's name, or end the chat with .select_speaker_with(..) returning SpeakerChoice::End"
+    )]
+    NoCandidates,
     /// Reading the human's choice for manual speaker selection failed.
     #[error("manual speaker selection could not read input: {0}")]
     Input(AgentError),
+    /// The run was given no task (an empty message list or [`Task::Resume`](super::Task::Resume))
+    /// but the chat has no thread to resume: running the agents on an empty thread would spend
+    /// calls on nothing (AutoGen: "Task list cannot be empty").
+    #[error(
+        "the task is empty and the chat has no conversation to resume; pass a task (text or at least one message), or resume only a chat that has run before"
+    )]
+    NothingToResume,
     /// A chat built during the run (nested or sequential) was misconfigured.
     #[error(transparent)]
     Config(#[from] ChatConfigError),

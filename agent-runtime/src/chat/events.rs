@@ -66,6 +66,45 @@ pub enum ChatEvent {
     Finished(Box<Result<ChatResult, ChatError>>),
 }
 
+impl ChatEvent {
+    /// The run's result, when this is the final [`ChatEvent::Finished`] event (saves unpacking
+    /// the box by hand).
+    ///
+    /// ```
+    /// use agent_core::{Agent, AgentError, AgentReply, Message, TurnContext};
+    /// use agent_runtime::chat::{ChatEvent, GroupChat};
+    /// use futures::StreamExt;
+    ///
+    /// struct Echo;
+    ///
+    /// #[agent_core::async_trait]
+    /// impl Agent for Echo {
+    ///     fn name(&self) -> &str { "echo" }
+    ///     async fn reply(&self, _h: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+    ///         Ok(AgentReply::message(Message::assistant("echo", "hi")))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut chat = GroupChat::builder().participant(Echo).max_turns(1).build().unwrap();
+    /// let mut events = chat.run_stream("go");
+    /// let mut finished = None;
+    /// while let Some(event) = events.next().await {
+    ///     if let Some(Ok(result)) = event.finished() {
+    ///         finished = Some(result.messages.len());
+    ///     }
+    /// }
+    /// assert_eq!(finished, Some(2));
+    /// # });
+    /// ```
+    pub fn finished(&self) -> Option<Result<&ChatResult, &ChatError>> {
+        match self {
+            ChatEvent::Finished(result) => Some(result.as_ref().as_ref()),
+            _ => None,
+        }
+    }
+}
+
 /// State shared between a chat and the observers of its turn contexts.
 #[derive(Debug, Default)]
 pub(crate) struct ChatShared {

@@ -3,12 +3,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 
-use agent_core::{
-    Agent, AgentError, Budget, CallError, Charge, Content, Message, StopReason, Termination,
-};
+use agent_core::{Agent, Budget, Content, Message, StopReason, Termination};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,31 +12,20 @@ use tokio_util::sync::CancellationToken;
 use super::cancel::CancelHandle;
 use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
 use super::error::{ChatConfigError, ChatError, ChatErrorKind};
-use super::events::{AgentObserver, ChatEvent, ChatEventStream, ChatShared};
+use super::events::{ChatEvent, ChatEventStream};
 use super::result::ChatResult;
+use super::session::{Session, SessionSettings, Turn, check_names};
 use super::speaker::{
-    AllowRepeat, LlmTurn, Roster, Rules, Selected, SelectorFn, SelectorInput, SpeakerSelection,
-    Transitions, random_below, rotation_next, select_manually,
+    AllowRepeat, CandidateFn, ChoiceFn, LlmTurn, Roster, Rules, Selected, SelectorInput,
+    SpeakerChoice, SpeakerSelection, Transitions, random_below, rotation_next, select_manually,
 };
 use super::state::ChatState;
-use super::summary::{SummaryMethod, last_text};
+use super::summary::SummaryMethod;
 use super::task::Task;
-use crate::context::SchedulerContext;
 use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The chat's own name when none is set: selector and reflection calls are made under it.
 pub const DEFAULT_CHAT_NAME: &str = "group_chat";
-
-const ONE_CALL: Charge = Charge {
-    calls: 1,
-    tokens: 0,
-    cost_nanos: 0,
-};
-
-fn next_conversation_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("chat-{}", NEXT.fetch_add(1, Ordering::Relaxed))
-}
 
 /// Which speakers may speak twice in a row, as configured.
 #[derive(Debug, Clone)]
@@ -56,7 +41,8 @@ pub struct GroupChatBuilder {
     conversation_id: Option<String>,
     agents: Vec<Arc<dyn Agent>>,
     selection: SpeakerSelection,
-    selector_func: Option<SelectorFn>,
+    selector_func: Option<ChoiceFn>,
+    candidate_func: Option<CandidateFn>,
     transitions: Option<Transitions>,
     repeat: Option<RepeatSetting>,
     max_turns: Option<u32>,
@@ -73,6 +59,7 @@ pub struct GroupChatBuilder {
     observers: Vec<Arc<dyn CallObserver>>,
     parent_cancel: Option<CancellationToken>,
     state: Option<ChatState>,
+    introductions: bool,
 }
 
 impl fmt::Debug for GroupChatBuilder {
@@ -98,6 +85,7 @@ impl GroupChatBuilder {
             agents: Vec::new(),
             selection: SpeakerSelection::RoundRobin,
             selector_func: None,
+            candidate_func: None,
             transitions: None,
             repeat: None,
             max_turns: None,
@@ -114,7 +102,17 @@ impl GroupChatBuilder {
             observers: Vec::new(),
             parent_cancel: None,
             state: None,
+            introductions: false,
         }
+    }
+
+    /// AG2's `send_introductions`: the first run of a fresh chat (or after
+    /// [`reset`](GroupChat::reset)) opens with a message from the chat introducing every
+    /// participant by name and description, before the task. It is not counted by the message
+    /// cap or the termination condition (in AG2 it never enters the group's messages).
+    pub fn send_introductions(mut self, send: bool) -> Self {
+        self.introductions = send;
+        self
     }
 
     /// Adds a participant (an `Arc<dyn Agent>` works too).
@@ -143,7 +141,64 @@ impl GroupChatBuilder {
         mut self,
         f: impl Fn(&SelectorInput<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
+        self.selector_func = Some(Arc::new(move |input: &SelectorInput<'_>| match f(input) {
+            Some(name) => SpeakerChoice::Speaker(name),
+            None => SpeakerChoice::Default,
+        }));
+        self
+    }
+
+    /// A selection function that may also **end the chat** (AG2's `speaker_selection_method`
+    /// returning `None`): it sees the eligible [`candidates`](SelectorInput::candidates) and
+    /// returns a [`SpeakerChoice`]. `End(reason)` stops with [`StopReason::Custom`]`(reason)`
+    /// before any call. Replaces a [`selector_func`](Self::selector_func) set before it.
+    ///
+    /// ```
+    /// use agent_core::{Agent, AgentError, AgentReply, Message, StopReason, TurnContext};
+    /// use agent_runtime::chat::{GroupChat, SpeakerChoice};
+    ///
+    /// struct Echo(&'static str);
+    ///
+    /// #[agent_core::async_trait]
+    /// impl Agent for Echo {
+    ///     fn name(&self) -> &str { self.0 }
+    ///     async fn reply(&self, _h: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+    ///         Ok(AgentReply::message(Message::assistant(self.0, "done")))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut chat = GroupChat::builder()
+    ///     .participant(Echo("writer"))
+    ///     .participant(Echo("reviewer"))
+    ///     .select_speaker_with(|input| match input.previous {
+    ///         Some("reviewer") => SpeakerChoice::End("reviewed".into()),
+    ///         _ => SpeakerChoice::Default,
+    ///     })
+    ///     .build()?;
+    /// let result = chat.run("draft a note").await?;
+    /// assert_eq!(result.messages.len(), 3);
+    /// assert_eq!(result.stop_reason, StopReason::Custom("reviewed".into()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn select_speaker_with(
+        mut self,
+        f: impl Fn(&SelectorInput<'_>) -> SpeakerChoice + Send + Sync + 'static,
+    ) -> Self {
         self.selector_func = Some(Arc::new(f));
+        self
+    }
+
+    /// Narrows the candidates each turn, the first turn included (AutoGen's `candidate_func`):
+    /// `f` returns the names the selection method may choose from, which **replace** the graph's
+    /// and the repeat rule's candidates. One name means no selector call. An empty list or a
+    /// non-participant fails the run (AutoGen raises `ValueError`). Not for handoff selection.
+    pub fn candidate_func(
+        mut self,
+        f: impl Fn(&SelectorInput<'_>) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        self.candidate_func = Some(Arc::new(f));
         self
     }
 
@@ -286,23 +341,7 @@ impl GroupChatBuilder {
     /// [`handoff_targets`](Agent::handoff_targets) name a non-participant, or a saved state that
     /// does not fit.
     pub fn build(self) -> Result<GroupChat, ChatConfigError> {
-        if self.agents.is_empty() {
-            return Err(ChatConfigError::NoParticipants);
-        }
-        let names: Vec<Arc<str>> = self.agents.iter().map(|a| Arc::from(a.name())).collect();
-        for (i, n) in names.iter().enumerate() {
-            if names[..i].contains(n) {
-                return Err(ChatConfigError::DuplicateName {
-                    name: n.to_string(),
-                });
-            }
-        }
-        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(DEFAULT_CHAT_NAME));
-        if names.contains(&name) {
-            return Err(ChatConfigError::NameClash {
-                name: name.to_string(),
-            });
-        }
+        let (names, name) = check_names(&self.agents, self.name.as_deref(), DEFAULT_CHAT_NAME)?;
         let roster = Roster::new(names);
         if self.max_turns == Some(0) {
             return Err(ChatConfigError::Zero { what: "max_turns" });
@@ -330,10 +369,22 @@ impl GroupChatBuilder {
                     setting: ".allow_repeat(..) / .allow_repeat_for(..)",
                 });
             }
-            // Handoffs are acted on only here; elsewhere a handoff message is just a message.
+            if self.candidate_func.is_some() {
+                return Err(ChatConfigError::IncompatibleWithHandoffs {
+                    setting: ".candidate_func(..)",
+                });
+            }
+            // Handoffs are acted on only here; elsewhere a handoff message is just a message. A
+            // target outside the chat is fine when the termination condition stops there (a
+            // handoff to the human: AutoGen's `HandoffTermination(target="user")`).
+            let exits = self
+                .termination
+                .as_ref()
+                .map(|t| t.handoff_exits())
+                .unwrap_or_default();
             for agent in &self.agents {
                 for target in agent.handoff_targets() {
-                    if roster.index(&target).is_none() {
+                    if roster.index(&target).is_none() && !exits.contains(&target) {
                         return Err(ChatConfigError::UnknownHandoffTarget {
                             agent: agent.name().to_owned(),
                             target,
@@ -382,40 +433,37 @@ impl GroupChatBuilder {
             SpeakerSelection::Random { seed } => *seed,
             _ => 0,
         };
-        let budget = self.budget.unwrap_or_default();
-        let scheduler = self.scheduler.unwrap_or_default();
-        let conversation: Arc<str> =
-            Arc::from(self.conversation_id.unwrap_or_else(next_conversation_id));
-        let cancel = CancelHandle::new(self.parent_cancel);
-        let token = cancel.token();
-        let shared = Arc::new(ChatShared::default());
+        let session = Session::new(
+            name,
+            "chat",
+            roster.names().to_vec(),
+            SessionSettings {
+                conversation_id: self.conversation_id,
+                budget: self.budget,
+                scheduler: self.scheduler,
+                priority: self.priority,
+                summary: self.summary,
+                observers: self.observers,
+                parent_cancel: self.parent_cancel,
+            },
+        );
         let descriptions = self
             .agents
             .iter()
             .map(|a| Arc::from(a.description()))
             .collect();
         let mut chat = GroupChat {
-            contexts: Vec::new(),
-            name,
-            conversation,
+            session,
             agents: self.agents,
             roster,
             descriptions,
             selection: self.selection,
             selector_func: self.selector_func,
+            candidate_func: self.candidate_func,
             rules,
             caps,
             termination: self.termination,
-            summary: self.summary,
             task_source: Arc::from(self.task_source.as_deref().unwrap_or("user")),
-            scheduler,
-            budget,
-            priority: self.priority,
-            observers: self.observers.into(),
-            shared,
-            cancel,
-            token,
-            events: None,
             rng_seed,
             thread: Thread {
                 messages: Vec::new(),
@@ -428,8 +476,8 @@ impl GroupChatBuilder {
                 rng: rng_seed,
             },
             scratch: Vec::with_capacity(n),
+            introductions: self.introductions,
         };
-        chat.contexts = chat.make_contexts();
         if let Some(state) = self.state {
             chat.load_state(state)?;
         }
@@ -495,39 +543,30 @@ struct Thread {
 /// # }).unwrap();
 /// ```
 pub struct GroupChat {
-    name: Arc<str>,
-    conversation: Arc<str>,
     agents: Vec<Arc<dyn Agent>>,
     roster: Roster,
     descriptions: Vec<Arc<str>>,
     selection: SpeakerSelection,
-    selector_func: Option<SelectorFn>,
+    selector_func: Option<ChoiceFn>,
+    candidate_func: Option<CandidateFn>,
     rules: Rules,
     caps: Caps,
     termination: Option<Box<dyn Termination>>,
-    summary: SummaryMethod,
     task_source: Arc<str>,
-    scheduler: QuotaScheduler,
-    budget: Budget,
-    priority: u8,
-    observers: Arc<[Arc<dyn CallObserver>]>,
-    /// One context per participant, then the chat's own (selector, reflection).
-    contexts: Vec<SchedulerContext>,
-    shared: Arc<ChatShared>,
-    cancel: CancelHandle,
-    token: CancellationToken,
-    events: Option<UnboundedSender<ChatEvent>>,
+    /// Contexts (one per participant, then the chat's own), events, cancellation.
+    session: Session,
     rng_seed: u64,
     thread: Thread,
     /// Reused candidate buffer, so selection does not allocate per turn.
     scratch: Vec<usize>,
+    introductions: bool,
 }
 
 impl fmt::Debug for GroupChat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GroupChat")
-            .field("name", &self.name)
-            .field("conversation", &self.conversation)
+            .field("name", &self.session.name)
+            .field("conversation", &self.session.conversation)
             .field("participants", &self.roster.names())
             .field("selection", &self.selection)
             .field("caps", &self.caps)
@@ -542,38 +581,14 @@ impl GroupChat {
         GroupChatBuilder::new()
     }
 
-    fn make_contexts(&self) -> Vec<SchedulerContext> {
-        self.roster
-            .names()
-            .iter()
-            .chain(std::iter::once(&self.name))
-            .map(|agent| {
-                let observer = Arc::new(AgentObserver {
-                    agent: agent.clone(),
-                    shared: self.shared.clone(),
-                    forward: self.observers.clone(),
-                });
-                SchedulerContext::new(
-                    self.scheduler.clone(),
-                    self.conversation.clone(),
-                    agent.clone(),
-                    self.budget.clone(),
-                )
-                .with_cancel(self.token.clone())
-                .with_observer(observer)
-                .with_priority(self.priority)
-            })
-            .collect()
-    }
-
     /// The chat's name (selector and reflection calls are reported under it).
     pub fn name(&self) -> &str {
-        &self.name
+        &self.session.name
     }
 
     /// The conversation id.
     pub fn conversation_id(&self) -> &str {
-        &self.conversation
+        &self.session.conversation
     }
 
     /// The participants' names, in order.
@@ -588,12 +603,52 @@ impl GroupChat {
 
     /// The budget the chat charges.
     pub fn budget(&self) -> &Budget {
-        &self.budget
+        &self.session.budget
+    }
+
+    /// Appends a message to the thread **without running** the chat and without resetting any
+    /// counter (AG2's `send(message, recipient, request_reply=False)`): the next
+    /// [`Task::Resume`] run answers it. Unlike a run with a task, the auto-reply counters keep
+    /// counting, and the message cap and the termination condition do not see it.
+    ///
+    /// ```
+    /// use agent_core::{Agent, AgentError, AgentReply, Message, TurnContext};
+    /// use agent_runtime::chat::{GroupChat, Task};
+    ///
+    /// struct Count;
+    ///
+    /// #[agent_core::async_trait]
+    /// impl Agent for Count {
+    ///     fn name(&self) -> &str { "count" }
+    ///     async fn reply(&self, h: &[Message], _ctx: &dyn TurnContext) -> Result<AgentReply, AgentError> {
+    ///         Ok(AgentReply::message(Message::assistant("count", h.len().to_string())))
+    ///     }
+    /// }
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let mut chat = GroupChat::builder().participant(Count).max_turns(1).build().unwrap();
+    /// chat.send(Message::user("context first"));
+    /// let result = chat.run(Task::Resume).await.unwrap();
+    /// assert_eq!(result.messages[0].text(), Some("1"));
+    /// # });
+    /// ```
+    pub fn send(&mut self, message: Message) {
+        self.thread.messages.push(message);
+    }
+
+    fn introduction(&self) -> String {
+        let mut text = String::from(
+            "Hello everyone. We have assembled a great team today to answer questions and solve tasks. In attendance are:\n",
+        );
+        for (name, description) in self.roster.names().iter().zip(&self.descriptions) {
+            text.push_str(&format!("\n{name}: {description}"));
+        }
+        text
     }
 
     /// A handle that cancels the chat's current (or next) run from anywhere.
     pub fn cancel_handle(&self) -> CancelHandle {
-        self.cancel.clone()
+        self.session.cancel_handle()
     }
 
     /// Runs the chat until it stops. `task` may be text, messages, or [`Task::Resume`].
@@ -619,60 +674,24 @@ impl GroupChat {
         events: Option<UnboundedSender<ChatEvent>>,
     ) -> Result<ChatResult, ChatError> {
         let started = Instant::now();
-        self.shared.begin(events.clone());
-        self.events = events;
+        self.session.begin(events);
         let run_start = self.thread.messages.len();
         let outcome = self.drive(task).await;
-        let result = match outcome {
-            Ok(stop) => {
-                self.emit(|| ChatEvent::Stopped(stop.clone()));
-                if stop != StopReason::Cancelled {
-                    self.after_stop();
-                }
-                let manager = &self.contexts[self.roster.len()];
-                let summary = tokio::select! {
-                    biased;
-                    s = self.summary.summarize(&self.thread.messages, &stop, manager) => s,
-                    // A reflection stuck in the queue must not outlive a cancel.
-                    () = self.token.cancelled() => Ok(last_text(&self.thread.messages)),
-                };
-                match summary {
-                    Ok(summary) => Ok(ChatResult {
-                        messages: self.thread.messages[run_start..].to_vec(),
-                        stop_reason: stop,
-                        summary,
-                        usage: self.shared.finish(),
-                        wall_time: started.elapsed(),
-                    }),
-                    Err(e) => Err(ChatError::new(
-                        ChatErrorKind::Summary(e),
-                        self.thread.messages[run_start..].to_vec(),
-                    )),
-                }
-            }
-            Err(kind) => Err(ChatError::new(
-                *kind,
-                self.thread.messages[run_start..].to_vec(),
-            )),
-        };
-        self.shared.finish();
-        self.events = None;
-        if let Some(fresh) = self.cancel.renew() {
-            self.set_token(fresh);
+        if let Ok(stop) = &outcome
+            && *stop != StopReason::Cancelled
+        {
+            self.after_stop();
         }
+        let result = self
+            .session
+            .finish(outcome, &self.thread.messages, run_start, started)
+            .await;
         tracing::debug!(
-            conversation = %self.conversation,
+            conversation = %self.session.conversation,
             stop = ?result.as_ref().map(|r| &r.stop_reason),
             "chat run finished"
         );
         result
-    }
-
-    fn set_token(&mut self, token: CancellationToken) {
-        for ctx in &mut self.contexts {
-            *ctx = ctx.clone().with_cancel(token.clone());
-        }
-        self.token = token;
     }
 
     /// After any stop but a cancellation: the condition and the turn and message counters start
@@ -686,9 +705,7 @@ impl GroupChat {
     }
 
     fn emit(&self, make: impl FnOnce() -> ChatEvent) {
-        if let Some(tx) = &self.events {
-            let _ = tx.send(make());
-        }
+        self.session.emit(make);
     }
 
     /// Appends `messages`, emits them, tracks handoffs, and checks the condition and caps.
@@ -696,11 +713,15 @@ impl GroupChat {
         let from = self.thread.messages.len();
         self.thread.messages.extend(messages);
         let delta = &self.thread.messages[from..];
-        if let Some(tx) = &self.events {
-            for m in delta {
-                let _ = tx.send(ChatEvent::Message(m.clone()));
-            }
+        for m in delta {
+            self.session.emit(|| ChatEvent::Message(m.clone()));
         }
+        // The condition is asked before the handoff target is resolved: a handoff that stops the
+        // chat (to "user", say) need not name a participant.
+        let condition = self.termination.as_mut().and_then(|t| t.check(delta));
+        let stop = self
+            .caps
+            .check_delta(&mut self.thread.counters, delta, condition);
         if matches!(self.selection, SpeakerSelection::Handoffs)
             && let Some(target) = delta.iter().rev().find_map(|m| match &m.content {
                 Content::Handoff { target, .. } => Some(target),
@@ -709,6 +730,7 @@ impl GroupChat {
         {
             match self.roster.index(target) {
                 Some(i) => self.thread.handoff = Some(i),
+                None if stop.is_some() => {}
                 None => {
                     return Err(Box::new(ChatErrorKind::UnknownSpeaker {
                         context: "handoff",
@@ -718,15 +740,20 @@ impl GroupChat {
                 }
             }
         }
-        let condition = self.termination.as_mut().and_then(|t| t.check(delta));
-        Ok(self
-            .caps
-            .check_delta(&mut self.thread.counters, delta, condition))
+        Ok(stop)
     }
 
     async fn drive(&mut self, task: Task) -> Result<StopReason, Box<ChatErrorKind>> {
         if self.termination.as_ref().is_some_and(|t| t.is_terminated()) {
             return Ok(StopReason::AlreadyTerminated);
+        }
+        if task.is_resume() && self.thread.messages.is_empty() {
+            return Err(Box::new(ChatErrorKind::NothingToResume));
+        }
+        if self.introductions && self.thread.messages.is_empty() {
+            let intro = Message::assistant(self.session.name.clone(), self.introduction());
+            self.emit(|| ChatEvent::Message(intro.clone()));
+            self.thread.messages.push(intro);
         }
         if !task.is_resume() {
             // A new task is a new chat in AG2's sense: auto-reply counters start over.
@@ -754,10 +781,10 @@ impl GroupChat {
             }
         }
         loop {
-            if self.token.is_cancelled() {
+            if self.session.token.is_cancelled() {
                 return Ok(StopReason::Cancelled);
             }
-            if let Err(e) = self.budget.check(ONE_CALL) {
+            if let Err(e) = self.session.room_for_a_call() {
                 return Ok(StopReason::BudgetExhausted(e));
             }
             let speaker = match self.select().await {
@@ -774,40 +801,18 @@ impl GroupChat {
                     max,
                 });
             }
-            let reply = {
-                // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box
-                // the reply future a second time.
-                let agent: &dyn Agent = &*self.agents[speaker];
-                let mut turn = agent.reply(&self.thread.messages, &self.contexts[speaker]);
-                // An instant agent finishes on the first poll; only a pending turn needs to race
-                // the cancellation token (which costs a waiter registration).
-                match futures::poll!(turn.as_mut()) {
-                    Poll::Ready(r) => r,
-                    Poll::Pending => tokio::select! {
-                        biased;
-                        () = self.token.cancelled() => return Ok(StopReason::Cancelled),
-                        r = &mut turn => r,
-                    },
-                }
+            // Through the trait object itself: `Arc<dyn Agent>`'s forwarding impl would box the
+            // reply future a second time.
+            let agent: &dyn Agent = &*self.agents[speaker];
+            let reply = match self
+                .session
+                .take_turn(agent, speaker, &self.thread.messages)
+                .await
+            {
+                Turn::Replied(reply) => reply,
+                Turn::Stop(stop) => return Ok(stop),
+                Turn::Failed(kind) => return Err(kind),
             };
-            let reply = match reply {
-                Ok(r) => r,
-                Err(AgentError::Call(CallError::BudgetExhausted(e))) => {
-                    return Ok(StopReason::BudgetExhausted(e));
-                }
-                Err(AgentError::Call(CallError::Cancelled)) => return Ok(StopReason::Cancelled),
-                Err(source) => {
-                    return Err(Box::new(ChatErrorKind::Agent {
-                        agent: self.roster.name(speaker).to_string(),
-                        source,
-                    }));
-                }
-            };
-            if reply.messages.is_empty() {
-                return Ok(StopReason::EmptyReply {
-                    agent: self.roster.name(speaker).to_string(),
-                });
-            }
             self.thread.previous = Some(speaker);
             let by_turns =
                 self.caps
@@ -838,34 +843,75 @@ impl GroupChat {
     async fn select(&mut self) -> Selected {
         let n = self.roster.len();
         let previous = self.thread.previous;
-        if let Some(f) = &self.selector_func {
+        let handoffs = matches!(self.selection, SpeakerSelection::Handoffs);
+        // Fast path: with no functions, no graph and several participants, the rotation never
+        // repeats.
+        if matches!(self.selection, SpeakerSelection::RoundRobin)
+            && self.rules.is_open()
+            && n > 1
+            && self.candidate_func.is_none()
+            && self.selector_func.is_none()
+        {
+            return Selected::Speaker(previous.map_or(0, |p| (p + 1) % n));
+        }
+        if let Some(f) = &self.candidate_func {
             let input = SelectorInput {
                 messages: &self.thread.messages,
                 participants: self.roster.names(),
                 previous: previous.map(|p| &**self.roster.name(p)),
+                candidates: &[],
             };
-            if let Some(name) = f(&input) {
-                return match self.roster.index(&name) {
-                    Some(i) => Selected::Speaker(i),
-                    None => Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
-                        context: "selector function",
-                        name,
-                        participants: self.roster.owned_names(),
-                    })),
-                };
+            self.scratch.clear();
+            for name in f(&input) {
+                match self.roster.index(&name) {
+                    Some(i) if !self.scratch.contains(&i) => self.scratch.push(i),
+                    Some(_) => {}
+                    None => {
+                        return Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
+                            context: "candidate function",
+                            name,
+                            participants: self.roster.owned_names(),
+                        }));
+                    }
+                }
+            }
+            if self.scratch.is_empty() {
+                return Selected::Fail(Box::new(ChatErrorKind::NoCandidates));
+            }
+            self.scratch.sort_unstable();
+        } else if !handoffs {
+            self.rules.candidates(n, previous, &mut self.scratch);
+        }
+        if let Some(f) = &self.selector_func {
+            let candidates: Vec<Arc<str>> = self
+                .scratch
+                .iter()
+                .map(|&c| self.roster.name(c).clone())
+                .collect();
+            let input = SelectorInput {
+                messages: &self.thread.messages,
+                participants: self.roster.names(),
+                previous: previous.map(|p| &**self.roster.name(p)),
+                candidates: if handoffs { &[] } else { &candidates },
+            };
+            match f(&input) {
+                SpeakerChoice::Speaker(name) => {
+                    return match self.roster.index(&name) {
+                        Some(i) => Selected::Speaker(i),
+                        None => Selected::Fail(Box::new(ChatErrorKind::UnknownSpeaker {
+                            context: "selector function",
+                            name,
+                            participants: self.roster.owned_names(),
+                        })),
+                    };
+                }
+                SpeakerChoice::End(reason) => return Selected::Stop(StopReason::Custom(reason)),
+                SpeakerChoice::Default => {}
             }
         }
-        match &self.selection {
-            SpeakerSelection::Handoffs => {
-                return Selected::Speaker(self.thread.handoff.take().or(previous).unwrap_or(0));
-            }
-            // Fast path: with no graph and several participants, the rotation never repeats.
-            SpeakerSelection::RoundRobin if self.rules.is_open() && n > 1 => {
-                return Selected::Speaker(previous.map_or(0, |p| (p + 1) % n));
-            }
-            _ => {}
+        if handoffs {
+            return Selected::Speaker(self.thread.handoff.take().or(previous).unwrap_or(0));
         }
-        self.rules.candidates(n, previous, &mut self.scratch);
         let candidates = &self.scratch;
         if candidates.is_empty() {
             return Selected::Stop(StopReason::NoEligibleSpeaker {
@@ -882,20 +928,20 @@ impl GroupChat {
             SpeakerSelection::Llm(selector) => {
                 LlmTurn {
                     selector,
-                    ctx: &self.contexts[n],
+                    ctx: &self.session.contexts[n],
                     roster: &self.roster,
                     descriptions: &self.descriptions,
                     messages: &self.thread.messages,
                     candidates,
                     previous,
-                    cancel: &self.token,
+                    cancel: &self.session.token,
                 }
                 .select()
                 .await
             }
             SpeakerSelection::Manual(input) => tokio::select! {
                 biased;
-                () = self.token.cancelled() => Selected::Stop(StopReason::Cancelled),
+                () = self.session.token.cancelled() => Selected::Stop(StopReason::Cancelled),
                 r = select_manually(&**input, &self.roster, candidates, previous) => match r {
                     Ok(s) => Selected::Speaker(s),
                     Err(kind) => Selected::Fail(Box::new(kind)),
@@ -927,9 +973,7 @@ impl GroupChat {
         for a in &self.agents {
             a.reset();
         }
-        if let Some(fresh) = self.cancel.renew() {
-            self.set_token(fresh);
-        }
+        self.session.renew_cancel();
     }
 
     /// A snapshot of the thread, rotation and counters (see [`ChatState`]).
@@ -937,7 +981,7 @@ impl GroupChat {
         let t = &self.thread;
         ChatState {
             version: ChatState::VERSION,
-            conversation_id: self.conversation.to_string(),
+            conversation_id: self.session.conversation.to_string(),
             messages: t.messages.clone(),
             previous_speaker: t.previous.map(|p| self.roster.name(p).to_string()),
             pending_handoff: t.handoff.map(|p| self.roster.name(p).to_string()),
@@ -952,7 +996,7 @@ impl GroupChat {
                 .map(|(i, c)| (self.roster.name(i).to_string(), *c))
                 .collect(),
             rng: t.rng,
-            budget_used: Some(self.budget.used()),
+            budget_used: Some(self.session.budget.used()),
         }
     }
 
@@ -1028,11 +1072,11 @@ impl GroupChat {
             t.reset();
         }
         if let Some(used) = state.budget_used {
-            self.budget.restore_used(used);
+            self.session.budget.restore_used(used);
         }
-        if *self.conversation != *state.conversation_id {
-            self.conversation = Arc::from(state.conversation_id);
-            self.contexts = self.make_contexts();
+        if *self.session.conversation != *state.conversation_id {
+            self.session
+                .set_conversation(Arc::from(state.conversation_id));
         }
         Ok(())
     }

@@ -14,15 +14,18 @@
 //!   otherwise the same speaker again;
 //! - [`Manual`](SpeakerSelection::Manual): a human picks by name or number.
 //!
-//! A [selector function](super::GroupChatBuilder::selector_func) runs before any of them and may
-//! pick anyone (it overrides the rules); returning `None` defers to the method.
+//! A [candidate function](super::GroupChatBuilder::candidate_func) may replace the candidates
+//! each turn. A [selector function](super::GroupChatBuilder::selector_func) runs before any
+//! method and may pick anyone (it overrides the rules); returning `None` defers to the method. A
+//! [selection function](super::GroupChatBuilder::select_speaker_with) also sees the candidates
+//! and may end the chat.
 
 use std::fmt;
 use std::sync::Arc;
 
 use agent_core::{
-    CallError, CallKind, ChatModel, ChatRequest, Content, InputSource, Message, Role, StopReason,
-    TurnContext,
+    CallError, CallKind, ChatModel, ChatRequest, Content, HistoryPolicy, InputSource, Message,
+    Role, StopReason, TurnContext,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +100,7 @@ pub struct LlmSelector {
     prompt: Arc<str>,
     max_attempts: u32,
     max_completion_tokens: Option<u32>,
+    history: Option<Arc<dyn HistoryPolicy>>,
 }
 
 impl fmt::Debug for LlmSelector {
@@ -104,6 +108,7 @@ impl fmt::Debug for LlmSelector {
         f.debug_struct("LlmSelector")
             .field("model", &self.model.id())
             .field("max_attempts", &self.max_attempts)
+            .field("history_policy", &self.history.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -130,7 +135,27 @@ Read the above conversation. Then select the next role from {participants} to pl
             prompt: Arc::from(Self::DEFAULT_PROMPT),
             max_attempts: 3,
             max_completion_tokens: None,
+            history: None,
         }
+    }
+
+    /// The selector's own history window (AutoGen's `model_context`): `{history}` shows
+    /// `policy`'s view of the thread instead of the whole thread. The agents' own policies are
+    /// unaffected. A policy that calls a model (a summary) does so through the chat's context, so
+    /// the call is charged to the chat's budget.
+    ///
+    /// ```
+    /// use agent_core::ScriptedModel;
+    /// use agent_core::history::LastN;
+    /// use agent_runtime::chat::LlmSelector;
+    ///
+    /// let selector = LlmSelector::new(ScriptedModel::new("test/selector")).history(LastN::new(5));
+    /// # let _ = selector;
+    /// ```
+    #[must_use]
+    pub fn history(mut self, policy: impl HistoryPolicy + 'static) -> Self {
+        self.history = Some(Arc::new(policy));
+        self
     }
 
     /// Sets the prompt template (`{roles}`, `{participants}`, `{history}`).
@@ -161,7 +186,9 @@ Read the above conversation. Then select the next role from {participants} to pl
     }
 }
 
-/// What a [selector function](super::GroupChatBuilder::selector_func) sees.
+/// What a [selector function](super::GroupChatBuilder::selector_func), a
+/// [selection function](super::GroupChatBuilder::select_speaker_with) or a
+/// [candidate function](super::GroupChatBuilder::candidate_func) sees.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct SelectorInput<'a> {
@@ -171,10 +198,44 @@ pub struct SelectorInput<'a> {
     pub participants: &'a [Arc<str>],
     /// Who spoke last, if anyone has.
     pub previous: Option<&'a str>,
+    /// Who may speak next under the transition graph, the repeat rule and the candidate function,
+    /// in participant order. Empty for a candidate function (it is the one that decides them).
+    pub candidates: &'a [Arc<str>],
 }
 
 /// A selector function: a participant's name, or `None` to let the configured method choose.
 pub type SelectorFn = Arc<dyn Fn(&SelectorInput<'_>) -> Option<String> + Send + Sync>;
+
+/// A candidate function (AutoGen's `candidate_func`): the names the selection method may choose
+/// from this turn.
+pub type CandidateFn = Arc<dyn Fn(&SelectorInput<'_>) -> Vec<String> + Send + Sync>;
+
+/// What a [selection function](super::GroupChatBuilder::select_speaker_with) decides.
+///
+/// ```
+/// use agent_runtime::chat::SpeakerChoice;
+///
+/// let choose = |last: Option<&str>| match last {
+///     Some("reviewer") => SpeakerChoice::End("the review is done".into()),
+///     Some(_) => SpeakerChoice::Default,
+///     None => SpeakerChoice::Speaker("writer".into()),
+/// };
+/// assert_eq!(choose(None), SpeakerChoice::Speaker("writer".into()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpeakerChoice {
+    /// This participant speaks next (it overrides the graph, the repeat rule and the candidates).
+    Speaker(String),
+    /// The configured selection method chooses, among the candidates.
+    Default,
+    /// The chat ends here with [`StopReason::Custom`] carrying this reason (AG2: a
+    /// `speaker_selection_method` returning `None` ends the chat).
+    End(String),
+}
+
+/// A selection function, as stored.
+pub(crate) type ChoiceFn = Arc<dyn Fn(&SelectorInput<'_>) -> SpeakerChoice + Send + Sync>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TransitionKind {
@@ -436,9 +497,9 @@ pub(crate) fn mentioned(text: &str, roster: &Roster) -> Vec<usize> {
         .collect()
 }
 
-/// Fills `{roles}`, `{participants}` and `{history}` in one pass (so text inside the history
-/// that looks like a placeholder is left alone).
-fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
+/// Fills `{key}` placeholders (`{roles}`, `{participants}`, `{history}`, …) in one pass, so text
+/// inside a value that looks like a placeholder is left alone; unknown placeholders stay.
+pub(crate) fn fill_template(template: &str, values: &[(&str, &str)]) -> String {
     let mut out =
         String::with_capacity(template.len() + values.iter().map(|(_, v)| v.len()).sum::<usize>());
     let mut rest = template;
@@ -517,7 +578,7 @@ fn call_outcome(e: CallError) -> Selected {
 }
 
 impl LlmTurn<'_> {
-    fn prompt(&self) -> String {
+    fn prompt(&self, messages: &[Message]) -> String {
         let mut roles = String::new();
         for (name, description) in self.roster.names().iter().zip(self.descriptions) {
             if !roles.is_empty() {
@@ -532,7 +593,7 @@ impl LlmTurn<'_> {
             );
         }
         let participants = python_list(self.candidates.iter().map(|&c| &**self.roster.name(c)));
-        let history = history_text(self.messages);
+        let history = history_text(messages);
         fill_template(
             &self.selector.prompt,
             &[
@@ -565,7 +626,23 @@ impl LlmTurn<'_> {
     }
 
     pub(crate) async fn select(&self) -> Selected {
-        let mut prompt = vec![Message::user(self.prompt())];
+        let windowed;
+        let history = match &self.selector.history {
+            None => self.messages,
+            Some(policy) => {
+                let view = tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return Selected::Stop(StopReason::Cancelled),
+                    r = policy.view(self.messages, self.ctx) => r,
+                };
+                windowed = match view {
+                    Ok(v) => v,
+                    Err(e) => return call_outcome(e),
+                };
+                &windowed[..]
+            }
+        };
+        let mut prompt = vec![Message::user(self.prompt(history))];
         for attempt in 0..self.selector.max_attempts {
             let mut request = ChatRequest::new(prompt.clone());
             if let Some(max) = self.selector.max_completion_tokens {

@@ -10,7 +10,8 @@ use agent_core::Message;
 ///   default; the initiator in a [two-agent chat](super::GroupChat::two_agent)).
 /// - Messages are appended as given.
 /// - [`Task::Resume`] (or an empty message list) appends nothing: the chat continues where it
-///   stopped.
+///   stopped. On a chat with an empty thread there is nothing to continue, and the run fails with
+///   [`ChatErrorKind::NothingToResume`](super::ChatErrorKind::NothingToResume) before any call.
 ///
 /// A run **with** a task is a new conversation turn in AG2's sense (`initiate_chat`): it resets
 /// the `max_consecutive_auto_reply` counters. A resume keeps them.

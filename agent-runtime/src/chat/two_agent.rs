@@ -53,9 +53,11 @@ impl GroupChat {
         recipient: impl Agent + 'static,
     ) -> GroupChatBuilder {
         let source = initiator.name().to_owned();
+        // Initiator first, as AG2 lists them; the initiator's opening message makes it the
+        // previous speaker, so the rotation hands the first reply to the recipient.
         GroupChat::builder()
-            .participant(recipient)
             .participant(initiator)
+            .participant(recipient)
             .task_source(source)
             .is_termination_msg(Message::is_terminate)
             .count_exchanges()
