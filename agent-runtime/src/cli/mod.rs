@@ -23,4 +23,4 @@ pub use estimate::{Estimate, estimate};
 pub use results::{ResultsFile, TaskRecord};
 pub use spec::{SpecError, TeamSpec};
 pub use tasks::{InputTask, Shard, read_tasks};
-pub use team::Team;
+pub use team::{TaskChat, Team};

@@ -247,6 +247,23 @@ pub enum TeamKind {
     Selector,
     /// Swarm: an agent hands off with a handoff tool call; otherwise it keeps the turn.
     Swarm,
+    /// A directed graph of agents (`edges`): fan-out branches run concurrently; a node with
+    /// several parents waits for all of them (or any, `activate_on_any`).
+    Graph,
+}
+
+/// One edge of a graph team.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EdgeSpec {
+    /// The agent whose reply the edge follows.
+    pub from: String,
+    /// The agent it leads to.
+    pub to: String,
+    /// Taken only when the reply contains this text (a cycle needs such an exit).
+    #[serde(default)]
+    pub when_contains: Option<String>,
 }
 
 /// The team's turn-taking, caps and termination.
@@ -260,6 +277,12 @@ pub struct TeamSettings {
     /// For `selector`: the provider of the selecting model.
     #[serde(default)]
     pub selector: Option<String>,
+    /// For `graph`: the edges.
+    #[serde(default)]
+    pub edges: Vec<EdgeSpec>,
+    /// For `graph`: nodes that run after the first of their parents, not after all of them.
+    #[serde(default)]
+    pub activate_on_any: Vec<String>,
     /// Agent replies per chat at most.
     #[serde(default)]
     pub max_turns: Option<u32>,
@@ -731,6 +754,48 @@ impl TeamSpec {
         if let Some(cond) = &t.termination {
             validate_termination("team.termination", cond, 0)?;
         }
+        self.validate_graph()
+    }
+
+    fn validate_graph(&self) -> Result<(), SpecError> {
+        let t = &self.team;
+        if t.kind != TeamKind::Graph {
+            if !t.edges.is_empty() || !t.activate_on_any.is_empty() {
+                return Err(invalid(
+                    "team.edges",
+                    "only a graph team takes edges and activate_on_any",
+                ));
+            }
+            return Ok(());
+        }
+        if t.max_turns.is_none() {
+            return Err(invalid(
+                "team.max_turns",
+                "a graph team counts its cap in turns: set max_turns",
+            ));
+        }
+        if t.edges.len() > MAX_ITEMS {
+            return Err(invalid("team.edges", format!("at most {MAX_ITEMS} edges")));
+        }
+        let agent = |name: &str| self.agents.iter().any(|a| a.name == name);
+        for (i, e) in t.edges.iter().enumerate() {
+            for (f, name) in [("from", &e.from), ("to", &e.to)] {
+                if !agent(name) {
+                    return Err(invalid(
+                        format!("team.edges[{i}].{f}"),
+                        format!("no agent named '{name}'"),
+                    ));
+                }
+            }
+        }
+        for (i, name) in t.activate_on_any.iter().enumerate() {
+            if !agent(name) {
+                return Err(invalid(
+                    format!("team.activate_on_any[{i}]"),
+                    format!("no agent named '{name}'"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -746,6 +811,8 @@ impl TeamSpec {
         };
         match self.team.kind {
             TeamKind::Selector if self.agents.len() > 1 => replies.saturating_mul(2),
+            // A graph turn runs every ready node at once: up to one call per agent.
+            TeamKind::Graph => replies.saturating_mul(self.agents.len() as u64),
             _ => replies,
         }
     }

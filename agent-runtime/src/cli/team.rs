@@ -15,7 +15,8 @@ use super::spec::{
     AgentSpec, BuiltinTool, HistorySpec, LimitsSpec, ProviderKind, ProviderSpec, SpecError,
     TeamKind, TeamSpec, TerminationSpec,
 };
-use crate::chat::{GroupChat, LlmSelector, SpeakerSelection};
+use crate::chat::graph::{Activation, Edge, GraphFlow};
+use crate::chat::{CancelHandle, ChatError, ChatResult, GroupChat, LlmSelector, SpeakerSelection};
 use crate::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use crate::scheduler::{Quota, QuotaScheduler, QuotaState};
 
@@ -127,10 +128,47 @@ impl Team {
     }
 
     /// A fresh chat for task `id`, on the shared scheduler, with a child of the run's budget.
-    pub fn chat(&self, id: &str) -> Result<GroupChat, SpecError> {
+    pub fn chat(&self, id: &str) -> Result<TaskChat, SpecError> {
         let budget = self
             .run_budget
             .child(format!("task {id}"), limits(&self.spec.budget.per_task));
+        if self.spec.team.kind == TeamKind::Graph {
+            return self.graph(id, budget).map(TaskChat::Graph);
+        }
+        self.group(id, budget).map(TaskChat::Group)
+    }
+
+    fn graph(&self, id: &str, budget: Budget) -> Result<GraphFlow, SpecError> {
+        let team = &self.spec.team;
+        let mut flow = GraphFlow::builder()
+            .name(format!("task {id}"))
+            .conversation_id(id.to_owned())
+            .scheduler(self.scheduler.clone())
+            .budget(budget);
+        for (i, a) in self.spec.agents.iter().enumerate() {
+            flow = flow.participant(self.agent(i, a)?);
+        }
+        for e in &team.edges {
+            let mut edge = Edge::new(e.from.as_str(), e.to.as_str());
+            if let Some(text) = &e.when_contains {
+                edge = edge.when_contains(text.as_str());
+            }
+            flow = flow.add_edge(edge);
+        }
+        for node in &team.activate_on_any {
+            flow = flow.activation(node.as_str(), Activation::Any);
+        }
+        if let Some(t) = team.max_turns {
+            flow = flow.max_turns(t);
+        }
+        if let Some(cond) = &team.termination {
+            flow = flow.termination(termination(cond)?);
+        }
+        flow.build()
+            .map_err(|e| invalid("team.edges", e.to_string()))
+    }
+
+    fn group(&self, id: &str, budget: Budget) -> Result<GroupChat, SpecError> {
         let mut chat = GroupChat::builder()
             .name(format!("task {id}"))
             .conversation_id(id.to_owned())
@@ -142,7 +180,7 @@ impl Team {
         let team = &self.spec.team;
         chat = match team.kind {
             TeamKind::RoundRobin => chat.speaker_selection(SpeakerSelection::RoundRobin),
-            TeamKind::Swarm => chat.speaker_selection(SpeakerSelection::Handoffs),
+            TeamKind::Swarm | TeamKind::Graph => chat.speaker_selection(SpeakerSelection::Handoffs),
             TeamKind::Selector => {
                 let name = team.selector.as_deref().unwrap_or_default();
                 let model = self.providers.get(name).ok_or_else(|| {
@@ -204,6 +242,42 @@ impl Team {
             );
         }
         b.build().map_err(|e| invalid(at("name"), e.to_string()))
+    }
+}
+
+/// One task's chat: a group chat or a graph, run the same way.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TaskChat {
+    /// Round robin, selector or swarm.
+    Group(GroupChat),
+    /// A graph of agents.
+    Graph(GraphFlow),
+}
+
+impl TaskChat {
+    /// Runs the task to its end.
+    pub async fn run(&mut self, task: String) -> Result<ChatResult, ChatError> {
+        match self {
+            TaskChat::Group(c) => c.run(task).await,
+            TaskChat::Graph(g) => g.run(task).await,
+        }
+    }
+
+    /// Cancels the run from elsewhere.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        match self {
+            TaskChat::Group(c) => c.cancel_handle(),
+            TaskChat::Graph(g) => g.cancel_handle(),
+        }
+    }
+
+    /// The task's budget.
+    pub fn budget(&self) -> &Budget {
+        match self {
+            TaskChat::Group(c) => c.budget(),
+            TaskChat::Graph(g) => g.budget(),
+        }
     }
 }
 
