@@ -443,7 +443,9 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
 fn stop_probing(key: &Key, after: Duration) {
     let mut inner = key.lock();
     let inner = &mut *inner;
-    if !inner.probing {
+    // A key in debt after a hint-less 429 keeps its single probe: letting the others go would
+    // release the burst the debt exists to prevent.
+    if !inner.probing || inner.debt.is_some() {
         return;
     }
     inner.probing = false;
