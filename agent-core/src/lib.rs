@@ -17,6 +17,7 @@ pub mod history;
 pub mod message;
 pub mod model;
 pub mod prices;
+pub mod response_format;
 pub mod scripted;
 pub mod termination;
 pub mod testing;
@@ -27,7 +28,8 @@ pub use agent::{
     TurnContext,
 };
 pub use agents::{
-    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput, UserProxy,
+    AgentConfigError, FunctionAgent, HumanInputMode, LlmAgent, ScriptedInput,
+    StructuredOutputError, TypedReply, UserProxy,
 };
 pub use budget::{
     Budget, BudgetDimension, BudgetExhausted, BudgetLimits, BudgetUsage, Charge, Price, PriceTable,
@@ -37,8 +39,8 @@ pub use estimate::{CharsPerToken, TokenEstimator};
 pub use history::HistoryPolicy;
 pub use message::{Content, Message, Role, ToolCall, ToolResult, Usage};
 pub use model::{
-    ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError, RateLimitKind,
-    RateLimitReading, StreamEvent, ToolSpec,
+    CacheIdentity, ChatModel, ChatRequest, Completion, CompletionStream, FinishReason, ModelError,
+    RateLimitKind, RateLimitReading, ResponseFormat, StreamEvent, ToolSpec,
 };
 pub use scripted::ScriptedModel;
 pub use termination::{StopReason, Termination, TerminationConfigError, TerminationExt};

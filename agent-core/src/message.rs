@@ -140,6 +140,16 @@ pub enum Content {
         /// Why.
         text: Arc<str>,
     },
+    /// A value matching a schema (a structured output): the JSON value, and its text as the
+    /// model wrote it, which is what another model reads.
+    Structured {
+        /// The schema's name (see [`ResponseFormat`](crate::ResponseFormat)).
+        schema: Arc<str>,
+        /// The value.
+        value: Arc<serde_json::Value>,
+        /// The value's JSON text.
+        text: Arc<str>,
+    },
 }
 
 /// Token usage a model reported for one call.
@@ -309,6 +319,44 @@ impl Message {
         )
     }
 
+    /// An assistant message carrying a structured value of schema `schema`; its text is the
+    /// value's JSON.
+    ///
+    /// ```
+    /// use agent_core::Message;
+    ///
+    /// #[derive(serde::Deserialize, PartialEq, Debug)]
+    /// struct Point { x: i32, y: i32 }
+    ///
+    /// let m = Message::structured("geo", "Point", serde_json::json!({"x": 1, "y": 2}));
+    /// assert_eq!(m.text(), Some(r#"{"x":1,"y":2}"#));
+    /// assert_eq!(m.value_as::<Point>().unwrap().unwrap(), Point { x: 1, y: 2 });
+    /// ```
+    pub fn structured(
+        source: impl Into<Arc<str>>,
+        schema: impl Into<Arc<str>>,
+        value: serde_json::Value,
+    ) -> Self {
+        Self::new(
+            Role::Assistant,
+            Some(source.into()),
+            Content::Structured {
+                schema: schema.into(),
+                text: value.to_string().into(),
+                value: Arc::new(value),
+            },
+        )
+    }
+
+    /// The structured value of a [`Content::Structured`] message, decoded as `T`; `None` for
+    /// other kinds.
+    pub fn value_as<T: serde::de::DeserializeOwned>(&self) -> Option<Result<T, serde_json::Error>> {
+        match &self.content {
+            Content::Structured { value, .. } => Some(T::deserialize(&**value)),
+            _ => None,
+        }
+    }
+
     /// The same message with `usage` attached.
     #[must_use]
     pub fn with_usage(mut self, usage: Usage) -> Self {
@@ -331,9 +379,10 @@ impl Message {
     /// The text of a text, handoff or stop message; `None` for tool traffic.
     pub fn text(&self) -> Option<&str> {
         match &self.content {
-            Content::Text { text } | Content::Stop { text } | Content::Handoff { text, .. } => {
-                Some(text)
-            }
+            Content::Text { text }
+            | Content::Stop { text }
+            | Content::Handoff { text, .. }
+            | Content::Structured { text, .. } => Some(text),
             Content::ToolCalls { .. } | Content::ToolResults { .. } => None,
         }
     }
@@ -382,6 +431,7 @@ impl Message {
     pub fn char_len(&self) -> usize {
         match &self.content {
             Content::Text { text } | Content::Stop { text } => text.len(),
+            Content::Structured { text, .. } => text.len(),
             Content::Handoff { target, text } => target.len() + text.len(),
             Content::ToolCalls { calls } => calls
                 .iter()
@@ -417,6 +467,11 @@ mod tests {
             ),
             Message::handoff("a", "b", "over to you"),
             Message::stop("a", "TERMINATE"),
+            Message::structured(
+                "a",
+                "Plan",
+                serde_json::json!({"steps": ["a", "b"], "n": 2}),
+            ),
         ];
         let json = serde_json::to_string(&messages).unwrap();
         let back: Vec<Message> = serde_json::from_str(&json).unwrap();

@@ -14,6 +14,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::message::{Message, Usage};
+pub use crate::response_format::{ResponseFormat, api_name};
 
 /// A tool as the model sees it: name, description and JSON schema of the arguments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +64,9 @@ pub struct ChatRequest {
     /// Stop sequences.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stop: Vec<String>,
+    /// The shape the reply must take (JSON, or JSON matching a schema); `None` is free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat>,
 }
 
 impl ChatRequest {
@@ -108,6 +112,98 @@ impl ChatRequest {
         self.stop = stop;
         self
     }
+
+    /// Sets the response format.
+    #[must_use]
+    pub fn with_response_format(mut self, format: ResponseFormat) -> Self {
+        self.response_format = Some(format);
+        self
+    }
+
+    /// Everything about this request that determines the model's answer, as one serializable
+    /// value: what a response cache hashes (with the model's id and a namespace).
+    ///
+    /// Built by destructuring the request without `..`, so adding a field to `ChatRequest` fails
+    /// to compile here until the field is either put in the identity or explicitly left out. The
+    /// messages' `usage` is left out: it is a report about a past call, never sent to a provider.
+    ///
+    /// ```
+    /// use agent_core::{ChatRequest, Message};
+    ///
+    /// let a = ChatRequest::new(vec![Message::user("hi")]).with_seed(1);
+    /// let b = a.clone().with_seed(2);
+    /// let json = |r: &ChatRequest| serde_json::to_string(&r.cache_identity()).unwrap();
+    /// assert_ne!(json(&a), json(&b));
+    /// ```
+    pub fn cache_identity(&self) -> CacheIdentity<'_> {
+        let ChatRequest {
+            messages,
+            tools,
+            max_completion_tokens,
+            temperature,
+            seed,
+            stop,
+            response_format,
+        } = self;
+        CacheIdentity {
+            messages: messages
+                .iter()
+                .map(|m| {
+                    let Message {
+                        role,
+                        source,
+                        content,
+                        usage: _,
+                    } = m;
+                    MessageIdentity {
+                        role: *role,
+                        source: source.as_deref(),
+                        content,
+                    }
+                })
+                .collect(),
+            tools,
+            max_completion_tokens: *max_completion_tokens,
+            temperature: *temperature,
+            seed: *seed,
+            stop,
+            response_format: response_format.as_ref(),
+        }
+    }
+}
+
+/// What determines a model's answer to a [`ChatRequest`]: see [`ChatRequest::cache_identity`].
+/// Serialize it (every field is always written, so two requests differing in any field
+/// serialize differently).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct CacheIdentity<'a> {
+    /// The prompt, without usage.
+    pub messages: Vec<MessageIdentity<'a>>,
+    /// The tools offered.
+    pub tools: &'a [ToolSpec],
+    /// The completion token limit.
+    pub max_completion_tokens: Option<u32>,
+    /// The sampling temperature.
+    pub temperature: Option<f32>,
+    /// The seed.
+    pub seed: Option<u64>,
+    /// The stop sequences.
+    pub stop: &'a [String],
+    /// The response format.
+    pub response_format: Option<&'a ResponseFormat>,
+}
+
+/// One prompt message as far as it determines the answer: role, source and content.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct MessageIdentity<'a> {
+    /// The role.
+    pub role: crate::message::Role,
+    /// The source (providers send it as the speaker's name).
+    pub source: Option<&'a str>,
+    /// The content.
+    pub content: &'a crate::message::Content,
 }
 
 /// Why the model stopped generating. More reasons may be added: match with a wildcard arm.
@@ -246,6 +342,10 @@ pub struct Completion {
     /// Rate-limit readings from the response headers, when the provider sent any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitReading>,
+    /// True when a response cache answered instead of the provider: no quota and no budget was
+    /// spent, and `usage` is what the original call reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 impl Completion {
@@ -256,6 +356,7 @@ impl Completion {
             usage: Some(usage),
             finish_reason: FinishReason::Stop,
             rate_limits: None,
+            cached: false,
         }
     }
 }
@@ -559,6 +660,76 @@ mod tests {
             RateLimitReading::default().requests_per(Duration::MAX),
             None
         );
+    }
+
+    fn full_request() -> ChatRequest {
+        // A literal without `..`: adding a field to ChatRequest fails to compile here too.
+        ChatRequest {
+            messages: vec![Message::user("hi").with_usage(Usage::new(1, 2))],
+            tools: vec![ToolSpec {
+                name: "add".into(),
+                description: "adds".into(),
+                parameters: Arc::new(serde_json::json!({"type": "object"})),
+            }],
+            max_completion_tokens: Some(5),
+            temperature: Some(0.5),
+            seed: Some(7),
+            stop: vec!["END".into()],
+            response_format: Some(ResponseFormat::JsonObject),
+        }
+    }
+
+    #[test]
+    fn every_request_field_is_in_the_cache_identity() {
+        let full = full_request();
+        let request = serde_json::to_value(&full).unwrap();
+        let identity = serde_json::to_value(full.cache_identity()).unwrap();
+        for key in request.as_object().unwrap().keys() {
+            assert!(identity.get(key).is_some(), "{key} is not in the identity");
+        }
+        let json = |r: &ChatRequest| serde_json::to_string(&r.cache_identity()).unwrap();
+        let base = json(&full);
+        let changed: Vec<ChatRequest> = vec![
+            ChatRequest {
+                messages: vec![Message::user("hi!")],
+                ..full_request()
+            },
+            ChatRequest {
+                messages: vec![Message::user_from("critic", "hi")],
+                ..full_request()
+            },
+            ChatRequest {
+                tools: Vec::new(),
+                ..full_request()
+            },
+            ChatRequest {
+                max_completion_tokens: Some(6),
+                ..full_request()
+            },
+            ChatRequest {
+                temperature: Some(0.25),
+                ..full_request()
+            },
+            ChatRequest {
+                seed: None,
+                ..full_request()
+            },
+            ChatRequest {
+                stop: Vec::new(),
+                ..full_request()
+            },
+            ChatRequest {
+                response_format: Some(ResponseFormat::json_schema_for::<Vec<u8>>()),
+                ..full_request()
+            },
+        ];
+        for other in &changed {
+            assert_ne!(json(other), base, "{other:?}");
+        }
+        // Usage on a prompt message is a report, not input: it does not change the identity.
+        let mut same = full_request();
+        same.messages[0].usage = Some(Usage::new(9, 9));
+        assert_eq!(json(&same), base);
     }
 
     #[test]

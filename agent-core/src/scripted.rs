@@ -73,6 +73,7 @@ impl ScriptedModel {
             usage: None,
             finish_reason: FinishReason::Stop,
             rate_limits: None,
+            cached: false,
         }))
     }
 
@@ -85,6 +86,7 @@ impl ScriptedModel {
             usage: None,
             finish_reason: FinishReason::ToolCalls,
             rate_limits: None,
+            cached: false,
         }))
     }
 

@@ -223,10 +223,16 @@ impl<W: Write> ConsolePrinter<W> {
                 attempts,
                 error,
                 cost_nanos,
+                cached,
                 ..
             } if self.calls => {
                 let plural = if *attempts == 1 { "" } else { "s" };
                 match (usage, error) {
+                    (Some(u), None) if *cached => writeln!(
+                        self.out,
+                        "   [call] {agent} {model}: {} + {} tokens from the response cache (no quota, no cost)",
+                        u.prompt_tokens, u.completion_tokens,
+                    ),
                     (_, Some(error)) => writeln!(
                         self.out,
                         "   [call] {agent} {model}: failed after {attempts} attempt{plural}: {error}"
@@ -384,6 +390,7 @@ mod tests {
                 usage: Some(Usage::new(300, 50)),
                 attempts: 2,
                 error: None,
+                cached: false,
             },
         ]);
         assert_eq!(
@@ -403,6 +410,7 @@ mod tests {
             usage: None,
             attempts: 1,
             error: Some(CallError::Model(ModelError::Cancelled)),
+            cached: false,
         };
         let out = printed(std::slice::from_ref(&failed));
         assert!(
@@ -434,6 +442,7 @@ mod tests {
                 usage: Some(Usage::new(3, 2)),
                 attempts: 1,
                 error: None,
+                cached: false,
             },
             ChatEvent::Message(Message::assistant("writer", "A poem.")),
             delta("critic", "Good"),

@@ -12,6 +12,7 @@ use agent_core::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::ResponseCache;
 use crate::scheduler::{CallObserver, KeyHandle, ModelCall, QuotaScheduler};
 
 /// A [`TurnContext`] that sends every model call through a [`QuotaScheduler`].
@@ -26,6 +27,8 @@ pub struct SchedulerContext {
     observer: Option<Arc<dyn CallObserver>>,
     /// The quota key of the first model called, looked up once.
     key: OnceLock<KeyHandle>,
+    /// The response cache of this context's calls, over the scheduler's.
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -56,7 +59,21 @@ impl SchedulerContext {
             cancel: CancellationToken::new(),
             observer: None,
             key: OnceLock::new(),
+            cache: None,
         }
+    }
+
+    /// Answers this context's calls through `cache` instead of the scheduler's (a chat sets it
+    /// per chat or per agent; [`ResponseCache::disabled`] bypasses caching).
+    #[must_use]
+    pub fn with_cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The response cache set on this context, if any.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.cache.as_ref()
     }
 
     /// The same context for another agent.
@@ -119,7 +136,7 @@ impl SchedulerContext {
         request: ChatRequest,
         kind: CallKind,
     ) -> ModelCall<'a> {
-        ModelCall::new(
+        let call = ModelCall::new(
             model,
             request,
             kind,
@@ -128,7 +145,11 @@ impl SchedulerContext {
             &self.budget,
         )
         .with_priority(self.priority)
-        .with_cancel(&self.cancel)
+        .with_cancel(&self.cancel);
+        match &self.cache {
+            Some(cache) => call.with_cache(cache),
+            None => call,
+        }
     }
 }
 

@@ -15,11 +15,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{AgentConfigError, Budget, BudgetLimits, ChatModel, LlmAgent};
+use agent_core::{AgentConfigError, Budget, BudgetLimits, ChatModel, LlmAgent, Message};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::cache::CacheStats;
 use crate::chat::{ChatConfigError, GroupChat};
 use crate::scheduler::{ConversationStats, KeyStats, QuotaScheduler};
 
@@ -63,6 +64,13 @@ pub struct FanoutConfig {
     /// Whether the agents stream their replies ([`LlmAgent`] `stream(true)`; default off): each
     /// call is then a [`QuotaScheduler::call_stream`], admitted and charged like a call.
     pub stream: bool,
+    /// Whether each conversation's report keeps its transcript (default off).
+    pub transcripts: bool,
+    /// Whether each conversation's task ends with its number (`… (conversation 7)`), so no two
+    /// conversations are alike (default off: all start from the same task). With a response
+    /// cache, identical conversations share their answers — turn this on to measure a run whose
+    /// calls all reach the provider.
+    pub distinct_tasks: bool,
 }
 
 impl Default for FanoutConfig {
@@ -77,6 +85,8 @@ impl Default for FanoutConfig {
             chat_budget: BudgetLimits::UNLIMITED,
             run_budget: BudgetLimits::UNLIMITED,
             stream: false,
+            transcripts: false,
+            distinct_tasks: false,
         }
     }
 }
@@ -135,6 +145,21 @@ impl FanoutConfig {
     #[must_use]
     pub fn with_run_budget(mut self, limits: BudgetLimits) -> Self {
         self.run_budget = limits;
+        self
+    }
+
+    /// Sets whether each conversation's report keeps its transcript
+    /// ([`ConversationReport::transcript`]).
+    #[must_use]
+    pub fn with_transcripts(mut self, keep: bool) -> Self {
+        self.transcripts = keep;
+        self
+    }
+
+    /// Sets whether each conversation's task ends with its number.
+    #[must_use]
+    pub fn with_distinct_tasks(mut self, distinct: bool) -> Self {
+        self.distinct_tasks = distinct;
         self
     }
 
@@ -242,6 +267,10 @@ pub struct ConversationReport {
     pub stop_reason: Option<String>,
     /// What failed (failed conversations).
     pub error: Option<String>,
+    /// The messages, when [`FanoutConfig::transcripts`] is set (left out of the JSON when
+    /// empty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<Message>,
 }
 
 /// How a run went. Serializes to the JSON the `fanout` example prints.
@@ -296,6 +325,11 @@ pub struct FanoutReport {
     pub stop_reasons: BTreeMap<String, usize>,
     /// The error of the first failed conversation (in conversation order).
     pub first_error: Option<String>,
+    /// The scheduler's response cache counters, when it has a cache (left out of the JSON
+    /// otherwise). Cache hits reach no provider: `calls` and `attempts` count only the calls
+    /// that did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheStats>,
     /// Each conversation, in order (left out of the JSON when empty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub per_conversation: Vec<ConversationReport>,
@@ -308,6 +342,7 @@ struct Ended {
     finished: Duration,
     messages: usize,
     result: Result<String, String>,
+    transcript: Vec<Message>,
 }
 
 /// What every conversation task shares.
@@ -398,6 +433,7 @@ pub async fn run_fanout(
                     finished: now,
                     messages: 0,
                     result: Err(format!("the conversation's task failed: {e}")),
+                    transcript: Vec::new(),
                 };
                 (index_of.remove(&e.id()), outcome)
             }
@@ -420,11 +456,24 @@ pub async fn run_fanout(
 /// Runs conversation `i` to its end.
 async fn converse(run: &Run, i: usize) -> Ended {
     let started = run.start.elapsed();
-    let (messages, result) = match build_chat(run, i) {
-        Err(e) => (0, Err(e.to_string())),
-        Ok(mut chat) => match chat.run(run.config.task.as_str()).await {
-            Ok(result) => (result.messages.len(), Ok(result.stop_reason.to_string())),
-            Err(e) => (e.transcript().len(), Err(e.to_string())),
+    let keep = run.config.transcripts;
+    let (messages, result, transcript) = match build_chat(run, i) {
+        Err(e) => (0, Err(e.to_string()), Vec::new()),
+        Ok(mut chat) => match chat.run(task_of(&run.config, i)).await {
+            Ok(result) => (
+                result.messages.len(),
+                Ok(result.stop_reason.to_string()),
+                if keep { result.messages } else { Vec::new() },
+            ),
+            Err(e) => (
+                e.transcript().len(),
+                Err(e.to_string()),
+                if keep {
+                    e.transcript().to_vec()
+                } else {
+                    Vec::new()
+                },
+            ),
         },
     };
     Ended {
@@ -432,6 +481,7 @@ async fn converse(run: &Run, i: usize) -> Ended {
         finished: run.start.elapsed(),
         messages,
         result,
+        transcript,
     }
 }
 
@@ -464,6 +514,15 @@ fn build_chat(run: &Run, i: usize) -> Result<GroupChat, BuildError> {
         chat = chat.participant(agent.stream(config.stream).build()?);
     }
     Ok(chat.build()?)
+}
+
+/// Conversation `i`'s task.
+fn task_of(config: &FanoutConfig, i: usize) -> String {
+    if config.distinct_tasks {
+        format!("{} (conversation {i})", config.task)
+    } else {
+        config.task.clone()
+    }
 }
 
 fn conversation_id(i: usize) -> String {
@@ -517,6 +576,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
             finished: wall,
             messages: 0,
             result: Err("the conversation never finished".to_owned()),
+            transcript: Vec::new(),
         });
         let (stop_reason, error) = match outcome.result {
             Ok(reason) => {
@@ -544,6 +604,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
             wait_ms: ms(wait.total),
             stop_reason,
             error,
+            transcript: outcome.transcript,
         });
     }
     FanoutReport {
@@ -570,6 +631,7 @@ fn report(run: &Run, ended: Vec<Option<Ended>>, wall: Duration) -> FanoutReport 
         learned_tpm: learned.tokens,
         stop_reasons,
         first_error,
+        cache: run.scheduler.cache().map(|c| c.stats()),
         per_conversation,
     }
 }
@@ -726,6 +788,7 @@ mod tests {
             learned_tpm: None,
             stop_reasons: BTreeMap::new(),
             first_error: None,
+            cache: None,
             per_conversation: Vec::new(),
         };
         let json = serde_json::to_value(&report).unwrap();

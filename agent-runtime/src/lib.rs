@@ -13,6 +13,7 @@
 //! The turn pipeline, stage by stage as the modules name it:
 //! `budget → quota admission → provider → reconcile`, with one retry loop around the provider.
 
+pub mod cache;
 pub mod chat;
 pub mod console;
 pub mod context;
@@ -37,3 +38,12 @@ pub use scheduler::{CallInfo, CallObserver, ModelCall, QuotaScheduler};
 pub use agent_core;
 #[doc(inline)]
 pub use agent_core::*;
+
+// docs/caching.md and docs/structured-output.md: their Rust blocks run as doctests too.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/caching.md")]
+struct CachingDoctests;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/structured-output.md")]
+struct StructuredOutputDoctests;

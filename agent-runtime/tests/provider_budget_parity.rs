@@ -44,6 +44,7 @@ fn model() -> Script {
         usage: None,
         finish_reason: FinishReason::Stop,
         rate_limits: None,
+        cached: false,
     };
     Script(Mutex::new(VecDeque::from([
         Ok(Completion::text(MODEL, "hello", Usage::new(7, 3))),

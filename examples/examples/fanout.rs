@@ -16,6 +16,9 @@
 //! OPENAI_API_KEY=sk-... cargo run --example fanout -- --conversations 10 --rpm 500 --tpm 200000
 //! cargo run --example fanout -- --base-url http://localhost:11434/v1 --model llama3.2 --concurrency 4
 //!
+//! # Twice on a response cache: the second run answers from the cache, with no provider call:
+//! cargo run --release --example fanout -- --rpm 60 --period-seconds 6 --distinct-tasks --cache-dir /tmp/fanout-cache
+//!
 //! # The same workload with every reply streamed:
 //! cargo run --release --example fanout -- --conversations 20 --rpm 60 --period-seconds 6 --stream
 //!
@@ -32,6 +35,7 @@ use std::time::Duration;
 use agent_core::budget::usd_to_nanos;
 use agent_core::{ChatModel, PriceTable, Usage};
 use agent_runtime::QuotaScheduler;
+use agent_runtime::cache::{CacheMode, EmbeddedStore, RedisStore, ResponseCache};
 use agent_runtime::console::Dollars;
 use agent_runtime::fanout::{FanoutConfig, run_fanout};
 use agent_runtime::prometheus::{self, SchedulerMetrics};
@@ -87,6 +91,30 @@ struct Args {
     /// Stream every reply (each call admitted before its first byte, reconciled when it ends).
     #[arg(long)]
     stream: bool,
+    /// Cache responses in this directory (an embedded redb file): a repeated run answers from it
+    /// without the provider.
+    #[arg(long, conflicts_with = "cache_redis")]
+    cache_dir: Option<std::path::PathBuf>,
+    /// Cache responses in Redis at this URL, shared by every process that names it.
+    #[arg(long)]
+    cache_redis: Option<String>,
+    /// The cache's namespace (AutoGen's cache_seed): another namespace is a fresh run.
+    #[arg(long, default_value = agent_runtime::cache::DEFAULT_NAMESPACE)]
+    cache_namespace: String,
+    /// What the cache may do: on, off, read-only or write-only.
+    #[arg(long, default_value = "on")]
+    cache_mode: CacheMode,
+    /// Cached answers older than this many seconds are not used.
+    #[arg(long)]
+    cache_max_age_seconds: Option<u64>,
+    /// End each conversation's task with its number, so no two conversations are alike (with a
+    /// cache, identical conversations share their answers).
+    #[arg(long)]
+    distinct_tasks: bool,
+    /// Include each conversation's transcript in the per-conversation JSON (implies
+    /// --per-conversation).
+    #[arg(long)]
+    transcripts: bool,
     /// Serve the scheduler's Prometheus metrics at http://ADDR/metrics while the run lasts
     /// (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
@@ -159,6 +187,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         scheduler = scheduler.state(Arc::new(state.clone()));
         redis = Some(state);
     }
+    if let Some(cache) = response_cache(&args)? {
+        scheduler = scheduler.cache(cache);
+    }
     let scheduler = scheduler.build()?;
     // Held until the run ends: dropping it stops the endpoint.
     let _metrics = match args.metrics_addr {
@@ -181,7 +212,9 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .with_agents(args.agents)
         .with_max_messages(args.max_messages)
         .with_max_completion_tokens(Some(args.max_completion_tokens))
-        .with_stream(args.stream);
+        .with_stream(args.stream)
+        .with_distinct_tasks(args.distinct_tasks)
+        .with_transcripts(args.transcripts);
     if let Some(n) = args.concurrency {
         config = config.with_concurrency(n);
     }
@@ -206,7 +239,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     bar.finish_and_clear();
     let mut report = report?;
 
-    if !args.per_conversation {
+    if !args.per_conversation && !args.transcripts {
         report.per_conversation.clear();
     }
     if let Some(e) = &report.first_error {
@@ -221,6 +254,30 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The response cache the arguments ask for, if any.
+fn response_cache(args: &Args) -> Result<Option<ResponseCache>, Box<dyn std::error::Error>> {
+    let builder = match (&args.cache_dir, &args.cache_redis) {
+        (Some(dir), _) => {
+            let store = EmbeddedStore::open(dir)?;
+            eprintln!("fanout: responses cached in {}", store.path().display());
+            ResponseCache::builder(store)
+        }
+        (None, Some(url)) => {
+            let store = RedisStore::connect(url)?;
+            eprintln!("fanout: responses cached in Redis at {}", store.endpoint());
+            ResponseCache::builder(store)
+        }
+        (None, None) => return Ok(None),
+    };
+    let mut builder = builder
+        .namespace(&args.cache_namespace)
+        .mode(args.cache_mode);
+    if let Some(secs) = args.cache_max_age_seconds {
+        builder = builder.max_age(Duration::from_secs(secs));
+    }
+    Ok(Some(builder.build()?))
 }
 
 struct Progress {

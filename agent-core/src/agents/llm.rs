@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::structured::OutputSpec;
 use super::{AgentConfigError, check_name};
 use crate::agent::{Agent, AgentError, AgentReply, CallKind, TurnContext};
 use crate::history::transcript::{body, speaker};
 use crate::history::{HistoryPolicy, Unbounded, UnitKind, units};
 use crate::message::{Content, Message, Role, ToolCall, ToolResult};
-use crate::model::{ChatModel, ChatRequest, ToolSpec};
+use crate::model::{ChatModel, ChatRequest, ResponseFormat, ToolSpec};
 use crate::tool::ToolRegistry;
 use crate::tool::check_tool_name;
 
@@ -77,7 +78,7 @@ pub const HANDOFF_MESSAGE: &str =
 /// # });
 /// ```
 pub struct LlmAgent {
-    name: Arc<str>,
+    pub(super) name: Arc<str>,
     description: Arc<str>,
     system_message: Option<Message>,
     model: Arc<dyn ChatModel>,
@@ -90,6 +91,7 @@ pub struct LlmAgent {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
+    pub(super) output: Option<OutputSpec>,
     stream: bool,
 }
 
@@ -136,6 +138,7 @@ pub struct LlmAgentBuilder {
     max_completion_tokens: Option<u32>,
     temperature: Option<f32>,
     max_consecutive_auto_reply: Option<u32>,
+    output: Option<OutputSpec>,
     stream: bool,
 }
 
@@ -164,6 +167,7 @@ impl LlmAgent {
             max_completion_tokens: None,
             temperature: None,
             max_consecutive_auto_reply: None,
+            output: None,
             stream: false,
         }
     }
@@ -247,6 +251,46 @@ impl LlmAgentBuilder {
         self
     }
 
+    /// The agent's final reply is a `T`: every call asks for `T`'s JSON schema (derived by
+    /// schemars, strict where the schema allows), a reply that does not decode as `T` goes back
+    /// to the model with the error (at most
+    /// [`max_format_retries`](Self::max_format_retries) times, each call charged to the budget),
+    /// and the final message is [`Content::Structured`]. Read it with
+    /// [`LlmAgent::reply_as`] or [`Message::value_as`].
+    pub fn output<T: serde::de::DeserializeOwned + schemars::JsonSchema>(mut self) -> Self {
+        let retries = self.output.as_ref().map(|o| o.max_retries);
+        let mut spec = OutputSpec::typed::<T>();
+        spec.max_retries = retries.unwrap_or(spec.max_retries);
+        self.output = Some(spec);
+        self
+    }
+
+    /// Asks for `format` as given (JSON mode, or a schema written by hand): replies must be JSON
+    /// (an object for [`ResponseFormat::JsonObject`]); see [`output`](Self::output) for a typed
+    /// one.
+    pub fn response_format(mut self, format: ResponseFormat) -> Self {
+        let retries = self.output.as_ref().map(|o| o.max_retries);
+        let mut spec = OutputSpec::format(format);
+        spec.max_retries = retries.unwrap_or(spec.max_retries);
+        self.output = Some(spec);
+        self
+    }
+
+    /// How many times a reply that does not fit the response format is sent back for
+    /// correction (default [`DEFAULT_MAX_FORMAT_RETRIES`](super::DEFAULT_MAX_FORMAT_RETRIES)).
+    /// Set before or after [`output`](Self::output).
+    pub fn max_format_retries(mut self, retries: u32) -> Self {
+        match &mut self.output {
+            Some(spec) => spec.max_retries = retries,
+            None => {
+                let mut spec = OutputSpec::format(ResponseFormat::Text);
+                spec.max_retries = retries;
+                self.output = Some(spec);
+            }
+        }
+        self
+    }
+
     /// Streams every model call through [`TurnContext::stream`] (default off): a chat's event
     /// stream then carries the reply's tokens as they arrive. The reply itself is the same.
     pub fn stream(mut self, stream: bool) -> Self {
@@ -320,6 +364,9 @@ impl LlmAgentBuilder {
             max_completion_tokens: self.max_completion_tokens,
             temperature: self.temperature,
             max_consecutive_auto_reply: self.max_consecutive_auto_reply,
+            output: self
+                .output
+                .filter(|o| !matches!(o.format, ResponseFormat::Text)),
             stream: self.stream,
         })
     }
@@ -379,7 +426,29 @@ impl LlmAgent {
         let mut request = ChatRequest::new(messages).with_tools(self.specs.clone());
         request.max_completion_tokens = self.max_completion_tokens;
         request.temperature = self.temperature;
+        request.response_format = self.output.as_ref().map(|o| o.format.clone());
         request
+    }
+
+    /// One model call of a reply: the completion's message, attributed to this agent.
+    pub(super) async fn call(
+        &self,
+        ctx: &dyn TurnContext,
+        messages: &[Message],
+    ) -> Result<Message, AgentError> {
+        let request = self.request(messages.to_vec());
+        let completion = if self.stream {
+            ctx.stream(&*self.model, request, CallKind::Reply)
+                .await?
+                .completion()
+                .await?
+        } else {
+            ctx.complete(&*self.model, request, CallKind::Reply).await?
+        };
+        let mut message = completion.message.with_source(self.name.clone());
+        message.role = Role::Assistant;
+        message.usage = message.usage.or(completion.usage);
+        Ok(message)
     }
 
     fn handoff_for(&self, tool: &str) -> Option<&Handoff> {
@@ -432,18 +501,7 @@ impl Agent for LlmAgent {
         present(&self.name, &view, &mut messages);
         let mut reply = Vec::new();
         for round in 1..=self.max_tool_iterations {
-            let request = self.request(messages.clone());
-            let completion = if self.stream {
-                ctx.stream(&*self.model, request, CallKind::Reply)
-                    .await?
-                    .completion()
-                    .await?
-            } else {
-                ctx.complete(&*self.model, request, CallKind::Reply).await?
-            };
-            let mut message = completion.message.with_source(self.name.clone());
-            message.role = Role::Assistant;
-            message.usage = message.usage.or(completion.usage);
+            let mut message = self.call(ctx, &messages).await?;
             let calls = match &message.content {
                 Content::ToolCalls { calls } if !calls.is_empty() => calls.clone(),
                 Content::ToolCalls { .. } => {
@@ -453,6 +511,7 @@ impl Agent for LlmAgent {
                     return Ok(done(reply));
                 }
                 _ => {
+                    let message = self.conformed(ctx, &mut messages, message).await?;
                     reply.push(message);
                     return Ok(done(reply));
                 }
@@ -585,6 +644,7 @@ mod tests {
                 usage: Some(Usage::new(5, 1)),
                 finish_reason: FinishReason::ToolCalls,
                 rate_limits: None,
+                cached: false,
             })
         });
         let reply = agent(&model)
@@ -723,6 +783,74 @@ mod tests {
         assert_eq!(reply.messages.len(), 1);
         assert_eq!(reply.messages[0].calls()[0].name.as_ref(), "add");
         assert_eq!(reply.messages[0].source(), Some("assistant"));
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize, schemars::JsonSchema)]
+    struct Verdict {
+        approved: bool,
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_does_not_fit_goes_back_with_its_problem_then_fails_typed() {
+        let model = ScriptedModel::new("m")
+            .text("yes")
+            .text(r#"{"approved": "yes"}"#)
+            .text(r#"{"approved": true}"#);
+        let ctx = TestContext::new();
+        let agent = LlmAgent::builder("judge", Arc::new(model.clone()))
+            .output::<Verdict>()
+            .build()
+            .unwrap();
+        let typed = agent
+            .reply_as::<Verdict>(&[Message::user("ok?")], &ctx)
+            .await
+            .unwrap();
+        assert_eq!(typed.value, Verdict { approved: true });
+        assert_eq!(
+            typed.reply.messages.len(),
+            1,
+            "corrections stay out of the reply"
+        );
+        assert!(matches!(
+            typed.reply.messages[0].content,
+            Content::Structured { .. }
+        ));
+        // Every attempt was a call through the context, charged to the budget.
+        assert_eq!(ctx.budget().used().calls, 3);
+        let requests = model.requests();
+        let correction = |i: usize| {
+            requests[i]
+                .messages
+                .last()
+                .unwrap()
+                .text()
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            correction(1).contains("not valid JSON"),
+            "{}",
+            correction(1)
+        );
+        assert!(correction(2).contains("invalid type"), "{}", correction(2));
+        assert!(requests.iter().all(|r| r.response_format.is_some()));
+
+        // With one correction allowed, two bad replies fail with a typed error.
+        let model = ScriptedModel::new("m").text("no").text("still no");
+        let agent = LlmAgent::builder("judge", Arc::new(model.clone()))
+            .max_format_retries(1)
+            .output::<Verdict>()
+            .build()
+            .unwrap();
+        let err = agent
+            .reply(&[Message::user("ok?")], &TestContext::new())
+            .await
+            .unwrap_err();
+        let source = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<crate::agents::StructuredOutputError>())
+            .unwrap();
+        assert_eq!(source.attempts, 2);
+        assert_eq!(model.request_count(), 2);
     }
 
     #[test]

@@ -11,10 +11,12 @@
 
 mod function;
 mod llm;
+mod structured;
 mod user_proxy;
 
 pub use function::{FunctionAgent, IntoReply};
 pub use llm::{DEFAULT_MAX_TOOL_ITERATIONS, HANDOFF_MESSAGE, LlmAgent, LlmAgentBuilder};
+pub use structured::{DEFAULT_MAX_FORMAT_RETRIES, StructuredOutputError, TypedReply};
 pub use user_proxy::{
     ALWAYS_PROMPT, HumanInputMode, ON_TERMINATE_PROMPT, ScriptedInput, UserProxy, UserProxyBuilder,
 };

@@ -178,7 +178,8 @@ fn cut_message(m: &Message, share: f64) -> Message {
                 })
                 .collect(),
         },
-        Content::ToolCalls { .. } => m.content.clone(),
+        // A cut value would no longer parse: structured values stay whole.
+        Content::ToolCalls { .. } | Content::Structured { .. } => m.content.clone(),
     };
     Message {
         content,

@@ -9,7 +9,9 @@ use crate::message::{Content, Message, Role};
 /// The message's content as one text: text as is, tool traffic and handoffs described.
 pub(crate) fn body(m: &Message) -> Cow<'_, str> {
     match &m.content {
-        Content::Text { text } | Content::Stop { text } => Cow::Borrowed(text),
+        Content::Text { text } | Content::Stop { text } | Content::Structured { text, .. } => {
+            Cow::Borrowed(text)
+        }
         Content::Handoff { target, text } => Cow::Owned(format!("[handoff to {target}] {text}")),
         Content::ToolCalls { calls } => {
             let mut out = String::new();

@@ -72,6 +72,8 @@ pub enum ChatEvent {
         attempts: u32,
         /// The error, when the call failed.
         error: Option<CallError>,
+        /// True when a response cache answered (no quota, no budget, no provider call).
+        cached: bool,
     },
     /// The run stopped for this reason (a `Finished` follows).
     Stopped(StopReason),
@@ -216,15 +218,20 @@ impl CallObserver for AgentObserver {
         let usage = result.ok().and_then(|c| c.usage);
         // Usage "per model" is keyed by the model's id and priced once, by the scheduler: the
         // quota key may be any label.
+        let cached = result.is_ok_and(|c| c.cached);
         let mut inner = self.shared.lock();
-        inner.ledger.record(
-            &self.agent,
-            info.model,
-            usage,
-            result.is_err(),
-            info.attempts,
-            info.cost_nanos,
-        );
+        if cached {
+            inner.ledger.record_cached(&self.agent, info.model, usage);
+        } else {
+            inner.ledger.record(
+                &self.agent,
+                info.model,
+                usage,
+                result.is_err(),
+                info.attempts,
+                info.cost_nanos,
+            );
+        }
         if let Some(tx) = &inner.events {
             let _ = tx.send(ChatEvent::CallFinished {
                 agent: self.agent.clone(),
@@ -234,6 +241,7 @@ impl CallObserver for AgentObserver {
                 usage,
                 attempts: info.attempts,
                 error: result.err().cloned(),
+                cached,
             });
         }
     }

@@ -23,6 +23,7 @@ use super::speaker::{
 use super::state::ChatState;
 use super::summary::SummaryMethod;
 use super::task::Task;
+use crate::cache::ResponseCache;
 use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The chat's own name when none is set: selector and reflection calls are made under it.
@@ -60,6 +61,8 @@ pub struct GroupChatBuilder {
     observers: Vec<Arc<dyn CallObserver>>,
     parent_cancel: Option<CancellationToken>,
     state: Option<ChatState>,
+    cache: Option<ResponseCache>,
+    agent_caches: Vec<(String, ResponseCache)>,
     introductions: bool,
 }
 
@@ -103,8 +106,25 @@ impl GroupChatBuilder {
             observers: Vec::new(),
             parent_cancel: None,
             state: None,
+            cache: None,
+            agent_caches: Vec::new(),
             introductions: false,
         }
+    }
+
+    /// Answers the participants' calls through `cache` instead of the scheduler's (speaker
+    /// selection and reflection calls keep the scheduler's). See [`crate::cache`].
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Answers participant `agent`'s calls through `cache`, over the chat's and the
+    /// scheduler's; [`ResponseCache::disabled`] turns caching off for that agent. The name must
+    /// be a participant's (checked at build).
+    pub fn agent_cache(mut self, agent: impl Into<String>, cache: ResponseCache) -> Self {
+        self.agent_caches.push((agent.into(), cache));
+        self
     }
 
     /// AG2's `send_introductions`: the first run of a fresh chat (or after
@@ -410,6 +430,10 @@ impl GroupChatBuilder {
             None => AllowRepeat::All,
         };
         let rules = Rules::new(self.transitions.as_ref(), repeat, &roster)?;
+        let mut caches = vec![self.cache.clone(); n];
+        for (who, cache) in self.agent_caches {
+            caches[roster.require("agent_cache", &who)?] = Some(cache);
+        }
         let caps = Caps {
             max_turns: self.max_turns.map(|max| TurnCap {
                 replies: if self.exchange_turns {
@@ -446,6 +470,7 @@ impl GroupChatBuilder {
                 summary: self.summary,
                 observers: self.observers,
                 parent_cancel: self.parent_cancel,
+                caches,
             },
         );
         let descriptions = self

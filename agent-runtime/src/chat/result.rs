@@ -10,6 +10,11 @@ use agent_core::{Message, StopReason, Usage};
 use serde::{Deserialize, Serialize};
 
 /// Model usage of one agent, one model, or a whole run.
+///
+/// Calls answered by a response cache are counted in `calls` and their tokens in the token
+/// fields (the usage *including* cached inference, as AG2 reports it), and again in the `cached_*`
+/// fields; [`excluding_cached`](Self::excluding_cached) is what the providers actually served. A
+/// hit costs nothing: `cost_nanos` is what the budget was charged.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallUsage {
     /// Model calls that finished, successfully or not.
@@ -24,6 +29,15 @@ pub struct CallUsage {
     pub completion_tokens: u64,
     /// Cost in nanodollars, priced with the chat budget's price table.
     pub cost_nanos: u64,
+    /// Of `calls`, those a response cache answered.
+    #[serde(default)]
+    pub cached_calls: u64,
+    /// Of `prompt_tokens`, those of cached answers.
+    #[serde(default)]
+    pub cached_prompt_tokens: u64,
+    /// Of `completion_tokens`, those of cached answers.
+    #[serde(default)]
+    pub cached_completion_tokens: u64,
 }
 
 impl CallUsage {
@@ -35,6 +49,22 @@ impl CallUsage {
     /// Cost in dollars.
     pub fn cost_usd(&self) -> f64 {
         nanos_to_usd(self.cost_nanos)
+    }
+
+    /// The usage the providers served: cached answers left out (AG2's
+    /// `usage_excluding_cached_inference`).
+    pub fn excluding_cached(&self) -> CallUsage {
+        CallUsage {
+            calls: self.calls.saturating_sub(self.cached_calls),
+            prompt_tokens: self.prompt_tokens.saturating_sub(self.cached_prompt_tokens),
+            completion_tokens: self
+                .completion_tokens
+                .saturating_sub(self.cached_completion_tokens),
+            cached_calls: 0,
+            cached_prompt_tokens: 0,
+            cached_completion_tokens: 0,
+            ..*self
+        }
     }
 }
 
@@ -49,6 +79,13 @@ impl std::ops::AddAssign for CallUsage {
             .completion_tokens
             .saturating_add(other.completion_tokens);
         self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.cached_calls = self.cached_calls.saturating_add(other.cached_calls);
+        self.cached_prompt_tokens = self
+            .cached_prompt_tokens
+            .saturating_add(other.cached_prompt_tokens);
+        self.cached_completion_tokens = self
+            .cached_completion_tokens
+            .saturating_add(other.cached_completion_tokens);
     }
 }
 
@@ -114,7 +151,34 @@ impl Ledger {
         attempts: u32,
         cost_nanos: u64,
     ) {
-        let entry = match self
+        let usage = usage.unwrap_or_default();
+        *self.entry(agent, key) += CallUsage {
+            calls: 1,
+            failed: u64::from(failed),
+            attempts: u64::from(attempts),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cost_nanos,
+            ..CallUsage::default()
+        };
+    }
+
+    /// A call a response cache answered: counted with its usage, no attempts, no cost.
+    pub(crate) fn record_cached(&mut self, agent: &Arc<str>, key: &str, usage: Option<Usage>) {
+        let usage = usage.unwrap_or_default();
+        *self.entry(agent, key) += CallUsage {
+            calls: 1,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            cached_calls: 1,
+            cached_prompt_tokens: usage.prompt_tokens,
+            cached_completion_tokens: usage.completion_tokens,
+            ..CallUsage::default()
+        };
+    }
+
+    fn entry(&mut self, agent: &Arc<str>, key: &str) -> &mut CallUsage {
+        match self
             .entries
             .iter_mut()
             .position(|(a, k, _)| a == agent && &**k == key)
@@ -126,16 +190,7 @@ impl Ledger {
                 let last = self.entries.len() - 1;
                 &mut self.entries[last].2
             }
-        };
-        let usage = usage.unwrap_or_default();
-        *entry += CallUsage {
-            calls: 1,
-            failed: u64::from(failed),
-            attempts: u64::from(attempts),
-            prompt_tokens: usage.prompt_tokens,
-            completion_tokens: usage.completion_tokens,
-            cost_nanos,
-        };
+        }
     }
 
     pub(crate) fn clear(&mut self) {
@@ -173,6 +228,21 @@ mod tests {
         assert_eq!(r.by_model["m1"].cost_nanos, 6);
         assert_eq!(r.total.calls, 3);
         assert_eq!(r.total.attempts, 6);
+    }
+
+    #[test]
+    fn cached_calls_count_in_the_totals_and_apart() {
+        let mut ledger = Ledger::default();
+        let a: Arc<str> = Arc::from("a");
+        ledger.record(&a, "m", Some(Usage::new(10, 2)), false, 1, 7);
+        ledger.record_cached(&a, "m", Some(Usage::new(10, 2)));
+        let total = ledger.report().total;
+        assert_eq!((total.calls, total.cached_calls), (2, 1));
+        assert_eq!(total.total_tokens(), 24);
+        assert_eq!(total.cost_nanos, 7, "a hit costs nothing");
+        let served = total.excluding_cached();
+        assert_eq!((served.calls, served.total_tokens()), (1, 12));
+        assert_eq!(served.attempts, 1);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::error::{ChatConfigError, ChatError, ChatErrorKind};
 use super::events::{AgentObserver, ChatEvent, ChatShared};
 use super::result::ChatResult;
 use super::summary::{SummaryMethod, last_text};
+use crate::cache::ResponseCache;
 use crate::context::SchedulerContext;
 use crate::scheduler::{CallObserver, QuotaScheduler};
 
@@ -117,6 +118,9 @@ pub(crate) struct SessionSettings {
     pub(crate) observers: Vec<Arc<dyn CallObserver>>,
     /// Cancelling this cancels the chat too (a nested chat's parent).
     pub(crate) parent_cancel: Option<CancellationToken>,
+    /// The response cache of each participant's context, by position (`None`, or missing: the
+    /// scheduler's). The chat's own context always uses the scheduler's.
+    pub(crate) caches: Vec<Option<ResponseCache>>,
 }
 
 /// One chat's plumbing. Contexts: one per participant, in order, then the chat's own (ledger,
@@ -135,6 +139,7 @@ pub(crate) struct Session {
     pub(crate) token: CancellationToken,
     events: Option<UnboundedSender<ChatEvent>>,
     summary: SummaryMethod,
+    caches: Vec<Option<ResponseCache>>,
 }
 
 impl fmt::Debug for Session {
@@ -181,6 +186,7 @@ impl Session {
             token,
             events: None,
             summary: settings.summary,
+            caches: settings.caches,
         };
         session.contexts = session.make_contexts();
         session
@@ -190,13 +196,14 @@ impl Session {
         self.names
             .iter()
             .chain(std::iter::once(&self.name))
-            .map(|agent| {
+            .enumerate()
+            .map(|(i, agent)| {
                 let observer = Arc::new(AgentObserver {
                     agent: agent.clone(),
                     shared: self.shared.clone(),
                     forward: self.observers.clone(),
                 });
-                SchedulerContext::new(
+                let ctx = SchedulerContext::new(
                     self.scheduler.clone(),
                     self.conversation.clone(),
                     agent.clone(),
@@ -204,7 +211,11 @@ impl Session {
                 )
                 .with_cancel(self.token.clone())
                 .with_observer(observer)
-                .with_priority(self.priority)
+                .with_priority(self.priority);
+                match self.caches.get(i).cloned().flatten() {
+                    Some(cache) => ctx.with_cache(cache),
+                    None => ctx,
+                }
             })
             .collect()
     }

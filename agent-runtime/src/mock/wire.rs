@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agent_core::{ChatRequest, FinishReason, Message, ToolCall, ToolResult, ToolSpec, Usage};
+use agent_core::{
+    ChatRequest, FinishReason, Message, ResponseFormat, ToolCall, ToolResult, ToolSpec, Usage,
+};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -97,6 +99,7 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<WireRequest, String> {
         .map(|m| u32::try_from(m).unwrap_or(u32::MAX));
     let mut request = ChatRequest::new(out).with_tools(tools);
     request.max_completion_tokens = max_tokens;
+    request.response_format = response_format_of(value.get("response_format"))?;
     Ok(WireRequest {
         request,
         model: value
@@ -112,6 +115,43 @@ pub(crate) fn parse_request(body: &[u8]) -> Result<WireRequest, String> {
             .and_then(Value::as_bool)
             .unwrap_or(false),
     })
+}
+
+/// `response_format`: `{"type": "json_object"}` or `{"type": "json_schema", "json_schema":
+/// {"name", "schema", "strict"?, "description"?}}`; `text` or absent is free text.
+fn response_format_of(format: Option<&Value>) -> Result<Option<ResponseFormat>, String> {
+    let Some(format) = format else {
+        return Ok(None);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = format
+                .get("json_schema")
+                .ok_or("response_format of type json_schema has no `json_schema`")?;
+            let name = spec
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or("response_format.json_schema has no `name`")?;
+            let schema = spec
+                .get("schema")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            Ok(Some(ResponseFormat::JsonSchema {
+                name: name.into(),
+                description: spec
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(Into::into),
+                schema: Arc::new(schema),
+                strict: spec.get("strict").and_then(Value::as_bool).unwrap_or(false),
+            }))
+        }
+        other => Err(format!(
+            "response_format.type must be text, json_object or json_schema (got {other:?})"
+        )),
+    }
 }
 
 fn text_of(content: Option<&Value>) -> String {

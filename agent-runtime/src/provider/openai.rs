@@ -467,6 +467,7 @@ impl OpenAiProvider {
         if !request.stop.is_empty() {
             wire.stop = Some(StopConfiguration::StringArray(request.stop.clone()));
         }
+        wire.response_format = request.response_format.as_ref().and_then(wire_format);
         if !request.tools.is_empty() {
             wire.tools = Some(
                 request
@@ -573,6 +574,33 @@ fn assemble(
         usage,
         finish_reason,
         rate_limits,
+        cached: false,
+    }
+}
+
+/// Our response format as OpenAI's `response_format` (strict mode as the format says: set for
+/// schemas that qualify). `Text` is what no format means, so it is not sent.
+fn wire_format(
+    format: &agent_core::ResponseFormat,
+) -> Option<async_openai::types::chat::ResponseFormat> {
+    use async_openai::types::chat::{ResponseFormat as Wire, ResponseFormatJsonSchema};
+    match format {
+        agent_core::ResponseFormat::JsonObject => Some(Wire::JsonObject),
+        agent_core::ResponseFormat::JsonSchema {
+            name,
+            description,
+            schema,
+            strict,
+        } => Some(Wire::JsonSchema {
+            json_schema: ResponseFormatJsonSchema {
+                description: description.as_deref().map(str::to_owned),
+                name: name.to_string(),
+                schema: (**schema).clone(),
+                strict: strict.then_some(true),
+            },
+        }),
+        // Text, and formats added later that this provider cannot express: free text.
+        _ => None,
     }
 }
 
@@ -588,17 +616,7 @@ fn finish_reason(reason: Option<WireFinish>) -> FinishReason {
 
 /// OpenAI's `name` must match `^[a-zA-Z0-9_-]{1,64}$`.
 fn wire_name(source: Option<&str>) -> Option<String> {
-    let name: String = source?
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(64)
-        .collect();
+    let name = agent_core::model::api_name(source?);
     (!name.is_empty()).then_some(name)
 }
 
@@ -1310,6 +1328,44 @@ mod tests {
         );
         assert_eq!(wire_name(Some("")), None);
         assert_eq!(wire_name(Some(&"x".repeat(100))).map(|n| n.len()), Some(64));
+    }
+
+    #[test]
+    fn response_formats_map_to_openai_with_strict_where_the_schema_qualifies() {
+        #[derive(schemars::JsonSchema)]
+        #[allow(dead_code)]
+        struct Verdict {
+            approved: bool,
+        }
+        let provider = OpenAiProvider::builder()
+            .model("gpt-4o")
+            .api_key("k")
+            .build()
+            .unwrap();
+        let wire = |format: Option<agent_core::ResponseFormat>| {
+            let mut request = ChatRequest::new(vec![Message::user("q")]);
+            request.response_format = format;
+            serde_json::to_value(provider.wire_request(&request, false)).unwrap()
+        };
+        let typed = wire(Some(
+            agent_core::ResponseFormat::json_schema_for::<Verdict>(),
+        ));
+        let format = &typed["response_format"];
+        assert_eq!(format["type"], "json_schema");
+        assert_eq!(format["json_schema"]["name"], "Verdict");
+        assert_eq!(format["json_schema"]["strict"], true);
+        assert_eq!(
+            format["json_schema"]["schema"]["additionalProperties"],
+            false
+        );
+        let object = wire(Some(agent_core::ResponseFormat::JsonObject));
+        assert_eq!(object["response_format"]["type"], "json_object");
+        assert!(wire(None).get("response_format").is_none());
+        assert!(
+            wire(Some(agent_core::ResponseFormat::Text))
+                .get("response_format")
+                .is_none()
+        );
     }
 
     #[test]

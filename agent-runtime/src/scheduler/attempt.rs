@@ -1,7 +1,9 @@
 //! One call's way through the pipeline, stage by stage, with the only retry loop:
+//! response cache ([`CallAttempts::lookup`], a hit ends the call here) →
 //! budget ([`CallAttempts::reserve`]) → quota admission ([`CallAttempts::admit`]) → provider
 //! ([`CallAttempts::send`]) → reconcile ([`CallAttempts::reconcile`]) → retry decision
-//! ([`CallAttempts::retry_delay`]) and back to the budget.
+//! ([`CallAttempts::retry_delay`]) and back to the budget; a miss's outcome is stored
+//! ([`Pending::remember`]) when the loop ends.
 //!
 //! Each stage is a method on [`CallAttempts`], which carries what the stages share (the call,
 //! its key, its ticket and its record), so a new concern — a deadline, a stream, a cache — grows
@@ -24,6 +26,7 @@ use super::metrics::CallRecord;
 use super::reconcile::{InFlight, Outcome};
 use super::retry::WhenOpen;
 use super::{CallObserver, Inner, feedback};
+use crate::cache::{CacheMode, Hit, Lookup, Pending, ResponseCache};
 
 /// What the reconcile stage decided about a failed attempt.
 pub(super) enum Next {
@@ -31,6 +34,13 @@ pub(super) enum Next {
     Retry(ModelError),
     /// Stop: the call fails with this error.
     Fail(CallError),
+}
+
+/// What the cache stage found.
+pub(super) enum Cached {
+    Hit(Box<Hit>),
+    /// Not in the cache (`None`: no cache in force).
+    Miss(Option<Pending>),
 }
 
 /// A budget charge for an attempt that reached the provider and failed: one call, no tokens.
@@ -120,6 +130,8 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) expired: bool,
     /// The call's 429s: they use up no attempt, only `max_admission_wait` from the first.
     pub(super) limited: RateLimitedWait,
+    /// The response cache in force for this call (the most specific one configured).
+    pub(super) cache: Option<&'c ResponseCache>,
 }
 
 /// How long a call has been rate limited by the provider.
@@ -146,8 +158,37 @@ impl RateLimitedWait {
 impl<'s, 'c> CallAttempts<'s, 'c> {
     /// Runs the call to its end: the completion, or the error that ends it.
     pub(super) async fn run(mut self) -> Result<Completion, CallError> {
-        let (in_flight, completion) = self.attempts(&Whole).await?;
-        Ok(self.completed(in_flight, completion).await)
+        // The cache first: a hit spends no budget, no quota and no provider call.
+        let pending = match self.lookup().await? {
+            Cached::Hit(hit) => return Ok(hit.completion),
+            Cached::Miss(pending) => pending,
+        };
+        let result = match self.attempts(&Whole).await {
+            Ok((in_flight, completion)) => Ok(self.completed(in_flight, completion).await),
+            Err(error) => Err(error),
+        };
+        if let Some(pending) = pending {
+            pending.remember(result.as_ref()).await;
+        }
+        result
+    }
+
+    /// Cache stage: answers from the response cache, or says what a miss must store. Waiting
+    /// for an identical call in flight is cancellable like a queued call.
+    pub(super) async fn lookup(&self) -> Result<Cached, CallError> {
+        let Some(cache) = self.cache.filter(|c| c.mode() != CacheMode::Off) else {
+            return Ok(Cached::Miss(None));
+        };
+        match cache
+            .lookup(self.model.id(), self.request, self.ticket.cancel)
+            .await?
+        {
+            Lookup::Hit(hit) => {
+                tracing::debug!("answered from the response cache");
+                Ok(Cached::Hit(hit))
+            }
+            Lookup::Miss(pending) => Ok(Cached::Miss(Some(pending))),
+        }
     }
 
     /// Runs attempts until one succeeds: its in-flight guard (still holding quota and budget,

@@ -64,6 +64,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::cache::ResponseCache;
 use admission::{Backend, Key, Refusal, Ticket};
 use attempt::CallAttempts;
 use metrics::{CallRecord, Conversations};
@@ -150,6 +151,8 @@ pub struct ModelCall<'a> {
     pub observer: Option<&'a dyn CallObserver>,
     /// The quota key, when not the model's id (any label the user picks).
     pub quota_key: Option<&'a str>,
+    /// The response cache for this call, over the scheduler's (see [`crate::cache`]).
+    pub cache: Option<&'a ResponseCache>,
     /// Sees the call's life-cycle like `observer`, and is the observer a
     /// [`ModelStream`] keeps: a stream reports its deltas and its end after
     /// [`QuotaScheduler::call_stream`] has returned, so it needs one it can own.
@@ -197,10 +200,19 @@ impl<'a> ModelCall<'a> {
             cancel: None,
             observer: None,
             quota_key: None,
+            cache: None,
             shared_observer: None,
             deadlines: None,
             tenant: None,
         }
+    }
+
+    /// Answers the call through `cache` instead of the scheduler's (a cache in
+    /// [`CacheMode::Off`](crate::cache::CacheMode::Off) bypasses caching for it).
+    #[must_use]
+    pub fn with_cache(mut self, cache: &'a ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Queues the call as tenant `label` with `weight`: every call with the same label shares one
@@ -313,6 +325,7 @@ struct Inner {
     max_admission_wait: Duration,
     deadlines: Deadlines,
     key_deadlines: HashMap<String, Deadlines>,
+    cache: Option<ResponseCache>,
 }
 
 impl fmt::Debug for QuotaScheduler {
@@ -347,6 +360,7 @@ pub struct QuotaSchedulerBuilder {
     max_admission_wait: Duration,
     deadlines: Deadlines,
     key_deadlines: Vec<(String, Deadlines)>,
+    cache: Option<ResponseCache>,
 }
 
 /// Conversations tracked one by one in snapshots by default (about 600 bytes each).
@@ -369,6 +383,7 @@ impl Default for QuotaSchedulerBuilder {
             max_admission_wait: DEFAULT_MAX_ADMISSION_WAIT,
             deadlines: Deadlines::DEFAULT,
             key_deadlines: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -432,6 +447,13 @@ impl QuotaSchedulerBuilder {
         self
     }
 
+    /// Answers every call through `cache` unless the call, its chat or its agent sets another
+    /// (see [`crate::cache`]): a hit spends no quota and no budget.
+    pub fn cache(mut self, cache: ResponseCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
     /// Sets the deadlines of every provider attempt (default [`Deadlines::DEFAULT`]: 10 min per
     /// attempt, 2 min idle between stream events, 5 s behind a key's first call).
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
@@ -492,6 +514,7 @@ impl QuotaSchedulerBuilder {
                 max_admission_wait: self.max_admission_wait,
                 deadlines: self.deadlines,
                 key_deadlines: self.key_deadlines.into_iter().collect(),
+                cache: self.cache,
             }),
         }
     }
@@ -679,6 +702,11 @@ impl QuotaScheduler {
             .unwrap_or(&self.inner.default_quota)
     }
 
+    /// The response cache every call uses unless it sets its own.
+    pub fn cache(&self) -> Option<&ResponseCache> {
+        self.inner.cache.as_ref()
+    }
+
     /// Counters per key and per conversation.
     pub fn snapshot(&self) -> SchedulerSnapshot {
         let keys: Vec<Arc<Key>> = self
@@ -792,6 +820,7 @@ impl QuotaScheduler {
             priority,
             cancel,
             observer,
+            cache,
             shared_observer,
             deadlines,
             tenant,
@@ -824,6 +853,7 @@ impl QuotaScheduler {
             cancel,
             observer,
             shared_observer,
+            cache,
             tenant,
             prompt,
             demand: Demand {
@@ -899,6 +929,8 @@ struct Prepared<'c> {
     cancel: Option<&'c CancellationToken>,
     observer: Option<&'c dyn CallObserver>,
     shared_observer: Option<Arc<dyn CallObserver>>,
+    /// The call's own response cache (over the scheduler's).
+    cache: Option<&'c ResponseCache>,
     tenant: Option<(&'c str, NonZeroU32)>,
     deadlines: Deadlines,
     /// Estimated prompt tokens.
@@ -941,6 +973,7 @@ impl<'c> Prepared<'c> {
     ) -> CallAttempts<'s, 'a>
     where
         'c: 'a,
+        's: 'a,
     {
         CallAttempts {
             scheduler,
@@ -964,6 +997,7 @@ impl<'c> Prepared<'c> {
             deadlines: self.deadlines,
             expired: false,
             limited: Default::default(),
+            cache: self.cache.or(scheduler.cache.as_ref()),
         }
     }
 }

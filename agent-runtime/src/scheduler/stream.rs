@@ -7,6 +7,10 @@
 //! completed event, on an error, on cancellation, or when the reader drops it. What it charges:
 //! the provider's usage when it reports one (`stream_options.include_usage`), exactly as for a
 //! call; otherwise the prompt's estimate plus the estimate of what arrived.
+//!
+//! The response cache stage comes first here too: a hit is replayed as a stream (the deltas the
+//! original stream arrived in, then its completion), and a miss that completes is stored with
+//! its deltas.
 
 use std::borrow::Borrow;
 use std::fmt;
@@ -24,6 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::admission::Key;
+use super::attempt::Cached;
 use super::attempt::{Delivery, charge_usage};
 use super::deadline::Deadlines;
 use super::metrics::CallRecord;
@@ -31,6 +36,7 @@ use super::reconcile::{Outcome, Parked, RemoteSettle, StreamEnd};
 use super::{
     CallObserver, Caller, Inner, KeyHandle, ModelCall, QuotaScheduler, admission_span, traced,
 };
+use crate::cache::{Hit, Pending};
 
 /// The provider stage of [`QuotaScheduler::call_stream`]: the provider's stream, once its first
 /// event has arrived. An error before that fails the attempt (and may be retried); nothing after
@@ -144,13 +150,27 @@ impl QuotaScheduler {
         let key = key.borrow();
         let mut call = self.prepare(call, key);
         let mut record = CallRecord::default();
-        let result = call
-            .attempts(&self.inner, key, &mut record)
-            .attempts(&Streamed)
-            .await
-            // Parked at once: the guard no longer borrows the call's state.
-            .map(|(in_flight, opened)| (in_flight.park(), opened));
-        let (parked, opened) = match result {
+        // The cache stage first: a hit is replayed, with nothing reserved for it.
+        let looked = call.attempts(&self.inner, key, &mut record).lookup().await;
+        let result = match looked {
+            Ok(Cached::Hit(hit)) => {
+                return Ok(ModelStream::replay(
+                    self.inner.clone(),
+                    key.clone(),
+                    hit,
+                    call.caller(),
+                    call.shared_observer.take(),
+                ));
+            }
+            Ok(Cached::Miss(pending)) => call
+                .attempts(&self.inner, key, &mut record)
+                .attempts(&Streamed)
+                .await
+                // Parked at once: the guard no longer borrows the call's state.
+                .map(|(in_flight, opened)| ((in_flight.park(), opened), pending)),
+            Err(error) => Err(error),
+        };
+        let ((parked, opened), pending) = match result {
             Ok(opened) => opened,
             Err(error) => {
                 self.inner.finish_call(
@@ -181,6 +201,8 @@ impl QuotaScheduler {
                 record,
                 prompt: call.prompt,
                 received: String::new(),
+                deltas: Vec::new(),
+                pending,
             })),
         })
     }
@@ -204,6 +226,8 @@ pub struct ModelStream {
 #[allow(clippy::large_enum_variant)]
 enum State {
     Open(Box<Open>),
+    /// A cache hit being replayed.
+    Replay(Box<Replay>),
     /// Ended: the last item, after a shared backend has been told.
     Settling {
         remote: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -232,6 +256,21 @@ struct Open {
     prompt: u64,
     /// The text received so far, to estimate what to charge when the provider reports no usage.
     received: String,
+    /// The deltas as they arrived, kept for the response cache (only when `pending`).
+    deltas: Vec<String>,
+    /// The response cache's miss, stored when the stream completes.
+    pending: Option<Pending>,
+}
+
+/// A cache hit replayed as the stream it was recorded from.
+struct Replay {
+    deltas: std::collections::VecDeque<String>,
+    completion: Completion,
+    model: Arc<str>,
+    conversation: Arc<str>,
+    agent: Arc<str>,
+    kind: CallKind,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 /// Why a stream is being reconciled.
@@ -267,17 +306,70 @@ impl ModelStream {
         )))
     }
 
+    /// A stream replaying a cache hit: its deltas (the completion's text as one delta when it
+    /// was not recorded from a stream), then the completion, marked cached.
+    fn replay(
+        scheduler: Arc<Inner>,
+        key: Arc<Key>,
+        hit: Box<Hit>,
+        caller: Caller<'_>,
+        observer: Option<Arc<dyn CallObserver>>,
+    ) -> Self {
+        let Hit { completion, deltas } = *hit;
+        let deltas = if deltas.is_empty() {
+            completion
+                .message
+                .text()
+                .map(str::to_owned)
+                .into_iter()
+                .collect()
+        } else {
+            deltas.into()
+        };
+        Self {
+            scheduler,
+            key,
+            state: State::Replay(Box::new(Replay {
+                deltas,
+                completion,
+                model: Arc::from(caller.model),
+                conversation: Arc::from(caller.conversation),
+                agent: Arc::from(caller.agent),
+                kind: caller.kind,
+                observer,
+            })),
+        }
+    }
+
     /// Ends the stream for `end`: reconciles it and keeps the last item (and a shared backend's
-    /// settle) for the next poll.
+    /// settle, and the response cache's write) for the next poll.
     fn end(&mut self, end: End) {
-        let State::Open(open) = std::mem::replace(&mut self.state, State::Done) else {
+        let State::Open(mut open) = std::mem::replace(&mut self.state, State::Done) else {
             return;
         };
+        // A stream that did not complete drops its miss: waiting identical calls try themselves.
+        let store = match (open.pending.take(), &end) {
+            (Some(pending), End::Completed(completion)) => {
+                let completion = completion.clone();
+                let deltas = std::mem::take(&mut open.deltas);
+                Some(async move { pending.remember_stream(Ok(&completion), deltas).await })
+            }
+            _ => None,
+        };
         let (last, remote) = settle(&self.scheduler, &self.key, *open, end);
+        let after: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = match (remote, store) {
+            (None, None) => None,
+            (remote, store) => Some(Box::pin(async move {
+                if let Some(remote) = remote {
+                    remote.apply_detached().await;
+                }
+                if let Some(store) = store {
+                    store.await;
+                }
+            })),
+        };
         self.state = State::Settling {
-            remote: remote.map(|r| -> Pin<Box<dyn Future<Output = ()> + Send>> {
-                Box::pin(r.apply_detached())
-            }),
+            remote: after,
             last,
         };
     }
@@ -298,6 +390,41 @@ impl Stream for ModelStream {
                     let last = last.take();
                     this.state = State::Done;
                     return Poll::Ready(last);
+                }
+                State::Replay(replay) => {
+                    if let Some(text) = replay.deltas.pop_front() {
+                        if let Some(o) = &replay.observer {
+                            o.delta(&this.key.name, &text);
+                        }
+                        return Poll::Ready(Some(Ok(StreamEvent::TextDelta(text))));
+                    }
+                    let State::Replay(replay) = std::mem::replace(&mut this.state, State::Done)
+                    else {
+                        return Poll::Ready(None);
+                    };
+                    let Replay {
+                        completion,
+                        model,
+                        conversation,
+                        agent,
+                        kind,
+                        observer,
+                        ..
+                    } = *replay;
+                    let caller = Caller {
+                        model: &model,
+                        conversation: &conversation,
+                        agent: &agent,
+                        kind,
+                    };
+                    this.scheduler.finish_call(
+                        &this.key,
+                        caller,
+                        &mut CallRecord::default(),
+                        observer.as_deref(),
+                        Ok(&completion),
+                    );
+                    return Poll::Ready(Some(Ok(StreamEvent::Completed(completion))));
                 }
                 State::Open(open) => open,
             };
@@ -332,6 +459,9 @@ impl Stream for ModelStream {
                 }
                 StreamEvent::TextDelta(text) => {
                     open.received.push_str(&text);
+                    if open.pending.is_some() {
+                        open.deltas.push(text.clone());
+                    }
                     if let Some(o) = &open.observer {
                         o.delta(&this.key.name, &text);
                     }

@@ -14,6 +14,7 @@ mod limiter;
 mod reply;
 mod simulation;
 mod sliding_log;
+mod structured;
 
 use std::sync::Arc;
 use std::time::Duration;

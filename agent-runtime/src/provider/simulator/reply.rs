@@ -6,8 +6,10 @@
 //!    one of the tools), the reply is that tool call (arguments `{}` when none are given);
 //! 3. when the last message carries tool results, the reply reports them:
 //!    `Tool NAME returned CONTENT.`;
-//! 4. with scripted replies ([`SimConfig::with_replies`]), the next text in turn order;
-//! 5. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
+//! 4. when the request asks for a response format, the reply is JSON that fits it
+//!    (`structured`);
+//! 5. with scripted replies ([`SimConfig::with_replies`]), the next text in turn order;
+//! 6. otherwise the reply is `Turn N, answering SOURCE: ` followed by filler words, cut to
 //!    `reply_tokens` tokens.
 //!
 //! A reply is split into chunks of `chars_per_token` bytes; each chunk is one completion token
@@ -61,7 +63,12 @@ impl Reply {
         }
 
         let prefix = format!("Turn {count}, answering {}: ", who(last));
+        let structured = request
+            .response_format
+            .as_ref()
+            .and_then(|f| super::structured::reply_text(f, count));
         let (text, padded) = match last {
+            _ if structured.is_some() => (structured.unwrap_or_default(), false),
             _ if config.terminate_after.is_some_and(|n| count >= n) => {
                 (format!("{prefix}TERMINATE"), false)
             }
@@ -129,6 +136,7 @@ impl Reply {
             usage: Some(self.usage),
             finish_reason: self.finish_reason,
             rate_limits,
+            cached: false,
         }
     }
 }
