@@ -713,6 +713,26 @@ struct Row {
     wait_p99_ms: f64,
 }
 
+impl Row {
+    /// Prints the row's one-line summary on stderr (`run` labels a repetition) and returns its
+    /// makespan / bound.
+    fn report(&self, run: &str) -> f64 {
+        let ratio = self.makespan / self.bound.seconds;
+        eprintln!(
+            "  {} / {}{run}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
+            self.scenario,
+            self.mode.label(),
+            self.makespan,
+            self.bound.seconds,
+            self.bound.term,
+            self.http_429,
+            self.failed,
+            support::load_now()
+        );
+        ratio
+    }
+}
+
 fn row(scenario: &Scenario, mode: Mode, run: &Run) -> Row {
     let stats = &run.stats;
     let b = bound(scenario, run);
@@ -811,18 +831,7 @@ fn main() {
                 }
             }
             let r = row(&scenario, mode, &outcome);
-            let ratio = r.makespan / r.bound.seconds;
-            eprintln!(
-                "  {} / {}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
-                r.scenario,
-                r.mode.label(),
-                r.makespan,
-                r.bound.seconds,
-                r.bound.term,
-                r.http_429,
-                r.failed,
-                support::load_now()
-            );
+            let ratio = r.report("");
             table.row(vec![
                 r.scenario.to_owned(),
                 r.mode.label().to_owned(),
@@ -887,18 +896,7 @@ fn semantics_table(
             for i in 1..=repeat {
                 let outcome = run(runtime, &scenario, mode);
                 let r = row(&scenario, mode, &outcome);
-                let ratio = r.makespan / r.bound.seconds;
-                eprintln!(
-                    "  {} / {} #{i}: {:.2} s vs bound {:.2} s ({}) = {ratio:.3}, {} 429s, {} failed (load {})",
-                    r.scenario,
-                    r.mode.label(),
-                    r.makespan,
-                    r.bound.seconds,
-                    r.bound.term,
-                    r.http_429,
-                    r.failed,
-                    support::load_now()
-                );
+                let ratio = r.report(&format!(" #{i}"));
                 table.row(vec![
                     r.scenario.to_owned(),
                     r.mode.label().to_owned(),

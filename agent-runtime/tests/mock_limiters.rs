@@ -18,6 +18,7 @@ async fn start(config: SimConfig) -> (MockServer, reqwest::Client) {
         .with_period(HOUR)
         .with_latency(Duration::ZERO, Duration::ZERO);
     let (_, server) = MockServer::start(config).await.unwrap();
+    // reqwest is built without a default TLS provider (see docs/install.md).
     agent_runtime::tls::install_crypto_provider();
     (server, reqwest::Client::new())
 }

@@ -51,8 +51,9 @@ if [ "$mode" = configured ]; then limits=(--rpm 60 --period-seconds 60); fi
 for run in $(seq 1 "$runs"); do
   before=$(grep -c '429' "$log" || true)
   echo "== run $run ($mode), started at second $(date -u +%S) of the UTC minute"
+  # A run with failed conversations exits non-zero; report it and go on to the next run.
   OPENAI_API_KEY="$key" "$fanout" --base-url "http://127.0.0.1:$port/v1" \
-    --conversations 20 --agents 3 --max-messages 6 "${limits[@]}"
+    --conversations 20 --agents 3 --max-messages 6 "${limits[@]}" || echo "== fanout exited with $?"
   after=$(grep -c '429' "$log" || true)
   echo "== proxy log lines mentioning 429 during the run: $((after - before))"
 done

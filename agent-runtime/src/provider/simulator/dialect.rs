@@ -181,7 +181,8 @@ impl Dialect {
                         "litellm.RateLimitError: No deployments available for selected model. \
                          Passed model={model}. Deployments={{'{LITELLM_DEPLOYMENT}': \
                          {{'current_tpm': {}, 'tpm_limit': {}, 'current_rpm': {}, \
-                         'rpm_limit': {}}}}}",
+                         'rpm_limit': {}}}}}\n\nLiteLLM: model group '{model}' failed with the \
+                         error above. No fallback was attempted.",
                         current(levels.tokens),
                         dimension(levels.tokens),
                         current(levels.requests),

@@ -215,7 +215,9 @@ async fn litellm_admits_limit_minus_one_and_answers_like_the_proxy() {
         json!({"error": {
             "message": "litellm.RateLimitError: No deployments available for selected model. \
                         Passed model=gpt-4o-mini. Deployments={'turnstile-sim-deployment': \
-                        {'current_tpm': 0, 'tpm_limit': inf, 'current_rpm': 59, 'rpm_limit': 60}}",
+                        {'current_tpm': 0, 'tpm_limit': inf, 'current_rpm': 59, 'rpm_limit': 60}}\n\n\
+                        LiteLLM: model group 'gpt-4o-mini' failed with the error above. \
+                        No fallback was attempted.",
             "type": "throttling_error",
             "param": null,
             "code": "429",
