@@ -15,6 +15,8 @@
 
 pub mod cache;
 pub mod chat;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod console;
 pub mod context;
 pub mod fanout;

@@ -128,10 +128,10 @@ pub(super) struct CallAttempts<'s, 'c> {
     pub(super) deadlines: Deadlines,
     /// The last attempt ran past its deadline (the provider stage abandoned it).
     pub(super) expired: bool,
-    /// The response cache in force for this call (the most specific one configured).
-    pub(super) cache: Option<&'c ResponseCache>,
     /// The call's 429s: they use up no attempt, only `max_admission_wait` from the first.
     pub(super) limited: RateLimitedWait,
+    /// The response cache in force for this call (the most specific one configured).
+    pub(super) cache: Option<&'c ResponseCache>,
 }
 
 /// How long a call has been rate limited by the provider.
@@ -514,7 +514,9 @@ impl<'s, 'c> CallAttempts<'s, 'c> {
 fn stop_probing(key: &Key, after: Duration) {
     let mut inner = key.lock();
     let inner = &mut *inner;
-    if !inner.probing {
+    // A key in debt after a hint-less 429 keeps its single probe: letting the others go would
+    // release the burst the debt exists to prevent.
+    if !inner.probing || inner.debt.is_some() {
         return;
     }
     inner.probing = false;
