@@ -42,28 +42,31 @@ enum Command {
         spec: PathBuf,
     },
     /// Runs every task of a JSONL file as a chat of the team; results go to a JSONL file.
-    Run {
-        /// The team spec.
-        spec: PathBuf,
-        /// Tasks, one `{"id": …, "task": …}` a line.
-        #[arg(long)]
-        input: PathBuf,
-        /// Results, one a line; ids already there are skipped (resume).
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Validate and estimate calls, tokens, cost and the quota's minimum makespan; run nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Keep the quota in Redis, shared with every process using the same URL.
-        #[arg(long)]
-        redis_url: Option<String>,
-        /// Run only shard i of N (by a stable hash of the id), e.g. 0/4.
-        #[arg(long)]
-        shard: Option<Shard>,
-        /// Tasks running at once (default: the spec's run.concurrency, else 64).
-        #[arg(long)]
-        concurrency: Option<usize>,
-    },
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The team spec.
+    spec: PathBuf,
+    /// Tasks, one `{"id": …, "task": …}` a line.
+    #[arg(long)]
+    input: PathBuf,
+    /// Results, one a line; ids already there are skipped (resume).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Validate and estimate calls, tokens, cost and the quota's minimum makespan; run nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Keep the quota in Redis, shared with every process using the same URL.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Run only shard i of N (by a stable hash of the id), e.g. 0/4.
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// Tasks running at once (default: the spec's run.concurrency, else 64).
+    #[arg(long)]
+    concurrency: Option<usize>,
 }
 
 /// Beyond this many tasks at once the process holds too much for too little: the quota, not
@@ -84,32 +87,13 @@ async fn main() -> ExitCode {
     };
     match cli.command {
         Command::Check { spec } => check(&spec),
-        Command::Run {
-            spec,
-            input,
-            output,
-            dry_run,
-            redis_url,
-            shard,
-            concurrency,
-        } => {
-            let args = RunArgs {
-                spec,
-                input,
-                output,
-                dry_run,
-                redis_url,
-                shard,
-                concurrency,
-            };
-            match run(args).await {
-                Ok(code) => code,
-                Err(message) => {
-                    eprintln!("turnstile: {message}");
-                    ExitCode::from(2)
-                }
+        Command::Run(args) => match run(args).await {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("turnstile: {message}");
+                ExitCode::from(2)
             }
-        }
+        },
     }
 }
 
@@ -156,16 +140,6 @@ fn check(spec: &Path) -> ExitCode {
         parsed.max_calls_per_task()
     );
     ExitCode::SUCCESS
-}
-
-struct RunArgs {
-    spec: PathBuf,
-    input: PathBuf,
-    output: Option<PathBuf>,
-    dry_run: bool,
-    redis_url: Option<String>,
-    shard: Option<Shard>,
-    concurrency: Option<usize>,
 }
 
 async fn run(args: RunArgs) -> Result<ExitCode, String> {

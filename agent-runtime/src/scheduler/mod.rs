@@ -592,6 +592,7 @@ impl Inner {
             cost_usd = agent_core::budget::nanos_to_usd(record.cost_nanos),
             attempts = record.attempts,
             ok = !record.failed,
+            cached = result.is_ok_and(|c| c.cached),
             "model call"
         );
         if let Some(o) = observer {
