@@ -158,8 +158,7 @@ async fn run_task(
         }
     };
     let used = chat.budget().used();
-    let mut record = TaskRecord::invalid(id, "");
-    record.error = None;
+    let mut record = TaskRecord::new(id);
     record.calls = used.calls;
     record.cost_usd = used.cost_usd;
     record.wall_s = round_ms(start.elapsed());

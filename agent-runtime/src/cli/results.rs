@@ -47,18 +47,26 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
-    /// A task that never ran (its input line was invalid).
-    pub fn invalid(id: impl Into<String>, error: impl Into<String>) -> TaskRecord {
+    /// An empty record for task `id`: no stop reason, no error, nothing spent yet.
+    pub fn new(id: impl Into<String>) -> TaskRecord {
         TaskRecord {
             id: id.into(),
             stop_reason: None,
-            error: Some(error.into()),
+            error: None,
             transcript: Vec::new(),
             calls: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
             cost_usd: 0.0,
             wall_s: 0.0,
+        }
+    }
+
+    /// A task that never ran (its input line was invalid).
+    pub fn invalid(id: impl Into<String>, error: impl Into<String>) -> TaskRecord {
+        TaskRecord {
+            error: Some(error.into()),
+            ..TaskRecord::new(id)
         }
     }
 
