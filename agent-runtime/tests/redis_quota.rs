@@ -696,6 +696,52 @@ async fn start_empty_buckets_admit_nothing_until_they_refill() {
     assert!(retry_after.unwrap() <= Duration::from_secs(1));
 }
 
+/// `Quota::guard` holds back `guard`'s worth of refill in a shared bucket too, as in memory: ten
+/// requests per minute refill one every 6 s, so a 30 s guard keeps five back and a fresh bucket
+/// admits five before it waits; a guard longer than the period is capped at the capacity (only a
+/// full bucket admits). The next call then waits one request's refill. (The refill between the
+/// acquires is a few milliseconds, a thousandth of a request.)
+#[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
+async fn a_guard_holds_back_its_refill_in_the_shared_bucket() {
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let state = connect(&url, &unique_prefix("guard")).await;
+    for (guard, burst) in [(0, 10), (30, 5), (3_600, 1)] {
+        let key = format!("guard-{guard}");
+        let limits = Quota::per_minute()
+            .requests(10)
+            .guard(Duration::from_secs(guard))
+            .limits();
+        let mut admitted = 0;
+        let wait = loop {
+            match state.acquire(&key, &limits, cost(1, 0), TTL).await.unwrap() {
+                Acquire::Granted(_) => admitted += 1,
+                Acquire::Wait {
+                    dimension,
+                    retry_after,
+                } => {
+                    assert_eq!(dimension, Dimension::Requests);
+                    break retry_after.unwrap();
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                admitted <= 10,
+                "a guard of {guard} s admitted over capacity"
+            );
+        };
+        assert_eq!(admitted, burst, "guard {guard} s");
+        assert!(
+            wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
+            "guard {guard} s: waited {wait:?}"
+        );
+    }
+}
+
 #[tokio::test]
 #[cfg_attr(
     no_redis,

@@ -356,7 +356,7 @@ impl Key {
                     && inner.queue.len() == 0
                     && inner
                         .buckets
-                        .try_acquire(now, &inner.limits, ticket.cost, self.quota.guard)
+                        .try_acquire(now, &inner.limits, ticket.cost)
                         .is_ok()
                 {
                     let wait = now - start;
@@ -430,10 +430,7 @@ impl Key {
                         Backend::Shared { .. } => false,
                     };
                     let blocked = if local {
-                        inner
-                            .buckets
-                            .try_acquire(now, &inner.limits, cost, self.quota.guard)
-                            .err()
+                        inner.buckets.try_acquire(now, &inner.limits, cost).err()
                     } else {
                         // A pause this process knows of holds the head without a round trip.
                         inner

@@ -63,9 +63,11 @@ pub struct Quota {
     /// less (default zero). The provider's bucket judges a request when it arrives, the
     /// scheduler's when it leaves: network jitter of up to `guard` between the two can then never
     /// make a request arrive before the provider has refilled for it. It costs one shift of
-    /// `guard` at the start of a saturated run, never throughput. In-memory state only (a shared
-    /// backend admits by its own clock). The cold start needs no guard: a key's buckets give up
-    /// the refill of its first round trip by default (`docs/quota.md`, "Cold start").
+    /// `guard` at the start of a saturated run, never throughput. A shared Redis state applies it
+    /// to continuous buckets by the server's clock: processes reach Redis and the provider over
+    /// different paths, so their jitter is larger than one process's (`docs/redis.md`). The cold
+    /// start needs no guard: a key's buckets give up the refill of its first round trip by
+    /// default (`docs/quota.md`, "Cold start").
     pub guard: Duration,
     /// How the provider counts `requests` (default a continuous [`Limiter::Bucket`]).
     pub requests_limiter: Limiter,
@@ -300,6 +302,7 @@ impl Quota {
             tokens_per_day: rate(self.tokens_per_day, self.day, Limiter::Bucket),
             max_in_flight: self.max_in_flight,
             start_empty: self.start_empty,
+            guard: self.guard,
         }
     }
 }
@@ -416,6 +419,9 @@ pub struct Limits {
     pub max_in_flight: Option<u32>,
     /// A bucket created for these limits starts empty rather than full.
     pub start_empty: bool,
+    /// Slack for network jitter: admit only once a continuous bucket would still cover the call
+    /// had it refilled for `guard` less ([`Quota::guard`](field@Quota::guard)).
+    pub guard: Duration,
 }
 
 impl Limits {
@@ -427,6 +433,7 @@ impl Limits {
         tokens_per_day: None,
         max_in_flight: None,
         start_empty: false,
+        guard: Duration::ZERO,
     };
 
     /// True when nothing binds.

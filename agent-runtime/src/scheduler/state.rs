@@ -280,7 +280,6 @@ impl KeyBuckets {
         now: Instant,
         limits: &Limits,
         cost: Cost,
-        guard: Duration,
     ) -> Result<(), Blocked> {
         if let Some(wait) = self.paused_for(now) {
             return Err(Blocked {
@@ -306,7 +305,7 @@ impl KeyBuckets {
         let mut longest: Option<(Duration, Dimension)> = None;
         for ((slot, amount), dimension) in self.buckets.iter().zip(amounts).zip(DIMENSIONS) {
             if let Some(b) = slot {
-                let wait = b.wait_guarded(amount, guard);
+                let wait = b.wait_guarded(amount, limits.guard);
                 if !wait.is_zero() && longest.is_none_or(|(w, _)| wait > w) {
                     longest = Some((wait, dimension));
                 }
@@ -586,7 +585,7 @@ impl QuotaState for InMemoryState {
     ) -> Result<Acquire, StateError> {
         let now = Instant::now();
         Ok(
-            match self.with_key(key, |k| k.try_acquire(now, limits, cost, Duration::ZERO)) {
+            match self.with_key(key, |k| k.try_acquire(now, limits, cost)) {
                 Ok(()) => Acquire::Granted(Lease {
                     id: self.next_lease.fetch_add(1, Ordering::Relaxed),
                     cost,
@@ -698,7 +697,7 @@ mod tests {
         let mut k = KeyBuckets::default();
         let t0 = Instant::now();
         for _ in 0..7 {
-            k.try_acquire(t0, &limits, cost(0), Duration::ZERO).unwrap();
+            k.try_acquire(t0, &limits, cost(0)).unwrap();
         }
         let sent = k.present();
         // The answer arrives 2.5 s later: 2.5 requests refilled since, 5.5 here.
@@ -715,9 +714,7 @@ mod tests {
         // Lowering to the old value as it was would have thrown the refill away.
         let mut stale = KeyBuckets::default();
         for _ in 0..7 {
-            stale
-                .try_acquire(t0, &limits, cost(0), Duration::ZERO)
-                .unwrap();
+            stale.try_acquire(t0, &limits, cost(0)).unwrap();
         }
         stale.observe(t1, &limits, &reading(0));
         assert_eq!(stale.available(t1, &limits)[0], Some(0));

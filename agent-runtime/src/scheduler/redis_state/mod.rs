@@ -696,7 +696,7 @@ fn local_share(limits: &Limits, processes: u32) -> Limits {
         requests_per_day: share(limits.requests_per_day),
         tokens_per_day: share(limits.tokens_per_day),
         max_in_flight: limits.max_in_flight.map(|m| (m / processes.max(1)).max(1)),
-        start_empty: limits.start_empty,
+        ..*limits
     }
 }
 
@@ -848,7 +848,7 @@ mod tests {
             requests_per_day: Some(Rate::new(3, Duration::from_secs(86_400))),
             tokens_per_day: None,
             max_in_flight: Some(5),
-            start_empty: false,
+            ..Limits::UNLIMITED
         };
         let share = local_share(&limits, 4);
         assert_eq!(share.requests.map(|r| r.limit), Some(2));

@@ -190,6 +190,7 @@ impl Scripts {
         inv.arg(duration_ms(lease_ttl))
             .arg(limits.max_in_flight.unwrap_or(0))
             .arg(u8::from(limits.start_empty))
+            .arg(limits.guard.as_secs_f64() * 1000.0)
             .arg(buckets.len());
         for b in &buckets {
             b.push(&mut inv, b.amount(cost) as f64);

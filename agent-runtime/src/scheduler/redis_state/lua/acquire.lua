@@ -1,7 +1,7 @@
 -- Checks and reserves every dimension of one call atomically: the pause, each bucket (requests,
 -- tokens, daily caps) and the in-flight leases. Either everything is reserved or nothing is.
 --
--- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start_empty (0/1), n,
+-- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start_empty (0/1), guard_ms, n,
 --       then n x (name, cap, period_ms, cost, kind)
 -- Returns {1, now_us, lease_id}            granted; the lease is recorded under lease_id, which is
 --                                          the grant's server time in µs (made unique)
@@ -11,7 +11,8 @@
 local lease_ttl = tonumber(ARGV[1])
 local max_in_flight = tonumber(ARGV[2])
 local empty = ARGV[3] == '1'
-local specs = read_specs(5, tonumber(ARGV[4]), 5)
+local guard = tonumber(ARGV[4])
+local specs = read_specs(6, tonumber(ARGV[5]), 5)
 local now_us, now_ms = server_now()
 
 for _, s in ipairs(specs) do
@@ -28,7 +29,7 @@ if paused and tonumber(paused) > now_ms then
 end
 for _, s in ipairs(specs) do
   load_meter(KEYS[1], s, now_ms, empty)
-  local w = meter_wait(s, s.amount, now_ms)
+  local w = meter_wait(s, s.amount, now_ms, guard)
   if w > wait then
     wait, dimension = w, s.name
   end

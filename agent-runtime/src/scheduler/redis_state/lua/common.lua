@@ -139,8 +139,13 @@ local function load_meter(key, s, now_ms, empty)
   end
 end
 
--- How long until `amount` fits (0 if it does now).
-local function meter_wait(s, amount, now_ms)
+-- How long until `amount` fits (0 if it does now). A continuous bucket waits until it would
+-- cover `amount` plus `guard_ms` of refill (capped at its capacity), the slack that absorbs
+-- network jitter between this admission and the provider's (`Quota::guard`); nil means none.
+local function meter_wait(s, amount, now_ms, guard_ms)
+  if s.kind == 'b' and guard_ms and guard_ms > 0 then
+    amount = math.min(amount + s.rate * guard_ms, math.max(s.cap, amount))
+  end
   if s.level >= amount then
     return 0
   end
