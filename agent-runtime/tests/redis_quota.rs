@@ -24,8 +24,8 @@ use std::time::Duration;
 use agent_core::{Budget, CallKind, RateLimitReading, Usage, async_trait};
 use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
 use agent_runtime::scheduler::{
-    Acquire, Cost, Dimension, Lease, Limits, ModelCall, Quota, QuotaScheduler, QuotaState,
-    Settlement, StateError,
+    Acquire, Cost, Dimension, Lease, Limiter, Limits, ModelCall, Quota, QuotaScheduler, QuotaState,
+    Settlement, StateError, WindowStart,
 };
 use redis_support::TestRedis;
 use scheduler_support::{ExactEstimator, TimedModel, request};
@@ -739,6 +739,44 @@ async fn a_guard_holds_back_its_refill_in_the_shared_bucket() {
             wait > Duration::from_secs(5) && wait <= Duration::from_secs(6),
             "guard {guard} s: waited {wait:?}"
         );
+    }
+}
+
+/// The cold-start shift in a shared bucket: `lag` by 30 s takes five requests' refill out of a
+/// fresh bucket of ten per minute (five are admitted, then the next waits one refill), and
+/// leaves a window alone (it has no refill to give up: all ten are admitted).
+#[tokio::test]
+#[cfg_attr(
+    no_redis,
+    ignore = "no REDIS_URL and no redis-server binary at build time"
+)]
+async fn lag_gives_up_refill_in_buckets_and_leaves_windows_alone() {
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let state = connect(&url, &unique_prefix("lag")).await;
+    let bucket = Quota::per_minute().requests(10);
+    let window = bucket
+        .clone()
+        .limiter(Limiter::FixedWindow(WindowStart::FirstRequest));
+    for (key, quota, burst) in [("bucket", bucket, 5), ("window", window, 10)] {
+        let limits = quota.limits();
+        state
+            .lag(key, &limits, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut admitted = 0;
+        loop {
+            match state.acquire(key, &limits, cost(1, 0), TTL).await.unwrap() {
+                Acquire::Granted(_) => admitted += 1,
+                Acquire::Wait { dimension, .. } => {
+                    assert_eq!(dimension, Dimension::Requests);
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(admitted <= 10, "{key}: admitted over capacity");
+        }
+        assert_eq!(admitted, burst, "{key}");
     }
 }
 

@@ -18,7 +18,9 @@ use agent_core::{
     async_trait,
 };
 use agent_runtime::provider::headers::classify;
-use agent_runtime::scheduler::{Limiter, ModelCall, Quota, QuotaScheduler, WindowStart};
+use agent_runtime::scheduler::{
+    InMemoryState, Limiter, ModelCall, Quota, QuotaScheduler, WindowStart,
+};
 use scheduler_support::{ExactEstimator, completion, request};
 use tokio::time::Instant;
 
@@ -408,17 +410,26 @@ async fn configured_sliding_windows_draw_no_429s() {
 /// slower than the rest (cold connections). The provider's bucket starts refilling when that
 /// request arrives; the key's own bucket gives up the refill of its first round trip when the
 /// first answer comes, so no later, faster request arrives before its refill. No warm-up call.
+/// The same holds with a shared state (`QuotaState::lag`, what Redis gets too).
 #[tokio::test(start_paused = true)]
 async fn exact_limits_draw_no_429_at_cold_start() {
-    for chats in [20, 50] {
-        let provider = Provider::new(Counting::Bucket, 10, PERIOD).with_delay(
-            10,
-            Duration::from_millis(40),
-            Duration::from_millis(2),
-        );
-        let s = scheduler(Quota::per_period(PERIOD).requests(10));
-        assert_eq!(run(&s, &provider, chats, 2).await, 0);
-        assert_eq!(provider.rejected(), 0, "{chats} chats");
+    for shared in [false, true] {
+        for chats in [20, 50] {
+            let provider = Provider::new(Counting::Bucket, 10, PERIOD).with_delay(
+                10,
+                Duration::from_millis(40),
+                Duration::from_millis(2),
+            );
+            let mut builder = QuotaScheduler::builder()
+                .estimator(ExactEstimator)
+                .quota("m", Quota::per_period(PERIOD).requests(10));
+            if shared {
+                builder = builder.state(Arc::new(InMemoryState::new()));
+            }
+            let s = builder.build().unwrap();
+            assert_eq!(run(&s, &provider, chats, 2).await, 0);
+            assert_eq!(provider.rejected(), 0, "{chats} chats, shared {shared}");
+        }
     }
 }
 

@@ -250,15 +250,16 @@ impl KeyInner {
     /// the key's buckets lose the refill they earned between its first admission and now, as
     /// the provider's started refilling only when the first request arrived (at most this long
     /// after). One shift of one round trip, instead of a 429 whenever a later request travels
-    /// faster than the first.
-    pub(crate) fn first_answer(&mut self, now: Instant) {
+    /// faster than the first. Returns the shift, for a shared backend to apply to its buckets.
+    pub(crate) fn first_answer(&mut self, now: Instant) -> Option<Duration> {
         if self.warm {
-            return;
+            return None;
         }
         self.warm = true;
-        if let Some(since) = self.cold_since.take() {
-            self.buckets.lag(now, now.saturating_duration_since(since));
-        }
+        let since = self.cold_since.take()?;
+        let by = now.saturating_duration_since(since);
+        self.buckets.lag(now, by);
+        Some(by)
     }
 
     /// A success: it ends a debt (when sent after it began) and teaches what its reading shows.

@@ -116,6 +116,7 @@ impl InFlight<'_, '_> {
         let settlement = self.settlement(actual);
         let scheduler = self.scheduler;
         let mut pause = Duration::ZERO;
+        let mut lag = None;
         let (limits, reading, hintless) = {
             let mut inner = self.key.lock();
             let inner = &mut *inner;
@@ -212,13 +213,13 @@ impl InFlight<'_, '_> {
             let mut hintless = None;
             match &outcome {
                 Outcome::Completed { .. } => {
-                    inner.first_answer(now);
+                    lag = inner.first_answer(now);
                     inner.succeeded(&self.key.quota, now, &self.admitted, reading);
                 }
                 Outcome::RateLimited {
                     kind, retry_after, ..
                 } => {
-                    inner.first_answer(now);
+                    lag = inner.first_answer(now);
                     let told = retry_after.or_else(|| reading.and_then(|r| r.retry_after));
                     if told.is_none() {
                         pause = inner.refused_without_hint(
@@ -301,6 +302,7 @@ impl InFlight<'_, '_> {
                 settlement,
                 reading,
                 pause,
+                lag,
             }),
         };
         (self.reservation.take(), pause, remote)
@@ -371,6 +373,8 @@ pub(super) struct RemoteSettle {
     settlement: Settlement,
     reading: Option<RateLimitReading>,
     pause: Duration,
+    /// The cold-start shift, at the key's first answer.
+    lag: Option<Duration>,
 }
 
 impl RemoteSettle {
@@ -393,6 +397,9 @@ impl RemoteSettle {
     async fn apply(self) {
         let name = &*self.key.name;
         let mut errors = 0u64;
+        if let Some(by) = self.lag {
+            errors += u64::from(self.state.lag(name, &self.limits, by).await.is_err());
+        }
         if let Some(lease) = self.lease {
             let r = self
                 .state

@@ -119,6 +119,18 @@ pub trait QuotaState: Send + Sync + fmt::Debug {
         limits: &Limits,
         reading: &RateLimitReading,
     ) -> Result<(), StateError>;
+
+    /// Gives up `by` of refill in the key's continuous buckets (possibly into debt); windows
+    /// have no refill to give up. The scheduler calls it once per key, at the provider's first
+    /// answer, with the time since its first admission: the provider's bucket began refilling
+    /// only when that request arrived, the shared one when it was granted, and without the shift
+    /// a later request that travels faster than the first finds the provider short (a 429 with
+    /// limits configured exactly). The default does nothing: a backend without it only loses
+    /// that protection.
+    async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
+        let _ = (key, limits, by);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -152,6 +164,9 @@ impl<S: QuotaState + ?Sized> QuotaState for Arc<S> {
     ) -> Result<(), StateError> {
         (**self).observe(key, limits, reading).await
     }
+    async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
+        (**self).lag(key, limits, by).await
+    }
 }
 
 #[async_trait]
@@ -184,6 +199,9 @@ impl<S: QuotaState + ?Sized> QuotaState for Box<S> {
         reading: &RateLimitReading,
     ) -> Result<(), StateError> {
         (**self).observe(key, limits, reading).await
+    }
+    async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
+        (**self).lag(key, limits, by).await
     }
 }
 
@@ -624,6 +642,15 @@ impl QuotaState for InMemoryState {
     ) -> Result<(), StateError> {
         let now = Instant::now();
         self.with_key(key, |k| k.observe(now, limits, reading));
+        Ok(())
+    }
+
+    async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
+        let now = Instant::now();
+        self.with_key(key, |k| {
+            k.sync(limits, now);
+            k.lag(now, by);
+        });
         Ok(())
     }
 }

@@ -664,6 +664,25 @@ impl QuotaState for RedisQuotaState {
         .await
         .map_err(|error| self.unavailable(&error))
     }
+
+    async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
+        if let Some(processes) = self.local_share_now() {
+            let share_limits = local_share(limits, processes);
+            return self.inner.local.lag(key, &share_limits, by).await;
+        }
+        if by.is_zero() {
+            return Ok(());
+        }
+        let keys = self.keys(key);
+        let mut conn = self.inner.conn.clone();
+        let shared = self
+            .inner
+            .continuity
+            .limits_for(key, limits, Instant::now());
+        self.guarded(self.inner.scripts.lag(&mut conn, &keys, &shared, by))
+            .await
+            .map_err(|error| self.unavailable(&error))
+    }
 }
 
 /// How a settled call moves the token buckets: an extra charge for usage above the reservation,

@@ -147,6 +147,7 @@ pub(crate) struct InspectReply {
 pub(crate) struct Scripts {
     acquire: Script,
     settle: Script,
+    lag: Script,
     renew: Script,
     pause: Script,
     observe: Script,
@@ -168,6 +169,7 @@ impl Scripts {
         Self {
             acquire: quota_script!("lua/acquire.lua"),
             settle: quota_script!("lua/settle.lua"),
+            lag: quota_script!("lua/lag.lua"),
             renew: quota_script!("lua/renew.lua"),
             pause: quota_script!("lua/pause.lua"),
             observe: quota_script!("lua/observe.lua"),
@@ -234,6 +236,27 @@ impl Scripts {
         }
         let reply: Vec<Value> = inv.invoke_async(conn).await?;
         Ok(field_u64(&reply, 0)? == 1)
+    }
+
+    /// Lowers every continuous bucket of `limits` by `by`'s worth of refill.
+    pub(crate) async fn lag(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &QuotaKeys,
+        limits: &Limits,
+        by: Duration,
+    ) -> RedisResult<()> {
+        let mut inv = self.lag.prepare_invoke();
+        keys.push(&mut inv);
+        let buckets: Vec<BucketArg> = BucketArg::of(limits).collect();
+        inv.arg(u8::from(limits.start_empty))
+            .arg(by.as_secs_f64() * 1000.0)
+            .arg(buckets.len());
+        for b in &buckets {
+            b.push(&mut inv, 0.0);
+        }
+        let _: Vec<Value> = inv.invoke_async(conn).await?;
+        Ok(())
     }
 
     /// Extends a live lease; false when it had already expired.
