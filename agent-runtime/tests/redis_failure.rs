@@ -346,3 +346,78 @@ async fn fail_closed_admits_again_once_redis_comes_back() {
     wait_for_shared(&state, &limits).await;
     assert_eq!(state.metrics().local_admissions, 0);
 }
+
+/// A restart forgets every quota. For a key this process used within its period, whatever the
+/// limiter kind, the state comes back with nothing to hand out — a bucket empty (one request
+/// refills in 6 s at ten a minute), a window spent until it turns, a sliding log full for one
+/// period — never a second allowance on top of what the provider already counted. A key first
+/// used after the restart starts as configured.
+#[tokio::test]
+#[cfg_attr(
+    no_redis_server,
+    ignore = "no redis-server binary on PATH at build time"
+)]
+async fn a_restart_never_hands_out_a_second_allowance() {
+    use agent_runtime::scheduler::{Dimension, Limiter, WindowStart};
+    let mut redis = PrivateRedis::start(None).expect("redis-server could not be started");
+    let state = RedisQuotaState::connect(&redis.url(), RedisQuotaConfig::default())
+        .await
+        .unwrap();
+    let kinds = [
+        ("bucket", Limiter::Bucket),
+        ("clock", Limiter::FixedWindow(WindowStart::Clock)),
+        ("first", Limiter::FixedWindow(WindowStart::FirstRequest)),
+        ("sliding", Limiter::SlidingWindow),
+    ];
+    let limits = |kind| Quota::per_minute().requests(10).limiter(kind).limits();
+    let cost = Cost {
+        requests: 1,
+        tokens: 0,
+    };
+    let ttl = Duration::from_secs(60);
+    for (key, kind) in kinds {
+        for _ in 0..2 {
+            let answer = state.acquire(key, &limits(kind), cost, ttl).await.unwrap();
+            assert!(matches!(answer, Acquire::Granted(_)), "{key}: {answer:?}");
+        }
+    }
+
+    redis.stop();
+    let _restarted = PrivateRedis::start(Some(redis.port)).unwrap();
+    for (key, kind) in kinds {
+        // The first commands after the restart may find the connection gone: ask until Redis
+        // answers.
+        let answer = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok(answer) = state.acquire(key, &limits(kind), cost, ttl).await {
+                    return answer;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("Redis never answered after its restart");
+        let Acquire::Wait {
+            dimension,
+            retry_after: Some(wait),
+        } = answer
+        else {
+            panic!("{key}: a restarted quota handed out a second allowance: {answer:?}");
+        };
+        assert_eq!(dimension, Dimension::Requests, "{key}");
+        match key {
+            "bucket" => assert!(wait <= Duration::from_secs(6), "{key}: {wait:?}"),
+            "clock" => assert!(wait <= Duration::from_secs(61), "{key}: {wait:?}"),
+            _ => assert!(wait > Duration::from_secs(55), "{key}: {wait:?}"),
+        }
+    }
+    assert_eq!(state.metrics().restarts_detected, 1);
+    for (key, kind) in kinds {
+        let fresh = format!("{key}-after");
+        let answer = state
+            .acquire(&fresh, &limits(kind), cost, ttl)
+            .await
+            .unwrap();
+        assert!(matches!(answer, Acquire::Granted(_)), "{fresh}: {answer:?}");
+    }
+}

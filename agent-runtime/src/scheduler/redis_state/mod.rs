@@ -514,12 +514,12 @@ impl QuotaState for RedisQuotaState {
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
         let now = Instant::now();
-        let shared = self.inner.continuity.limits_for(key, limits, now);
+        let start = self.inner.continuity.start(key, limits, now);
         let reply = self
             .guarded(
                 self.inner
                     .scripts
-                    .acquire(&mut conn, &keys, &shared, cost, lease_ttl),
+                    .acquire(&mut conn, &keys, limits, start, cost, lease_ttl),
             )
             .await;
         if reply.is_ok() {
@@ -586,16 +586,12 @@ impl QuotaState for RedisQuotaState {
             .collect();
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        let start_empty = self
-            .inner
-            .continuity
-            .limits_for(key, limits, Instant::now())
-            .start_empty;
+        let start = self.inner.continuity.start(key, limits, Instant::now());
         match self
             .guarded(
                 self.inner
                     .scripts
-                    .settle(&mut conn, &keys, lease.id, start_empty, &deltas),
+                    .settle(&mut conn, &keys, lease.id, start, &deltas),
             )
             .await
         {
@@ -651,15 +647,11 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        let start_empty = self
-            .inner
-            .continuity
-            .limits_for(key, limits, Instant::now())
-            .start_empty;
+        let start = self.inner.continuity.start(key, limits, Instant::now());
         self.guarded(
             self.inner
                 .scripts
-                .observe(&mut conn, &keys, start_empty, &remaining),
+                .observe(&mut conn, &keys, start, &remaining),
         )
         .await
         .map_err(|error| self.unavailable(&error))
@@ -675,11 +667,8 @@ impl QuotaState for RedisQuotaState {
         }
         let keys = self.keys(key);
         let mut conn = self.inner.conn.clone();
-        let shared = self
-            .inner
-            .continuity
-            .limits_for(key, limits, Instant::now());
-        self.guarded(self.inner.scripts.lag(&mut conn, &keys, &shared, by))
+        let start = self.inner.continuity.start(key, limits, Instant::now());
+        self.guarded(self.inner.scripts.lag(&mut conn, &keys, limits, start, by))
             .await
             .map_err(|error| self.unavailable(&error))
     }

@@ -5,12 +5,15 @@
 //! Two signals, both kept in this process:
 //!
 //! - **Missing state after recent activity.** A quota key this process used within its longest
-//!   period cannot have refilled completely by itself, so if its buckets are missing, Redis lost
-//!   them. Operations on such a key ask the scripts to create missing buckets **empty** (the
-//!   scripts' `start_empty`): they refill from zero at the limit's rate, as the provider's bucket
-//!   does from wherever it stands, so the shared quota never admits more than the provider's own
-//!   bucket holds. This covers restarts and `FLUSHALL` alike, with no extra round trip. A key idle for longer
-//!   than its period starts as configured: its buckets would have been full anyway.
+//!   period cannot have expired by itself, so if its state is missing, Redis lost it. Operations
+//!   on such a key send [`Start::Lost`]: the scripts create missing buckets **empty** — they
+//!   refill from zero at the limit's rate, as the provider's bucket does from wherever it stands
+//!   — and, when the quota's whole hash is gone, count a missing window as **spent** until it
+//!   turns (a clock window until its boundary, a first-request window or a sliding log for one
+//!   period from now): the count of the provider's current window is unknown, and anything
+//!   else could admit a second window's worth into it. This covers restarts and `FLUSHALL`
+//!   alike, with no extra round trip. A key idle for longer than its period starts as
+//!   configured: its buckets would have been full and its windows unspent anyway.
 //! - **The server's run id** (`INFO server`), read at connect and again whenever Redis answers
 //!   after failing: a new one means the server restarted. It is logged (`warn`) and counted in
 //!   `RedisQuotaMetrics::restarts_detected`, so a restart is visible, not only survived.
@@ -23,6 +26,29 @@ use tokio::time::Instant;
 
 use crate::scheduler::quota::Limits;
 
+/// How a script starts a meter it finds missing (the scripts' `start` argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// A bucket full, a window unspent.
+    AsConfigured,
+    /// A bucket empty (the quota's `start_empty`), a window unspent.
+    Empty,
+    /// Lost to a restart or a flush: a bucket empty, and — when the quota's whole hash is gone,
+    /// so no other dimension was merely switched to a new kind — a window spent until it turns.
+    Lost,
+}
+
+impl Start {
+    /// The script argument.
+    pub(super) fn arg(self) -> u8 {
+        match self {
+            Start::AsConfigured => 0,
+            Start::Empty => 1,
+            Start::Lost => 2,
+        }
+    }
+}
+
 /// What this process remembers to tell a restarted Redis from a quiet one.
 #[derive(Debug, Default)]
 pub(super) struct Continuity {
@@ -33,20 +59,21 @@ pub(super) struct Continuity {
 }
 
 impl Continuity {
-    /// The limits to send for `key`: `start_empty` when the key was active within its longest
-    /// period (its state must still be there; if it is not, Redis lost it).
-    pub(super) fn limits_for(&self, key: &str, limits: &Limits, now: Instant) -> Limits {
-        if limits.start_empty {
-            return *limits;
-        }
+    /// How the scripts are to start state they find missing for `key`: [`Start::Lost`] when the
+    /// key was active within its longest period (its state must still be there; if it is not,
+    /// Redis lost it), else as the quota says.
+    pub(super) fn start(&self, key: &str, limits: &Limits, now: Instant) -> Start {
         let window = longest_period(limits);
         let recent = self
             .last_seen()
             .get(key)
             .is_some_and(|at| now.saturating_duration_since(*at) < window);
-        Limits {
-            start_empty: recent,
-            ..*limits
+        if recent {
+            Start::Lost
+        } else if limits.start_empty {
+            Start::Empty
+        } else {
+            Start::AsConfigured
         }
     }
 
@@ -104,24 +131,26 @@ mod tests {
     use crate::scheduler::quota::Rate;
 
     #[test]
-    fn a_key_used_within_its_period_asks_for_empty_buckets_and_an_idle_one_does_not() {
+    fn a_key_used_within_its_period_reads_missing_state_as_lost_and_an_idle_one_does_not() {
         let c = Continuity::default();
         let limits = Limits {
             requests: Some(Rate::new(60, Duration::from_secs(6))),
             ..Limits::UNLIMITED
         };
+        let empty = Limits {
+            start_empty: true,
+            ..limits
+        };
         let t0 = Instant::now();
-        assert!(!c.limits_for("k", &limits, t0).start_empty, "never seen");
+        assert_eq!(c.start("k", &limits, t0), Start::AsConfigured, "never seen");
+        assert_eq!(c.start("k", &empty, t0), Start::Empty);
         c.seen("k", t0);
-        assert!(
-            c.limits_for("k", &limits, t0 + Duration::from_secs(5))
-                .start_empty
-        );
-        assert!(
-            !c.limits_for("k", &limits, t0 + Duration::from_secs(6))
-                .start_empty
-        );
-        assert!(!c.limits_for("other", &limits, t0).start_empty);
+        let soon = t0 + Duration::from_secs(5);
+        assert_eq!(c.start("k", &limits, soon), Start::Lost);
+        assert_eq!(c.start("k", &empty, soon), Start::Lost);
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(c.start("k", &limits, later), Start::AsConfigured);
+        assert_eq!(c.start("other", &limits, t0), Start::AsConfigured);
     }
 
     #[test]

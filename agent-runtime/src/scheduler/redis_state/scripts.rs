@@ -9,6 +9,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{RedisResult, Script, ScriptInvocation, Value};
 
+use super::restart::Start;
 use crate::scheduler::quota::{Cost, Dimension, Limiter, Limits, Rate, WindowStart};
 
 /// One bucket of a quota as the scripts see it: its stored name and rate.
@@ -183,6 +184,7 @@ impl Scripts {
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
         limits: &Limits,
+        start: Start,
         cost: Cost,
         lease_ttl: Duration,
     ) -> RedisResult<AcquireReply> {
@@ -191,7 +193,7 @@ impl Scripts {
         let buckets: Vec<BucketArg> = BucketArg::of(limits).collect();
         inv.arg(duration_ms(lease_ttl))
             .arg(limits.max_in_flight.unwrap_or(0))
-            .arg(u8::from(limits.start_empty))
+            .arg(start.arg())
             .arg(limits.guard.as_secs_f64() * 1000.0)
             .arg(buckets.len());
         for b in &buckets {
@@ -221,16 +223,14 @@ impl Scripts {
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
         lease_id: u64,
-        start_empty: bool,
+        start: Start,
         deltas: &[(BucketArg, i64)],
     ) -> RedisResult<bool> {
         let mut inv = self.settle.prepare_invoke();
         keys.push(&mut inv);
-        // Every script reads a missing bucket the same way (full, or empty with start_empty):
-        // otherwise a settle or observe after an idle key expired would refill it.
-        inv.arg(lease_id)
-            .arg(u8::from(start_empty))
-            .arg(deltas.len());
+        // Every script reads missing state the same way (`Start`): otherwise a settle or observe
+        // after an idle key expired, or after a restart, would refill it.
+        inv.arg(lease_id).arg(start.arg()).arg(deltas.len());
         for (bucket, delta) in deltas {
             bucket.push(&mut inv, *delta as f64);
         }
@@ -244,12 +244,13 @@ impl Scripts {
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
         limits: &Limits,
+        start: Start,
         by: Duration,
     ) -> RedisResult<()> {
         let mut inv = self.lag.prepare_invoke();
         keys.push(&mut inv);
         let buckets: Vec<BucketArg> = BucketArg::of(limits).collect();
-        inv.arg(u8::from(limits.start_empty))
+        inv.arg(start.arg())
             .arg(by.as_secs_f64() * 1000.0)
             .arg(buckets.len());
         for b in &buckets {
@@ -294,12 +295,12 @@ impl Scripts {
         &self,
         conn: &mut ConnectionManager,
         keys: &QuotaKeys,
-        start_empty: bool,
+        start: Start,
         remaining: &[(BucketArg, u64)],
     ) -> RedisResult<()> {
         let mut inv = self.observe.prepare_invoke();
         keys.push(&mut inv);
-        inv.arg(u8::from(start_empty)).arg(remaining.len());
+        inv.arg(start.arg()).arg(remaining.len());
         for (bucket, left) in remaining {
             bucket.push(&mut inv, *left as f64);
         }

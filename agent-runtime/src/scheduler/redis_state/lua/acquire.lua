@@ -1,7 +1,7 @@
 -- Checks and reserves every dimension of one call atomically: the pause, each bucket (requests,
 -- tokens, daily caps) and the in-flight leases. Either everything is reserved or nothing is.
 --
--- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start_empty (0/1), guard_ms, n,
+-- ARGV: lease_ttl_ms, max_in_flight (0 = no limit), start (0/1/2, common.lua's start_mode), guard_ms, n,
 --       then n x (name, cap, period_ms, cost, kind)
 -- Returns {1, now_us, lease_id}            granted; the lease is recorded under lease_id, which is
 --                                          the grant's server time in µs (made unique)
@@ -10,7 +10,7 @@
 --         {-1, now_us, dimension, cap}     the cost exceeds the capacity: never admissible
 local lease_ttl = tonumber(ARGV[1])
 local max_in_flight = tonumber(ARGV[2])
-local empty = ARGV[3] == '1'
+local empty, lost = start_mode(ARGV[3], KEYS[1])
 local guard = tonumber(ARGV[4])
 local specs = read_specs(6, tonumber(ARGV[5]), 5)
 local now_us, now_ms = server_now()
@@ -28,7 +28,7 @@ if paused and tonumber(paused) > now_ms then
   wait, dimension = tonumber(paused) - now_ms, 'paused'
 end
 for _, s in ipairs(specs) do
-  load_meter(KEYS[1], s, now_ms, empty)
+  load_meter(KEYS[1], s, now_ms, empty, lost)
   local w = meter_wait(s, s.amount, now_ms, guard)
   if w > wait then
     wait, dimension = w, s.name
@@ -42,16 +42,19 @@ if wait <= 0 and max_in_flight > 0 and redis.call('ZCARD', KEYS[2]) >= max_in_fl
   wait, dimension = math.max(0.001, tonumber(first[2]) - now_ms), 'in_flight'
 end
 if wait > 0 then
-  -- An empty start refills from now: store it, or every ask would find it empty again.
-  local fresh_ttl = 0
+  -- An empty start refills (a spent window turns) from now: store it, or every ask would start
+  -- it again. A quota that callers are waiting on is not idle: its state lives on (a hash that
+  -- expired under a long pause would look lost to them).
+  local ttl = 0
   for _, s in ipairs(specs) do
     if s.fresh then
-      store_bucket(KEYS[1], s.name, s.level, now_ms)
-      fresh_ttl = math.max(fresh_ttl, time_to_full(s.cap, s.rate, s.level))
+      ttl = math.max(ttl, store_fresh(KEYS[1], s, now_ms))
+    else
+      ttl = math.max(ttl, meter_ttl(s))
     end
   end
-  if fresh_ttl > 0 then
-    keep_for(KEYS[1], fresh_ttl)
+  if ttl > 0 then
+    keep_for(KEYS[1], ttl)
   end
   return {0, now_us, dimension, math.ceil(wait * 1000)}
 end

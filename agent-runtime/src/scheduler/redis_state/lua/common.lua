@@ -106,7 +106,18 @@ local function log_amount(member)
   return tonumber(string.match(member, ':([-%d%.]+)$'))
 end
 
-local function load_meter(key, s, now_ms, empty)
+-- How a script starts state it finds missing, from its `start` argument: 0 as configured (a
+-- bucket full, a window unspent), 1 a bucket empty (the quota's start_empty), 2 state the client
+-- knows was there within its period, so Redis lost it (a restart, a flush): a bucket empty and,
+-- when the quota's hash is gone too, a window spent until it turns (its count at the provider is
+-- unknown). A dimension merely switched to a new kind leaves the hash in place: not a loss.
+-- Returns `empty` and `lost`; call before the script writes anything.
+local function start_mode(arg, key)
+  local mode = tonumber(arg) or 0
+  return mode >= 1, mode == 2 and redis.call('EXISTS', key) == 0
+end
+
+local function load_meter(key, s, now_ms, empty, lost)
   if s.kind == 'c' or s.kind == 'f' then
     local v = redis.call('HMGET', key, s.name .. ':w', s.name .. ':u')
     local stored, used = tonumber(v[1]), tonumber(v[2]) or 0
@@ -119,6 +130,10 @@ local function load_meter(key, s, now_ms, empty)
     end
     if not stored or start ~= stored then
       used = 0
+    end
+    if lost and not stored then
+      -- A first-request window's phase is unknown too: spent for one period from now.
+      start, used, s.fresh = start or now_ms, s.cap, true
     end
     s.start, s.used = start, used
     s.level = s.cap - used
@@ -133,10 +148,34 @@ local function load_meter(key, s, now_ms, empty)
       sum = sum + amount
       s.entries[#s.entries + 1] = {member = entries[i], at = tonumber(entries[i + 1]), amount = amount}
     end
+    if lost and #s.entries == 0 then
+      -- One entry of the whole limit, now: the log frees it one period from now.
+      s.entries[1] = {member = string.format('%.3f:lost:%.6f', now_ms, s.cap), at = now_ms,
+        amount = s.cap}
+      sum, s.fresh = s.cap, true
+    end
     s.level = s.cap - sum
   else
     s.level, s.rate, s.fresh = load_bucket(key, s.name, s.cap, s.period, now_ms, empty)
   end
+end
+
+-- Stores a meter load_meter started (s.fresh), so it counts from now instead of being started
+-- again by every later call; returns how long it must live.
+local function store_fresh(key, s, now_ms)
+  if s.kind == 'c' or s.kind == 'f' then
+    redis.call('HSET', key, s.name .. ':w', string.format('%.3f', s.start), s.name .. ':u',
+      string.format('%.6f', s.used))
+    return s.period
+  elseif s.kind == 's' then
+    local log = log_key(key, s.name)
+    redis.call('ZADD', log, string.format('%.3f', now_ms), s.entries[1].member)
+    redis.call('PEXPIRE', log, math.ceil(s.period) + 1000)
+    redis.call('HSET', key, s.name .. ':s', string.format('%.3f', now_ms))
+    return s.period
+  end
+  store_bucket(key, s.name, s.level, now_ms)
+  return time_to_full(s.cap, s.rate, s.level)
 end
 
 -- How long until `amount` fits (0 if it does now). A continuous bucket waits until it would
@@ -185,6 +224,9 @@ local function meter_take(key, s, amount, now_ms)
       log_seq = log_seq + 1
       redis.call('ZADD', log, string.format('%.3f', now_ms),
         string.format('%.3f:%d:%.6f', now_ms, log_seq, amount))
+      -- The quota's hash holds a mark for the log: a hash gone while the client used the key
+      -- recently is how a lost log is told from an empty one.
+      redis.call('HSET', key, s.name .. ':s', string.format('%.3f', now_ms))
     else
       -- A refund comes off the newest entries (the settled call is among them).
       local back = -amount

@@ -2,16 +2,16 @@
 -- the provider's bucket began refilling only when the first request arrived, this one when it
 -- was granted). Windows have no refill to give up and are left alone.
 --
--- ARGV: start_empty (0/1), by_ms, n, then n x (name, cap, period_ms, unused, kind)
+-- ARGV: start (0/1/2, common.lua's start_mode), by_ms, n, then n x (name, cap, period_ms, unused, kind)
 -- Returns {now_us}
-local empty = ARGV[1] == '1'
+local empty, lost = start_mode(ARGV[1], KEYS[1])
 local by = tonumber(ARGV[2])
 local specs = read_specs(4, tonumber(ARGV[3]), 5)
 local now_us, now_ms = server_now()
 local ttl = 0
 for _, s in ipairs(specs) do
   if s.kind == 'b' then
-    load_meter(KEYS[1], s, now_ms, empty)
+    load_meter(KEYS[1], s, now_ms, empty, lost)
     meter_take(KEYS[1], s, s.rate * by, now_ms)
     ttl = math.max(ttl, meter_ttl(s))
   end
