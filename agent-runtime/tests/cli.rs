@@ -650,7 +650,7 @@ async fn killed_mid_run_and_rerun_every_task_is_written_once() {
         SimConfig::default()
             .with_rpm(6_000)
             .with_period(Duration::from_secs(6))
-            .with_latency(Duration::from_millis(5), Duration::ZERO),
+            .with_latency(Duration::from_millis(50), Duration::ZERO),
     )
     .await
     .unwrap();

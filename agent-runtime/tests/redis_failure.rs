@@ -90,10 +90,11 @@ async fn fail_closed_refuses_admission_and_says_why() {
 #[tokio::test]
 async fn fail_closed_through_the_scheduler_waits_then_fails_the_call_and_sends_nothing() {
     let state = unreachable(RedisFailurePolicy::FailClosed).await;
+    // Two seconds: long enough that a stalled machine still asks more than once.
     let s = scheduler(
         &state,
         Quota::per_minute().requests(10),
-        Duration::from_millis(300),
+        Duration::from_secs(2),
     );
     let model = TimedModel::answering("model", Usage::new(10, 0));
     let err = call(&s, &model).await.unwrap_err();

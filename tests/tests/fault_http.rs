@@ -122,9 +122,10 @@ async fn a_chat_on_a_stalled_provider_fails_typed_with_its_transcript() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_conversations_complete_across_a_two_second_provider_outage() {
+    // 300 ms a call: the run lasts past the outage's start even on a stalled machine.
     let config = SimConfig::default()
         .with_model(MODEL)
-        .with_latency(Duration::from_millis(100), Duration::ZERO);
+        .with_latency(Duration::from_millis(300), Duration::ZERO);
     let (addr, server) = MockServer::start(config.clone()).await.unwrap();
     let model = provider_at(&server.base_url());
     let scheduler = QuotaScheduler::builder()
@@ -145,7 +146,7 @@ async fn forty_conversations_complete_across_a_two_second_provider_outage() {
         .with_max_messages(8);
     let run = tokio::spawn(async move { run_fanout(model, scheduler, &workload, |_| {}).await });
 
-    // Mid-run (each conversation makes 7 calls of ≥ 100 ms): the provider goes away for 2 s.
+    // Mid-run (each conversation makes 7 calls of ≥ 300 ms): the provider goes away for 2 s.
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
