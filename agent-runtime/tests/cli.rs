@@ -173,6 +173,18 @@ fn semantic_errors_name_the_field() {
             ),
             "team.selector: a selector team names the provider",
         ),
+        (
+            format!("{SIM_SPEC}cache: {{ dir: c, max_age_seconds: 0 }}\n"),
+            "cache.max_age_seconds: must be at least 1",
+        ),
+        (
+            format!("{SIM_SPEC}cache: {{ dir: c, namespace: \" \" }}\n"),
+            "cache.namespace: must not be empty",
+        ),
+        (
+            format!("{SIM_SPEC}cache: {{ dir: \"\" }}\n"),
+            "cache.dir: must not be empty",
+        ),
     ];
     for (text, expected) in cases {
         let err = TeamSpec::from_yaml(&text)
@@ -638,6 +650,63 @@ async fn wait_for_lines(path: &Path, n: usize, limit: Duration) -> usize {
             return count;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `cache:` in the spec: the same tasks into a new output file reach the provider not once —
+/// every answer is replayed, the records are the same — and the cache's relative directory is
+/// the spec file's, whatever the working directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_rerun_replays_every_answer_without_the_provider() {
+    let (_, server) = MockServer::start(
+        SimConfig::default()
+            .with_rpm(6_000)
+            .with_period(Duration::from_secs(6)),
+    )
+    .await
+    .unwrap();
+    let d = dir("cache");
+    let spec = d.join("team.yaml");
+    let text = format!(
+        "{}cache: {{ dir: answers, namespace: claims-v1 }}\n",
+        http_spec(&server.base_url(), 6_000)
+    );
+    std::fs::write(&spec, text).unwrap();
+    let input = d.join("tasks.jsonl");
+    let n = 12;
+    std::fs::write(&input, tasks_jsonl(n)).unwrap();
+    let run = |out: &Path| {
+        let status = turnstile()
+            .args(["run", spec.to_str().unwrap(), "--input"])
+            .arg(&input)
+            .arg("--output")
+            .arg(out)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(0));
+        let mut recs = records(out);
+        recs.sort_by(|a, b| a.id.cmp(&b.id));
+        recs
+    };
+    let first = run(&d.join("first.jsonl"));
+    let asked = server.stats().requests;
+    assert_eq!(asked, 2 * n as u64, "max_messages 3: two calls a task");
+    assert!(
+        d.join("answers").is_dir(),
+        "the cache lives beside the spec"
+    );
+
+    let second = run(&d.join("second.jsonl"));
+    assert_eq!(
+        server.stats().requests,
+        asked,
+        "the rerun asked the provider"
+    );
+    assert_eq!(second.len(), n);
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!((&a.id, &a.transcript), (&b.id, &b.transcript));
+        assert_eq!(b.error, None);
     }
 }
 

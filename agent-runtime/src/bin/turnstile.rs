@@ -159,7 +159,10 @@ async fn run(args: RunArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("{}: {e}", args.input.display()))?;
 
     if args.dry_run {
-        // No call is made: a key that is not set gets a stand-in so the ids can be computed.
+        // No call is made: a key that is not set gets a stand-in so the ids can be computed,
+        // and the cache stays closed (a run may hold it).
+        let mut spec = spec;
+        spec.cache = None;
         let team = Team::build(
             spec,
             &|var| {

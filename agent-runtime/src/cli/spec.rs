@@ -6,7 +6,7 @@
 //! checks of [`TeamSpec::validate`] name the field's path. `docs/cli.md` is the reference.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,72 @@ pub struct TeamSpec {
     /// Batch settings.
     #[serde(default)]
     pub run: RunSettings,
+    /// The response cache (none by default).
+    #[serde(default)]
+    pub cache: Option<CacheSpec>,
+}
+
+/// The run's response cache (`docs/caching.md`): every answer is stored under a hash of the
+/// model and the whole request, so running the same tasks again — a rerun after a kill, the same
+/// input into a new output file — replays the answers instead of paying the provider twice.
+/// After a kill only the calls that were in flight at that moment are asked again.
+///
+/// ```
+/// use agent_runtime::cli::TeamSpec;
+///
+/// let spec = TeamSpec::from_yaml(r#"
+/// providers: { sim: { kind: simulated, model: gpt-4o-mini } }
+/// agents: [ { name: writer, provider: sim } ]
+/// team: { max_messages: 2 }
+/// cache: { dir: .turnstile-cache, namespace: claims-v1, max_age_seconds: 86400 }
+/// "#).unwrap();
+/// spec.validate().unwrap();
+/// assert_eq!(spec.cache.unwrap().namespace.as_deref(), Some("claims-v1"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CacheSpec {
+    /// Directory of the embedded store (one process at a time); a relative path is taken from
+    /// the spec file's directory.
+    pub dir: PathBuf,
+    /// Caches with different namespaces share nothing: change it to ask the provider again
+    /// (default `default`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// What the cache may do (default `on`).
+    #[serde(default)]
+    pub mode: CacheModeSpec,
+    /// Entries older than this many seconds are misses (default: none expire).
+    #[serde(default)]
+    pub max_age_seconds: Option<u64>,
+}
+
+/// What a run's cache may do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CacheModeSpec {
+    /// Replay what is stored, store what the provider answers.
+    #[default]
+    On,
+    /// Replay what is stored; store nothing.
+    ReadOnly,
+    /// Never replay; store every answer (recording a fresh run).
+    WriteOnly,
+    /// No cache.
+    Off,
+}
+
+impl From<CacheModeSpec> for crate::cache::CacheMode {
+    fn from(mode: CacheModeSpec) -> Self {
+        match mode {
+            CacheModeSpec::On => Self::On,
+            CacheModeSpec::ReadOnly => Self::ReadOnly,
+            CacheModeSpec::WriteOnly => Self::WriteOnly,
+            CacheModeSpec::Off => Self::Off,
+        }
+    }
 }
 
 /// What kind of endpoint a provider is.
@@ -505,12 +571,19 @@ impl TeamSpec {
             path: shown.clone(),
             message: e.to_string(),
         })?;
-        match path.extension().and_then(|e| e.to_str()) {
+        let mut spec = match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => Self::from_yaml(&text),
             Some("toml") => Self::from_toml(&text),
             Some("json") => Self::from_json(&text),
             _ => Err(SpecError::Format { path: shown }),
+        }?;
+        // Paths in a spec are the spec's own: the same file runs from any directory.
+        if let (Some(cache), Some(base)) = (spec.cache.as_mut(), path.parent())
+            && cache.dir.is_relative()
+        {
+            cache.dir = base.join(&cache.dir);
         }
+        Ok(spec)
     }
 
     /// Parses YAML.
@@ -577,6 +650,9 @@ impl TeamSpec {
         }
         for (name, p) in &self.providers {
             self.validate_provider(name, p)?;
+        }
+        if let Some(cache) = &self.cache {
+            Self::validate_cache(cache)?;
         }
         let mut names = BTreeSet::new();
         for (i, a) in self.agents.iter().enumerate() {
@@ -657,6 +733,29 @@ impl TeamSpec {
             .cloned()
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    fn validate_cache(cache: &CacheSpec) -> Result<(), SpecError> {
+        if cache.dir.as_os_str().is_empty() {
+            return Err(invalid("cache.dir", "must not be empty"));
+        }
+        if cache
+            .namespace
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(invalid(
+                "cache.namespace",
+                "must not be empty (leave it out for the default namespace)",
+            ));
+        }
+        if cache.max_age_seconds == Some(0) {
+            return Err(invalid(
+                "cache.max_age_seconds",
+                "must be at least 1 (leave it out for entries that never expire)",
+            ));
+        }
+        Ok(())
     }
 
     fn validate_provider(&self, name: &str, p: &ProviderSpec) -> Result<(), SpecError> {

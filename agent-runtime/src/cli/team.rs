@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use agent_core::history::{LastN, TokenLimited};
 use agent_core::termination::{
@@ -12,9 +13,10 @@ use agent_core::tool::{ToolRegistry, TypedTool};
 use agent_core::{Budget, BudgetLimits, ChatModel, LlmAgent, PriceTable, Termination};
 
 use super::spec::{
-    AgentSpec, BuiltinTool, HistorySpec, LimitsSpec, ProviderKind, ProviderSpec, SpecError,
-    TeamKind, TeamSpec, TerminationSpec,
+    AgentSpec, BuiltinTool, CacheSpec, HistorySpec, LimitsSpec, ProviderKind, ProviderSpec,
+    SpecError, TeamKind, TeamSpec, TerminationSpec,
 };
+use crate::cache::{EmbeddedStore, ResponseCache};
 use crate::chat::graph::{Activation, Edge, GraphFlow};
 use crate::chat::{CancelHandle, ChatError, ChatResult, GroupChat, LlmSelector, SpeakerSelection};
 use crate::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
@@ -53,6 +55,19 @@ fn limits(l: &LimitsSpec) -> BudgetLimits {
     }
 }
 
+/// The run's response cache, from its spec (validated).
+fn open_cache(c: &CacheSpec) -> Result<ResponseCache, SpecError> {
+    let store = EmbeddedStore::open(&c.dir).map_err(|e| invalid("cache.dir", e.to_string()))?;
+    let mut cache = ResponseCache::builder(store).mode(c.mode.into());
+    if let Some(namespace) = &c.namespace {
+        cache = cache.namespace(namespace.clone());
+    }
+    if let Some(secs) = c.max_age_seconds {
+        cache = cache.max_age(Duration::from_secs(secs));
+    }
+    cache.build().map_err(|e| invalid("cache", e.to_string()))
+}
+
 impl Team {
     /// Builds the providers and the scheduler. `env` looks up environment variables (the API
     /// keys named by `api_key_env`); `state` keeps the quota in a shared backend (Redis).
@@ -76,6 +91,9 @@ impl Team {
         }
         if let Some(state) = state {
             scheduler = scheduler.state(state);
+        }
+        if let Some(c) = &spec.cache {
+            scheduler = scheduler.cache(open_cache(c)?);
         }
         let scheduler = scheduler
             .build()
