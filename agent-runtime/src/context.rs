@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 
@@ -29,6 +30,8 @@ pub struct SchedulerContext {
     key: OnceLock<KeyHandle>,
     /// The response cache of this context's calls, over the scheduler's.
     cache: Option<ResponseCache>,
+    /// The tenant this context's calls are queued as, with its weight.
+    tenant: Option<(Arc<str>, NonZeroU32)>,
 }
 
 impl fmt::Debug for SchedulerContext {
@@ -38,6 +41,7 @@ impl fmt::Debug for SchedulerContext {
             .field("agent", &self.agent)
             .field("budget", &self.budget.name())
             .field("priority", &self.priority)
+            .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +64,7 @@ impl SchedulerContext {
             observer: None,
             key: OnceLock::new(),
             cache: None,
+            tenant: None,
         }
     }
 
@@ -106,6 +111,14 @@ impl SchedulerContext {
         self
     }
 
+    /// Queues this context's calls as tenant `label` with `weight` (see
+    /// [`ModelCall::with_tenant`]).
+    #[must_use]
+    pub fn with_tenant(mut self, label: impl Into<Arc<str>>, weight: NonZeroU32) -> Self {
+        self.tenant = Some((label.into(), weight));
+        self
+    }
+
     /// The scheduler.
     pub fn scheduler(&self) -> &QuotaScheduler {
         &self.scheduler
@@ -146,6 +159,10 @@ impl SchedulerContext {
         )
         .with_priority(self.priority)
         .with_cancel(&self.cancel);
+        let call = match &self.tenant {
+            Some((label, weight)) => call.with_tenant(label, *weight),
+            None => call,
+        };
         match &self.cache {
             Some(cache) => call.with_cache(cache),
             None => call,

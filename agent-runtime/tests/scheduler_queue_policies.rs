@@ -431,3 +431,55 @@ proptest! {
         prop_assert!(gap <= 2 * largest, "gap {} > 2 × {}", gap, largest);
     }
 }
+
+/// `GroupChat::tenant`: every call of a chat (replies and its own) is queued as the tenant. One
+/// customer runs four chats, another one, at the same weight, on a key that admits one call a
+/// second. Queued by tenant, the lone chat gets about every other admission and its five calls
+/// are done by the twelfth second; queued by conversation (no tenant) it gets one admission in
+/// five and finishes near the end of the 25.
+#[tokio::test(start_paused = true)]
+async fn a_group_chat_s_calls_queue_as_its_tenant() {
+    use agent_core::LlmAgent;
+    use agent_runtime::chat::GroupChat;
+
+    async fn lone_chat_done_after(tenants: bool) -> Duration {
+        let model = Arc::new(model(1));
+        let s = scheduler(Quota::per_period(Duration::from_secs(1)).requests(1), false);
+        let start = Instant::now();
+        let one = NonZeroU32::new(1).unwrap();
+        let chat = |customer: &'static str, i: usize| {
+            let agent = LlmAgent::builder("a", model.clone() as Arc<dyn agent_core::ChatModel>)
+                .build()
+                .unwrap();
+            let mut builder = GroupChat::builder()
+                .participant(agent)
+                .max_messages(6)
+                .scheduler(s.clone())
+                .conversation_id(format!("{customer}-{i}"));
+            if tenants {
+                builder = builder.tenant(customer, one);
+            }
+            let mut chat = builder.build().unwrap();
+            tokio::spawn(async move {
+                chat.run("go").await.unwrap();
+                start.elapsed()
+            })
+        };
+        let big: Vec<_> = (0..4).map(|i| chat("big", i)).collect();
+        let lone = chat("small", 0).await.unwrap();
+        for c in big {
+            c.await.unwrap();
+        }
+        lone
+    }
+
+    let by_tenant = lone_chat_done_after(true).await;
+    let by_conversation = lone_chat_done_after(false).await;
+    // 11 s and 24 s on the paused clock (token-fair balances tokens, not calls, so the lone
+    // chat's growing prompts cost it a turn against the perfect alternation's 10 s).
+    assert!(by_tenant <= Duration::from_secs(12), "{by_tenant:?}");
+    assert!(
+        by_conversation >= Duration::from_secs(20),
+        "{by_conversation:?}"
+    );
+}

@@ -15,16 +15,14 @@ use super::caps::{Caps, Counters, TerminationPredicate, TurnCap};
 use super::error::{ChatConfigError, ChatError, ChatErrorKind};
 use super::events::{ChatEvent, ChatEventStream};
 use super::result::ChatResult;
-use super::session::{Session, SessionSettings, Turn, check_names};
+use super::session::{Session, SessionSettings, Turn, check_names, session_setters};
 use super::speaker::{
     AllowRepeat, CandidateFn, ChoiceFn, LlmTurn, Roster, Rules, Selected, SelectorInput,
     SpeakerChoice, SpeakerSelection, Transitions, random_below, rotation_next, select_manually,
 };
 use super::state::ChatState;
-use super::summary::SummaryMethod;
 use super::task::Task;
 use crate::cache::ResponseCache;
-use crate::scheduler::{CallObserver, QuotaScheduler};
 
 /// The chat's own name when none is set: selector and reflection calls are made under it.
 pub const DEFAULT_CHAT_NAME: &str = "group_chat";
@@ -40,7 +38,7 @@ enum RepeatSetting {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct GroupChatBuilder {
     name: Option<String>,
-    conversation_id: Option<String>,
+    settings: SessionSettings,
     agents: Vec<Arc<dyn Agent>>,
     selection: SpeakerSelection,
     selector_func: Option<ChoiceFn>,
@@ -53,13 +51,7 @@ pub struct GroupChatBuilder {
     max_consecutive_auto_reply: Option<u32>,
     termination: Option<Box<dyn Termination>>,
     predicate: Option<TerminationPredicate>,
-    budget: Option<Budget>,
-    scheduler: Option<QuotaScheduler>,
-    priority: u8,
-    summary: SummaryMethod,
     task_source: Option<String>,
-    observers: Vec<Arc<dyn CallObserver>>,
-    parent_cancel: Option<CancellationToken>,
     state: Option<ChatState>,
     cache: Option<ResponseCache>,
     agent_caches: Vec<(String, ResponseCache)>,
@@ -85,7 +77,7 @@ impl GroupChatBuilder {
     fn new() -> Self {
         Self {
             name: None,
-            conversation_id: None,
+            settings: SessionSettings::default(),
             agents: Vec::new(),
             selection: SpeakerSelection::RoundRobin,
             selector_func: None,
@@ -98,13 +90,7 @@ impl GroupChatBuilder {
             max_consecutive_auto_reply: None,
             termination: None,
             predicate: None,
-            budget: None,
-            scheduler: None,
-            priority: 0,
-            summary: SummaryMethod::LastMessage,
             task_source: None,
-            observers: Vec::new(),
-            parent_cancel: None,
             state: None,
             cache: None,
             agent_caches: Vec::new(),
@@ -289,42 +275,12 @@ impl GroupChatBuilder {
         self
     }
 
-    /// The budget every call of the chat is charged to (default: unlimited). Selector, reflection
-    /// and nested-chat calls are charged here too.
-    pub fn budget(mut self, budget: Budget) -> Self {
-        self.budget = Some(budget);
-        self
-    }
-
-    /// The scheduler every call goes through (default: a new scheduler with no quotas; share one
-    /// across chats to share quotas).
-    pub fn scheduler(mut self, scheduler: QuotaScheduler) -> Self {
-        self.scheduler = Some(scheduler);
-        self
-    }
-
-    /// The conversation id calls are queued under (default: a unique `chat-N`).
-    pub fn conversation_id(mut self, id: impl Into<String>) -> Self {
-        self.conversation_id = Some(id.into());
-        self
-    }
+    session_setters!("chat");
 
     /// The chat's own name, under which selector and reflection calls are made and reported
     /// (default [`DEFAULT_CHAT_NAME`]). Must differ from every participant's name.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
-        self
-    }
-
-    /// The admission priority of the chat's calls (higher first; default 0).
-    pub fn priority(mut self, priority: u8) -> Self {
-        self.priority = priority;
-        self
-    }
-
-    /// How each run is summarized (default: the last message).
-    pub fn summary_method(mut self, method: SummaryMethod) -> Self {
-        self.summary = method;
         self
     }
 
@@ -334,16 +290,9 @@ impl GroupChatBuilder {
         self
     }
 
-    /// Adds an observer of every model call the chat causes (metrics; a nested chat reports to
-    /// its parent this way).
-    pub fn call_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
-        self.observers.push(observer);
-        self
-    }
-
     /// Cancelling `parent` cancels this chat too.
     pub(crate) fn parent_cancel(mut self, parent: CancellationToken) -> Self {
-        self.parent_cancel = Some(parent);
+        self.settings.parent_cancel = Some(parent);
         self
     }
 
@@ -463,14 +412,8 @@ impl GroupChatBuilder {
             "chat",
             roster.names().to_vec(),
             SessionSettings {
-                conversation_id: self.conversation_id,
-                budget: self.budget,
-                scheduler: self.scheduler,
-                priority: self.priority,
-                summary: self.summary,
-                observers: self.observers,
-                parent_cancel: self.parent_cancel,
                 caches,
+                ..self.settings
             },
         );
         let descriptions = self
@@ -521,7 +464,8 @@ struct Thread {
     rng: u64,
 }
 
-/// A conversation between agents, every model call of which goes through a [`QuotaScheduler`].
+/// A conversation between agents, every model call of which goes through a
+/// [`QuotaScheduler`](crate::scheduler::QuotaScheduler).
 ///
 /// Each run appends the task, then repeats: pick a speaker, let it reply to the whole thread
 /// (agents apply their own history policy), append the reply, check the termination condition and

@@ -3,6 +3,7 @@
 //! turn, and turning a run's outcome into a [`ChatResult`].
 
 use std::fmt;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
@@ -89,6 +90,20 @@ macro_rules! session_setters {
             self
         }
 
+        /// Queues every call of the team as tenant `label` with `weight` instead of under its
+        /// own conversation (see [`ModelCall::with_tenant`](crate::scheduler::ModelCall::with_tenant)):
+        /// with token-fair queueing, the default, the chats of one tenant share one fair share of
+        /// each key, weighted, so a customer running a hundred chats gets what a customer running
+        /// one gets at the same weight.
+        pub fn tenant(
+            mut self,
+            label: impl Into<String>,
+            weight: std::num::NonZeroU32,
+        ) -> Self {
+            self.settings.tenant = Some((std::sync::Arc::from(label.into()), weight));
+            self
+        }
+
         /// How each run is summarized (default: the last message).
         pub fn summary_method(mut self, method: $crate::chat::SummaryMethod) -> Self {
             self.settings.summary = method;
@@ -114,6 +129,8 @@ pub(crate) struct SessionSettings {
     pub(crate) budget: Option<Budget>,
     pub(crate) scheduler: Option<QuotaScheduler>,
     pub(crate) priority: u8,
+    /// The tenant every call is queued as, with its weight.
+    pub(crate) tenant: Option<(Arc<str>, NonZeroU32)>,
     pub(crate) summary: SummaryMethod,
     pub(crate) observers: Vec<Arc<dyn CallObserver>>,
     /// Cancelling this cancels the chat too (a nested chat's parent).
@@ -132,6 +149,7 @@ pub(crate) struct Session {
     pub(crate) budget: Budget,
     scheduler: QuotaScheduler,
     priority: u8,
+    tenant: Option<(Arc<str>, NonZeroU32)>,
     observers: Arc<[Arc<dyn CallObserver>]>,
     pub(crate) contexts: Vec<SchedulerContext>,
     shared: Arc<ChatShared>,
@@ -179,6 +197,7 @@ impl Session {
             budget: settings.budget.unwrap_or_default(),
             scheduler: settings.scheduler.unwrap_or_default(),
             priority: settings.priority,
+            tenant: settings.tenant,
             observers: settings.observers.into(),
             contexts: Vec::new(),
             shared: Arc::new(ChatShared::default()),
@@ -212,6 +231,10 @@ impl Session {
                 .with_cancel(self.token.clone())
                 .with_observer(observer)
                 .with_priority(self.priority);
+                let ctx = match &self.tenant {
+                    Some((label, weight)) => ctx.with_tenant(label.clone(), *weight),
+                    None => ctx,
+                };
                 match self.caches.get(i).cloned().flatten() {
                     Some(cache) => ctx.with_cache(cache),
                     None => ctx,
