@@ -653,6 +653,42 @@ async fn wait_for_lines(path: &Path, n: usize, limit: Duration) -> usize {
     }
 }
 
+/// `limiter:` in a quota: the key counts the provider's way (a LiteLLM proxy's clock windows,
+/// here), and a simulated provider enforces the same windows — every task completes and the
+/// provider never answers 429 to the quota as configured.
+#[tokio::test(start_paused = true)]
+async fn a_quota_s_limiter_kind_reaches_the_key_and_the_simulator() {
+    use agent_runtime::scheduler::{Limiter, WindowStart};
+    let spec = SIM_SPEC.replace(
+        "quota: { requests: 60, period_seconds: 6 }",
+        "quota: { requests: 10, period_seconds: 6, limiter: fixed_window }",
+    );
+    let team = Arc::new(Team::build(TeamSpec::from_yaml(&spec).unwrap(), &|_| None, None).unwrap());
+    let d = dir("limiter");
+    let mut file = ResultsFile::open(&d.join("results.jsonl")).unwrap();
+    let tasks = read_tasks(tasks_jsonl(8).as_bytes()).unwrap();
+    let summary = run_batch(
+        team.clone(),
+        tasks,
+        &mut file,
+        8,
+        &BatchControl::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.progress.done, 8);
+    let snapshot = team.scheduler().snapshot();
+    let key = &snapshot.keys[&team.model_ids()["sim"]];
+    assert_eq!(
+        key.limits.requests.map(|r| r.limiter),
+        Some(Limiter::FixedWindow(WindowStart::Clock))
+    );
+    // 8 tasks × 3 calls at 10 a window: several windows, and never a 429.
+    assert_eq!(key.succeeded, 24);
+    assert_eq!(key.rate_limited.total(), 0);
+}
+
 /// `cache:` in the spec: the same tasks into a new output file reach the provider not once —
 /// every answer is replayed, the records are the same — and the cache's relative directory is
 /// the spec file's, whatever the working directory.

@@ -41,7 +41,7 @@ use agent_runtime::fanout::{FanoutConfig, run_fanout};
 use agent_runtime::prometheus::{self, SchedulerMetrics};
 use agent_runtime::provider::{OpenAiProvider, SimConfig, SimulatedProvider};
 use agent_runtime::scheduler::redis_state::{RedisQuotaConfig, RedisQuotaState};
-use agent_runtime::scheduler::{Deadlines, Quota};
+use agent_runtime::scheduler::{Deadlines, Limiter, Quota};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -77,6 +77,11 @@ struct Args {
     /// Length of the rate period in seconds (providers use 60; compress it for demos).
     #[arg(long, default_value_t = 60.0)]
     period_seconds: f64,
+    /// How the provider counts --rpm/--tpm: bucket (OpenAI, Anthropic), fixed-window (a LiteLLM
+    /// proxy, most gateways; boundaries on the clock), fixed-window-from-first-request or
+    /// sliding-window. The simulator counts the same way.
+    #[arg(long, default_value = "bucket")]
+    limiter: Limiter,
     /// Conversations running at once (default: all).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -181,7 +186,8 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         // The simulator plays the provider: it enforces the same limits and period.
         let mut sim = SimConfig::default()
             .with_model(&args.model)
-            .with_period(period);
+            .with_period(period)
+            .with_limiter(args.limiter.into());
         if let Some(n) = rpm {
             sim = sim.with_rpm(n);
         }
@@ -193,7 +199,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let key = model.id().to_owned();
 
     // The client side of the quota: the configured limits, or none (learned from headers).
-    let mut quota = Quota::per_period(period);
+    let mut quota = Quota::per_period(period).limiter(args.limiter);
     if let Some(n) = rpm {
         quota = quota.requests(n);
     }

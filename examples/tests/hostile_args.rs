@@ -131,6 +131,7 @@ fn fanout_refuses_hostile_arguments_in_one_line() {
             "attempt-deadline-seconds",
         ),
         (&["--bogus"], "--bogus"),
+        (&["--limiter", "window"], "sliding-window"),
         (&["--base-url", "not a url"], "not a url"),
         (&["--redis-url", "http://example.invalid"], "Redis URL"),
         (

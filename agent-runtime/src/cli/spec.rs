@@ -179,6 +179,40 @@ pub struct QuotaSpec {
     /// Calls in flight at once.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// How the provider counts `requests` and `tokens` (default `bucket`).
+    #[serde(default)]
+    pub limiter: LimiterSpec,
+}
+
+/// How a provider counts its limits (`docs/quota.md`, "Limiter semantics").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LimiterSpec {
+    /// A continuously refilling bucket: OpenAI, Anthropic.
+    #[default]
+    Bucket,
+    /// Fixed windows with boundaries on the clock (the UTC minute for a 60 s period): a LiteLLM
+    /// proxy, most API gateways.
+    FixedWindow,
+    /// Fixed windows that open with the first request after the last one closed.
+    FixedWindowFromFirstRequest,
+    /// At most the limit in any period.
+    SlidingWindow,
+}
+
+impl From<LimiterSpec> for crate::scheduler::Limiter {
+    fn from(kind: LimiterSpec) -> Self {
+        use crate::scheduler::{Limiter, WindowStart};
+        match kind {
+            LimiterSpec::Bucket => Limiter::Bucket,
+            LimiterSpec::FixedWindow => Limiter::FixedWindow(WindowStart::Clock),
+            LimiterSpec::FixedWindowFromFirstRequest => {
+                Limiter::FixedWindow(WindowStart::FirstRequest)
+            }
+            LimiterSpec::SlidingWindow => Limiter::SlidingWindow,
+        }
+    }
 }
 
 fn default_period_seconds() -> f64 {

@@ -309,10 +309,12 @@ fn build_provider(
         // The simulator plays the provider: it enforces the quota the spec gives the key.
         let mut sim = SimConfig::default().with_model(p.model.as_str());
         if let Some(q) = &p.quota {
-            sim = sim.with_period(
-                q.period()
-                    .map_err(|m| invalid(at("quota.period_seconds"), m))?,
-            );
+            sim = sim
+                .with_period(
+                    q.period()
+                        .map_err(|m| invalid(at("quota.period_seconds"), m))?,
+                )
+                .with_limiter(crate::scheduler::Limiter::from(q.limiter).into());
             if let Some(n) = q.requests {
                 sim = sim.with_rpm(n);
             }
@@ -350,7 +352,8 @@ fn quota_of(name: &str, p: &ProviderSpec) -> Result<Quota, SpecError> {
         return Ok(Quota::unlimited());
     };
     let at = |f: &str| format!("providers.{name}.quota.{f}");
-    let mut quota = Quota::per_period(q.period().map_err(|m| invalid(at("period_seconds"), m))?);
+    let mut quota = Quota::per_period(q.period().map_err(|m| invalid(at("period_seconds"), m))?)
+        .limiter(q.limiter.into());
     if let Some(n) = q.requests {
         quota = quota.requests(n);
     }

@@ -387,6 +387,35 @@ impl std::fmt::Display for Limiter {
     }
 }
 
+impl std::str::FromStr for Limiter {
+    type Err = String;
+
+    /// `bucket`, `fixed-window` (boundaries on the clock, as LiteLLM and most gateways count),
+    /// `fixed-window-from-first-request` or `sliding-window`, as command lines name them.
+    ///
+    /// ```
+    /// use agent_runtime::scheduler::{Limiter, WindowStart};
+    ///
+    /// let kind: Limiter = "fixed-window".parse().unwrap();
+    /// assert_eq!(kind, Limiter::FixedWindow(WindowStart::Clock));
+    /// assert!("window".parse::<Limiter>().unwrap_err().contains("sliding-window"));
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bucket" => Ok(Limiter::Bucket),
+            "fixed-window" => Ok(Limiter::FixedWindow(WindowStart::Clock)),
+            "fixed-window-from-first-request" => {
+                Ok(Limiter::FixedWindow(WindowStart::FirstRequest))
+            }
+            "sliding-window" => Ok(Limiter::SlidingWindow),
+            other => Err(format!(
+                "unknown limiter '{other}'; use bucket, fixed-window, \
+                 fixed-window-from-first-request or sliding-window"
+            )),
+        }
+    }
+}
+
 /// Where a fixed window's boundaries fall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]

@@ -54,6 +54,30 @@ pub enum WindowAnchor {
     FirstRequest,
 }
 
+/// The simulator counts the way a client's quota says the provider does: a provider to test
+/// a [`scheduler::Limiter`](crate::scheduler::Limiter) against.
+///
+/// ```
+/// use agent_runtime::provider::{LimiterKind, WindowAnchor};
+/// use agent_runtime::scheduler::{Limiter, WindowStart};
+///
+/// let kind = LimiterKind::from(Limiter::FixedWindow(WindowStart::Clock));
+/// assert_eq!(kind, LimiterKind::FixedWindow(WindowAnchor::Clock));
+/// ```
+impl From<crate::scheduler::Limiter> for LimiterKind {
+    fn from(kind: crate::scheduler::Limiter) -> Self {
+        use crate::scheduler::{Limiter, WindowStart};
+        match kind {
+            Limiter::FixedWindow(WindowStart::FirstRequest) => {
+                LimiterKind::FixedWindow(WindowAnchor::FirstRequest)
+            }
+            Limiter::FixedWindow(_) => LimiterKind::FixedWindow(WindowAnchor::Clock),
+            Limiter::SlidingWindow => LimiterKind::SlidingLog,
+            _ => LimiterKind::Bucket,
+        }
+    }
+}
+
 /// One dimension's limiter.
 #[derive(Debug, Clone)]
 pub(crate) enum Limiter {
