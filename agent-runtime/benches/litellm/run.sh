@@ -4,6 +4,8 @@
 # script). NOT run in CI: LiteLLM's windows are real UTC minutes, so one run takes minutes.
 #
 #   agent-runtime/benches/litellm/run.sh                 # limits configured: --rpm 60 --period-seconds 60
+#   MODE=windows agent-runtime/benches/litellm/run.sh    # configured as LiteLLM counts: --rpm 59
+#                                                        #   --period-seconds 60 --limiter fixed-window
 #   MODE=learned agent-runtime/benches/litellm/run.sh    # nothing configured: learned from headers
 #   RUNS=3 agent-runtime/benches/litellm/run.sh          # several runs, one after another
 #
@@ -47,7 +49,14 @@ done
 if [ "$healthy" != true ]; then echo "run.sh: the proxy did not answer within 180 s; see $log" >&2; exit 1; fi
 
 limits=()
-if [ "$mode" = configured ]; then limits=(--rpm 60 --period-seconds 60); fi
+case "$mode" in
+  configured) limits=(--rpm 60 --period-seconds 60) ;;
+  # What docs/quota.md says to configure for a LiteLLM deployment with rpm: 60: its router
+  # admits 59 per UTC minute.
+  windows) limits=(--rpm 59 --period-seconds 60 --limiter fixed-window) ;;
+  learned) ;;
+  *) echo "run.sh: MODE must be configured, windows or learned, not $mode" >&2; exit 2 ;;
+esac
 for run in $(seq 1 "$runs"); do
   before=$(grep -c '429' "$log" || true)
   echo "== run $run ($mode), started at second $(date -u +%S) of the UTC minute"
