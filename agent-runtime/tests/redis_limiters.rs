@@ -146,3 +146,65 @@ async fn sliding_logs_admit_at_most_the_limit_in_any_period() {
         assert!(n <= 3, "{n} grants within one period from {start}");
     }
 }
+
+/// Grants within the skew margin of either side of a clock boundary may be counted by the
+/// provider in the window after it (its clock, the network): they count in the next window here
+/// too, so a run that starts just before or after a boundary cannot spend the tail of one
+/// window and then the whole of the next into the provider's one window (a real LiteLLM proxy
+/// drew 20 429s so). Three grants at the boundary of 1 s windows of three, then, past the
+/// margin, a fourth: it waits for the window after.
+#[tokio::test]
+async fn grants_at_a_boundary_count_in_the_next_window_too() {
+    let Some(state) = connect("clock-band").await else {
+        return;
+    };
+    let url = std::env::var("REDIS_URL").unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let period_us: u64 = 1_000_000;
+    let margin_us: u64 = 10_000;
+    let server_us = async |conn: &mut redis::aio::MultiplexedConnection| -> u64 {
+        let (s, us): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+        s * 1_000_000 + us
+    };
+    let limits = Quota::per_period(Duration::from_micros(period_us))
+        .requests(3)
+        .limiter(Limiter::FixedWindow(WindowStart::Clock))
+        .limits();
+    // 5 ms before the next boundary of the server's clock.
+    let now = server_us(&mut conn).await;
+    let boundary = (now / period_us + 1) * period_us;
+    tokio::time::sleep(Duration::from_micros(boundary - now - 5_000)).await;
+    let mut granted = Vec::new();
+    for _ in 0..3 {
+        match state.acquire("m", &limits, ONE, TTL).await.unwrap() {
+            Acquire::Granted(lease) => granted.push(lease.id),
+            other => panic!("a fresh window refused: {other:?}"),
+        }
+    }
+    let in_band = granted
+        .iter()
+        .all(|t| t + margin_us >= boundary && *t < boundary + margin_us);
+    // Past the margin: this side's next window has opened.
+    let now = server_us(&mut conn).await;
+    if now < boundary + 3 * margin_us {
+        tokio::time::sleep(Duration::from_micros(boundary + 3 * margin_us - now)).await;
+    }
+    let fourth = state.acquire("m", &limits, ONE, TTL).await.unwrap();
+    if in_band {
+        assert!(
+            matches!(
+                fourth,
+                Acquire::Wait {
+                    dimension: Dimension::Requests,
+                    ..
+                }
+            ),
+            "grants at {granted:?} (boundary {boundary}) were not counted in the next window: {fourth:?}"
+        );
+    } else {
+        eprintln!(
+            "the machine stalled: grants at {granted:?} fell outside the band around {boundary}; nothing to check this run"
+        );
+    }
+}

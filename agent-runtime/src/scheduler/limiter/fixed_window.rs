@@ -30,6 +30,10 @@ pub(crate) struct FixedWindow {
     window: i128,
     /// Units taken in `window`; may exceed the limit (usage above a reservation).
     used: u64,
+    /// Units taken in `window` within [`boundary_band`] of its end: sent that close to a
+    /// boundary, the provider may count them in the next window (its clock, the network), so
+    /// the next window starts with them counted too.
+    carry: u64,
     /// The window of the last take, so a refund never frees a later window.
     taken_in: i128,
     now: Instant,
@@ -54,6 +58,15 @@ pub(crate) fn skew_margin(period: Duration) -> Duration {
     (period / 100).min(Duration::from_millis(250))
 }
 
+/// How close to a clock window's end a take counts in the next window as well: the skew margin
+/// on either side of the provider's boundary. A run that starts just after a boundary would
+/// otherwise spend the tail of a window this meter thinks is still open — and the provider
+/// counts in its new one — then the whole of the next window again (measured against a real
+/// LiteLLM proxy: a run started at second :00 drew 20 429s).
+pub(crate) fn boundary_band(period: Duration) -> Duration {
+    skew_margin(period).saturating_mul(2)
+}
+
 impl FixedWindow {
     pub(crate) fn new(rate: Rate, start: WindowStart, now: Instant) -> Self {
         let (anchor, open) = match start {
@@ -74,6 +87,7 @@ impl FixedWindow {
             open,
             window: 0,
             used: 0,
+            carry: 0,
             taken_in: i128::MIN,
             now,
         };
@@ -117,8 +131,15 @@ impl FixedWindow {
         self.now = now;
         let index = self.index(now);
         if index > self.window {
+            // What was taken at the very end of the window just closed may be counted in this
+            // one by the provider (see `carry`).
+            self.used = if index == self.window + 1 {
+                self.carry
+            } else {
+                0
+            };
+            self.carry = 0;
             self.window = index;
-            self.used = 0;
             if self.start == WindowStart::FirstRequest {
                 // The provider opens the next window at the next request, not at this boundary.
                 self.open = false;
@@ -150,15 +171,23 @@ impl FixedWindow {
             self.anchor = self.now;
             self.window = 0;
             self.used = 0;
+            self.carry = 0;
             self.open = true;
         }
         self.used = self.used.saturating_add(amount);
         self.taken_in = self.window;
+        // A window opened by its first request has no boundary the request could straddle.
+        if self.start != WindowStart::FirstRequest
+            && self.window_end() <= boundary_band(self.rate.period)
+        {
+            self.carry = self.carry.saturating_add(amount);
+        }
     }
 
     pub(crate) fn give(&mut self, amount: u64) {
         if self.taken_in == self.window {
             self.used = self.used.saturating_sub(amount);
+            self.carry = self.carry.min(self.used);
         }
     }
 
@@ -256,6 +285,34 @@ mod tests {
         assert_eq!(w.wait(3), Duration::from_secs(10));
     }
 
+    /// A run that starts just after the provider's boundary: what it takes then counts in the
+    /// window this meter still has open and in the next, so the next one does not hand the same
+    /// allowance out again into the provider's window.
+    #[test]
+    fn a_take_near_a_boundary_counts_in_the_next_window_too() {
+        let t0 = Instant::now();
+        let minute = Rate::new(10, Duration::from_secs(60))
+            .with_limiter(Limiter::FixedWindow(WindowStart::Clock));
+        let mut w = FixedWindow::new(minute, WindowStart::Clock, t0);
+        // This meter's window ends 100 ms from now (inside the 500 ms band).
+        w.align(t0 + Duration::from_millis(100));
+        w.take(10);
+        w.refill(t0 + Duration::from_millis(100));
+        assert_eq!(w.available(), 0, "the ten count in the new window too");
+        assert_eq!(w.wait(1), Duration::from_secs(60));
+        // Mid-window takes carry nothing: the window after is whole.
+        w.refill(t0 + Duration::from_secs(61));
+        w.take(4);
+        w.refill(t0 + Duration::from_secs(121));
+        assert_eq!(w.available(), 10);
+        // A window skipped entirely starts empty, carry or not.
+        let mut w = FixedWindow::new(minute, WindowStart::Clock, t0);
+        w.align(t0 + Duration::from_millis(100));
+        w.take(10);
+        w.refill(t0 + Duration::from_secs(61));
+        assert_eq!(w.available(), 10);
+    }
+
     #[test]
     fn a_learned_boundary_moves_later_windows() {
         let t0 = Instant::now();
@@ -278,6 +335,7 @@ mod tests {
             period_ms in 1u64..10_000,
             phase_ms in 0u64..10_000,
             off_by_one in any::<bool>(),
+            delay in 0.0f64..1.0,
             ops in proptest::collection::vec((0u64..3_000, 1u64..100), 1..150),
         ) {
             let t0 = Instant::now();
@@ -289,6 +347,10 @@ mod tests {
             w.align(boundary);
             let mut now = t0;
             let mut per_window: std::collections::HashMap<i128, u64> = Default::default();
+            // The same admissions as the provider counts them when each arrives up to the
+            // boundary band late (its clock behind, the network slow).
+            let band = boundary_band(r.period);
+            let mut late: std::collections::HashMap<i128, u64> = Default::default();
             for (dt, cost) in ops {
                 now += Duration::from_millis(dt);
                 w.refill(now);
@@ -298,6 +360,8 @@ mod tests {
                     w.take(cost);
                     let k = w.index(now);
                     *per_window.entry(k).or_default() += cost;
+                    let arrives = now + band.mul_f64(delay);
+                    *late.entry(w.index(arrives)).or_default() += cost;
                 } else {
                     // Refused now, admitted exactly at the boundary the wait names.
                     let mut later = w.clone();
@@ -308,6 +372,9 @@ mod tests {
             }
             for (k, admitted) in per_window {
                 prop_assert!(admitted <= limit, "window {} admitted {} > {}", k, admitted, limit);
+            }
+            for (k, arrived) in late {
+                prop_assert!(arrived <= limit, "window {} received {} > {}", k, arrived, limit);
             }
         }
     }

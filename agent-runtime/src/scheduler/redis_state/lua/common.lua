@@ -119,18 +119,26 @@ end
 
 local function load_meter(key, s, now_ms, empty, lost)
   if s.kind == 'c' or s.kind == 'f' then
-    local v = redis.call('HMGET', key, s.name .. ':w', s.name .. ':u')
-    local stored, used = tonumber(v[1]), tonumber(v[2]) or 0
+    local v = redis.call('HMGET', key, s.name .. ':w', s.name .. ':u', s.name .. ':c')
+    local stored, used, carry = tonumber(v[1]), tonumber(v[2]) or 0, tonumber(v[3]) or 0
     local start
+    s.margin = math.min(s.period / 100, 250)
     if s.kind == 'c' then
-      local margin = math.min(s.period / 100, 250)
-      start = math.floor((now_ms - margin) / s.period) * s.period + margin
+      start = math.floor((now_ms - s.margin) / s.period) * s.period + s.margin
     elseif stored and now_ms - stored < s.period then
       start = stored
     end
     if not stored or start ~= stored then
-      used = 0
+      -- What the window just closed took at its very end, the provider may count in this one
+      -- (see meter_take); a window further back carries nothing.
+      if stored and s.kind == 'c' and math.abs(start - stored - s.period) < 1 then
+        used = carry
+      else
+        used = 0
+      end
+      carry = 0
     end
+    s.carry = carry
     if lost and not stored then
       -- A first-request window's phase is unknown too: spent for one period from now.
       start, used, s.fresh = start or now_ms, s.cap, true
@@ -215,9 +223,16 @@ local function meter_take(key, s, amount, now_ms)
       s.start = now_ms
     end
     s.used = math.max(0, s.used + amount)
+    -- Taken within the skew margin of either side of the provider's boundary (the last two
+    -- margins of this window): the provider may count it in the next window, so that one
+    -- starts with it counted too. First-request windows have no boundary to straddle.
+    if s.kind == 'c' and amount > 0 and now_ms >= s.start + s.period - 2 * s.margin then
+      s.carry = (s.carry or 0) + amount
+    end
+    s.carry = math.min(s.carry or 0, s.used)
     s.level = s.cap - s.used
     redis.call('HSET', key, s.name .. ':w', string.format('%.3f', s.start), s.name .. ':u',
-      string.format('%.6f', s.used))
+      string.format('%.6f', s.used), s.name .. ':c', string.format('%.6f', s.carry))
   elseif s.kind == 's' then
     local log = log_key(key, s.name)
     if amount > 0 then
