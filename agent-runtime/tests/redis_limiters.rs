@@ -150,9 +150,9 @@ async fn sliding_logs_admit_at_most_the_limit_in_any_period() {
 /// Grants within the skew margin of either side of a clock boundary may be counted by the
 /// provider in the window after it (its clock, the network): they count in the next window here
 /// too, so a run that starts just before or after a boundary cannot spend the tail of one
-/// window and then the whole of the next into the provider's one window (a real LiteLLM proxy
-/// drew 20 429s so). Three grants at the boundary of 1 s windows of three, then, past the
-/// margin, a fourth: it waits for the window after.
+/// window and then the whole of the next into the provider's one window. Three grants at the
+/// boundary of 1 s windows of three, then, past the margin, a fourth: it waits for the window
+/// after (without the carry it is granted: checked by disabling it).
 #[tokio::test]
 async fn grants_at_a_boundary_count_in_the_next_window_too() {
     let Some(state) = connect("clock-band").await else {

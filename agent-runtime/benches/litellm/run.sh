@@ -8,6 +8,8 @@
 #                                                        #   --period-seconds 60 --limiter fixed-window
 #   MODE=learned agent-runtime/benches/litellm/run.sh    # nothing configured: learned from headers
 #   RUNS=3 agent-runtime/benches/litellm/run.sh          # several runs, one after another
+#   START_SECOND=0 agent-runtime/benches/litellm/run.sh  # each run starts at that second of a
+#                                                        #   UTC minute (after a quiet minute)
 #
 # Installs litellm[proxy] into a virtualenv under target/ (LITELLM_VERSION, default 1.106.12;
 # 1.107.x is refused: a compromised release). Prints each run's fanout report and the proxy's
@@ -58,6 +60,14 @@ case "$mode" in
   *) echo "run.sh: MODE must be configured, windows or learned, not $mode" >&2; exit 2 ;;
 esac
 for run in $(seq 1 "$runs"); do
+  if [ -n "${START_SECOND:-}" ]; then
+    # A fixed window's bound depends on the phase a run starts at. Runs back to back share the
+    # proxy's minute (the second starts with the first's tail counted, which it cannot know):
+    # let a whole minute pass without traffic, then start at the chosen second.
+    sleep 60
+    now=$(date -u +%s)
+    sleep $(( (START_SECOND - now % 60 + 60) % 60 ))
+  fi
   before=$(grep -c '429' "$log" || true)
   echo "== run $run ($mode), started at second $(date -u +%S) of the UTC minute"
   # A run with failed conversations exits non-zero; report it and go on to the next run.

@@ -59,10 +59,10 @@ pub(crate) fn skew_margin(period: Duration) -> Duration {
 }
 
 /// How close to a clock window's end a take counts in the next window as well: the skew margin
-/// on either side of the provider's boundary. A run that starts just after a boundary would
-/// otherwise spend the tail of a window this meter thinks is still open — and the provider
-/// counts in its new one — then the whole of the next window again (measured against a real
-/// LiteLLM proxy: a run started at second :00 drew 20 429s).
+/// on either side of the provider's boundary. A run that starts just after a boundary (within
+/// the margin) would otherwise spend the tail of a window this meter thinks is still open —
+/// which the provider counts in its new one — then the whole of the next window again: up to
+/// twice the limit into one provider window (the proptest below finds it in a few cases).
 pub(crate) fn boundary_band(period: Duration) -> Duration {
     skew_margin(period).saturating_mul(2)
 }
