@@ -151,7 +151,7 @@ impl LlmAgent {
     }
 
     /// [`reply`](Agent::reply), with the final message decoded as `T` (the agent is normally
-    /// built with [`output::<T>()`](LlmAgentBuilder::output)).
+    /// built with [`output::<T>()`](crate::agents::LlmAgentBuilder::output)).
     ///
     /// ```
     /// use std::sync::Arc;

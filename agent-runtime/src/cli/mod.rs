@@ -6,7 +6,7 @@
 //! - [`tasks`] — the JSONL input and `--shard i/N`;
 //! - [`results`] — the JSONL output, appended line by line and read back to resume;
 //! - [`batch`] — running the tasks, stopping in two steps;
-//! - [`estimate`] — `--dry-run`'s upper bounds on calls, tokens and cost, and the quota's lower
+//! - [`estimate`](mod@estimate) — `--dry-run`'s upper bounds on calls, tokens and cost, and the quota's lower
 //!   bound on the makespan.
 //!
 //! `docs/cli.md` is the reference for the command and every spec field.
