@@ -95,6 +95,16 @@ impl Provider {
         self
     }
 
+    /// `n` requests of another client already counted in the window the run starts in.
+    fn with_prior(self, n: usize) -> Self {
+        {
+            let mut seen = self.seen.lock().unwrap();
+            seen.arrivals
+                .extend(std::iter::repeat_n((Instant::now(), true), n));
+        }
+        self
+    }
+
     /// The first `cold` requests travel `first` (new connections), later ones `later`.
     fn with_delay(mut self, cold: usize, first: Duration, later: Duration) -> Self {
         self.cold = cold;
@@ -321,6 +331,34 @@ async fn a_bucket_against_litellm_windows_learns_them_without_a_storm() {
         *per_window.entry(provider.window_of(t)).or_default() += 1;
     }
     assert!(per_window.values().all(|n| *n <= 9), "{per_window:?}");
+}
+
+/// Another client has already spent 7 of the 9 calls a LiteLLM window admits (it reports a
+/// limit of 10) when this run starts: two runs back to back against a real proxy, the second
+/// starting with the first's tail counted. Configured as LiteLLM counts (9 per clock window), the
+/// key reads each answer's `remaining` against the limit the proxy reports: one conversation,
+/// whose every call is answered before the next is sent, meets no 429 (taking "1 remaining" at
+/// its word — of 10, where 9 are admitted — sent one call too many). Eight conversations send
+/// eight calls before any answer: six of those can only be refused, and one more leaves on the
+/// first answer, which predates the second success.
+#[tokio::test(start_paused = true)]
+async fn a_window_another_client_has_spent_stops_the_key_at_its_answers() {
+    for (chats, most) in [(1, 0), (8, 7)] {
+        let provider = Provider::new(Counting::ClockWindows, 10, PERIOD)
+            .off_by_one()
+            .with_headers()
+            .with_prior(7);
+        let quota = Quota::per_period(PERIOD)
+            .requests(9)
+            .limiter(Limiter::FixedWindow(WindowStart::Clock));
+        let s = scheduler(quota);
+        assert_eq!(run(&s, &provider, chats, 5).await, 0);
+        assert!(
+            provider.rejected() <= most,
+            "{chats} chats: {} 429s",
+            provider.rejected()
+        );
+    }
 }
 
 /// Nothing configured: the key learns the limit from LiteLLM's success headers, the window from

@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::limiter::Meter;
-use super::quota::{Cost, Dimension, Limits, Rate};
+use super::quota::{Cost, Dimension, Limiter, Limits, Rate};
 
 /// A granted admission: its cost is taken from the buckets and it holds an in-flight slot until
 /// [`QuotaState::settle`].
@@ -202,6 +202,34 @@ impl<S: QuotaState + ?Sized> QuotaState for Box<S> {
     }
     async fn lag(&self, key: &str, limits: &Limits, by: Duration) -> Result<(), StateError> {
         (**self).lag(key, limits, by).await
+    }
+}
+
+/// A reading's `(remaining, limit it was counted against)` for requests and for tokens.
+pub(crate) fn reported_remaining(reading: &RateLimitReading) -> [Option<(u64, Option<u64>)>; 2] {
+    [
+        reading
+            .remaining_requests
+            .map(|r| (r, reading.limit_requests)),
+        reading.remaining_tokens.map(|r| (r, reading.limit_tokens)),
+    ]
+}
+
+/// What a provider's `remaining`, counted against the limit it reports, leaves of `rate`, the
+/// one in force here. A fixed window whose limit here is below the reported one (LiteLLM admits
+/// one less than it reports, configured or learned) counts what the provider used against its
+/// own limit: a deployment of `rpm: 60` that reports 1 remaining after 59 has nothing left for a
+/// key that knows it admits 59 (taking the 1 at its word was one 429 per window). A bucket takes
+/// the report as it is: a limit configured below the provider's is usually headroom left for
+/// others, and the provider's remaining already bounds what is there.
+pub(crate) fn remaining_within((remaining, reported): (u64, Option<u64>), rate: Rate) -> u64 {
+    match reported {
+        Some(reported)
+            if reported > rate.limit && matches!(rate.limiter, Limiter::FixedWindow(_)) =>
+        {
+            remaining.saturating_sub(reported - rate.limit)
+        }
+        _ => remaining,
     }
 }
 
@@ -386,11 +414,11 @@ impl KeyBuckets {
     /// Lowers the balances to what the provider reports remaining.
     pub(crate) fn observe(&mut self, now: Instant, limits: &Limits, reading: &RateLimitReading) {
         self.sync(limits, now);
-        if let (Some(b), Some(remaining)) = (&mut self.buckets[0], reading.remaining_requests) {
-            b.tighten_to(remaining);
-        }
-        if let (Some(b), Some(remaining)) = (&mut self.buckets[1], reading.remaining_tokens) {
-            b.tighten_to(remaining);
+        for (slot, remaining) in self.buckets.iter_mut().zip(reported_remaining(reading)) {
+            if let (Some(b), Some(remaining)) = (slot, remaining) {
+                let remaining = remaining_within(remaining, b.rate());
+                b.tighten_to(remaining);
+            }
         }
     }
 
@@ -422,13 +450,12 @@ impl KeyBuckets {
         sent: Present,
     ) {
         self.sync(limits, now);
-        let reports = [
-            (reading.remaining_requests, sent.requests),
-            (reading.remaining_tokens, sent.tokens),
-        ];
+        let existed = [sent.requests, sent.tokens];
+        let reports = reported_remaining(reading).into_iter().zip(existed);
         for (slot, (remaining, existed)) in self.buckets.iter_mut().zip(reports) {
             if let (Some(b), Some(remaining)) = (slot, remaining) {
-                let remaining = remaining.saturating_add(u64::from(existed));
+                let remaining =
+                    remaining_within(remaining, b.rate()).saturating_add(u64::from(existed));
                 b.tighten_to_since(remaining, since);
             }
         }

@@ -48,7 +48,10 @@ use restart::Continuity;
 use scripts::{AcquireReply, BucketArg, QuotaKeys, Scripts};
 
 use super::quota::{Cost, Dimension, Limits, Rate};
-use super::state::{Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError};
+use super::state::{
+    Acquire, InMemoryState, Lease, QuotaState, Settlement, StateError, remaining_within,
+    reported_remaining,
+};
 
 /// Marks a lease granted by the fail-open local share. Redis lease ids are server times in µs
 /// (about 2^51 today), so they never carry this bit.
@@ -632,14 +635,15 @@ impl QuotaState for RedisQuotaState {
             let share_limits = local_share(limits, processes);
             return self.inner.local.observe(key, &share_limits, &share).await;
         }
+        let [requests, tokens] = reported_remaining(reading);
         let remaining: Vec<(BucketArg, u64)> = BucketArg::of(limits)
             .filter_map(|b| {
-                let left = match b.dimension {
-                    Dimension::Requests => reading.remaining_requests,
-                    Dimension::Tokens => reading.remaining_tokens,
+                let report = match b.dimension {
+                    Dimension::Requests => requests,
+                    Dimension::Tokens => tokens,
                     _ => None,
                 };
-                left.map(|left| (b, left))
+                report.map(|report| (b, remaining_within(report, b.rate)))
             })
             .collect();
         if remaining.is_empty() {
