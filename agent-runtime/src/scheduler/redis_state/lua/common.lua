@@ -200,7 +200,12 @@ local function meter_wait(s, amount, now_ms, guard_ms)
     if not s.start then
       return 0
     end
-    return math.max(0.001, s.start + s.period - now_ms)
+    local wait = s.start + s.period - now_ms
+    if (s.carry or 0) + amount > s.cap then
+      -- The next window starts with this one's carry: the call fits the window after.
+      wait = wait + s.period
+    end
+    return math.max(0.001, wait)
   elseif s.kind == 's' then
     local need, freed = amount - s.level, 0
     for _, e in ipairs(s.entries) do
