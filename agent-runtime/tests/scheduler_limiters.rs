@@ -280,8 +280,10 @@ async fn configured_clock_windows_never_overfill_a_provider_window() {
         *per_window.entry(provider.window_of(t)).or_default() += 1;
     }
     assert!(per_window.values().all(|n| *n <= 10), "{per_window:?}");
-    // 40 calls at 10 a window: four windows, each used in full.
-    assert_eq!(per_window.len(), 4, "{per_window:?}");
+    // 40 calls at 10 a window: four windows, each used in full — or five when the run starts
+    // within the skew margin of a boundary, where the first calls count in both windows on the
+    // client's side (the provider may count them in either).
+    assert!((4..=5).contains(&per_window.len()), "{per_window:?}");
 }
 
 /// LiteLLM admits `rpm_limit − 1`: configured with the limit it reports, the first window's last

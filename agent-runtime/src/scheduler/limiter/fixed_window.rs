@@ -181,12 +181,17 @@ impl FixedWindow {
         }
         self.used = self.used.saturating_add(amount);
         self.taken_in = self.window;
-        // A window opened by its first request has no boundary the request could straddle.
-        if self.start != WindowStart::FirstRequest
-            && self.window_end() <= boundary_band(self.rate.period)
-        {
+        if self.in_band() {
             self.carry = self.carry.saturating_add(amount);
         }
+    }
+
+    /// Whether now is within the boundary band at this window's end, where what happens may
+    /// belong to the provider's next window. A window opened by its first request has no
+    /// boundary to straddle.
+    fn in_band(&self) -> bool {
+        self.start != WindowStart::FirstRequest
+            && self.window_end() <= boundary_band(self.rate.period)
     }
 
     pub(crate) fn give(&mut self, amount: u64) {
@@ -203,6 +208,11 @@ impl FixedWindow {
             self.take(0);
         }
         self.used = self.used.max(self.rate.limit.saturating_sub(remaining));
+        // A report this close to the boundary may describe the provider's next window: it
+        // stands for that one too (a window another client spent, a 429 at the boundary).
+        if self.in_band() {
+            self.carry = self.carry.max(self.used);
+        }
     }
 
     pub(crate) fn tighten_to_since(&mut self, remaining: u64, since: Duration) {

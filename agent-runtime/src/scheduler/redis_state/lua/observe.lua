@@ -14,6 +14,12 @@ for _, s in ipairs(specs) do
   end
   if s.amount < s.level then
     meter_take(KEYS[1], s, s.level - s.amount, now_ms)
+    if s.kind == 'c' and now_ms >= s.start + s.period - 2 * s.margin then
+      -- A report this close to the boundary may describe the provider's next window: the
+      -- whole count stands for that one too.
+      s.carry = s.used
+      redis.call('HSET', KEYS[1], s.name .. ':c', string.format('%.6f', s.carry))
+    end
   end
   ttl = math.max(ttl, meter_ttl(s))
 end
