@@ -192,16 +192,14 @@ async fn grants_at_a_boundary_count_in_the_next_window_too() {
     }
     let fourth = state.acquire("m", &limits, ONE, TTL).await.unwrap();
     if in_band {
-        assert!(
-            matches!(
-                fourth,
-                Acquire::Wait {
-                    dimension: Dimension::Requests,
-                    ..
-                }
+        match fourth {
+            Acquire::Wait { dimension, .. } => assert_eq!(dimension, Dimension::Requests),
+            // Granted a whole window later (the machine stalled past it): nothing to check.
+            Acquire::Granted(lease) if lease.id >= boundary + period_us + margin_us => {}
+            other => panic!(
+                "grants at {granted:?} (boundary {boundary}) were not counted in the next window: {other:?}"
             ),
-            "grants at {granted:?} (boundary {boundary}) were not counted in the next window: {fourth:?}"
-        );
+        }
     } else {
         eprintln!(
             "the machine stalled: grants at {granted:?} fell outside the band around {boundary}; nothing to check this run"
