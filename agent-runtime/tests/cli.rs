@@ -498,6 +498,32 @@ run:
     )
 }
 
+/// A batch over HTTP: the mock at `rpm` requests per 6 s answering after `latency`, and in a
+/// fresh directory `name` the spec (`http_spec`, then `extra` lines) and `n` tasks. Returns the
+/// server, the directory, the spec's path and the input's.
+async fn http_batch(
+    name: &str,
+    rpm: u64,
+    latency: Duration,
+    extra: &str,
+    n: usize,
+) -> (MockServer, PathBuf, PathBuf, PathBuf) {
+    let (_, server) = MockServer::start(
+        SimConfig::default()
+            .with_rpm(rpm)
+            .with_period(Duration::from_secs(6))
+            .with_latency(latency, Duration::ZERO),
+    )
+    .await
+    .unwrap();
+    let d = dir(name);
+    let spec = d.join("team.yaml");
+    std::fs::write(&spec, http_spec(&server.base_url(), rpm) + extra).unwrap();
+    let input = d.join("tasks.jsonl");
+    std::fs::write(&input, tasks_jsonl(n)).unwrap();
+    (server, d, spec, input)
+}
+
 /// Runs `cmd` to its end, or kills it after `limit` and fails the test: no hostile input may
 /// make the command hang.
 fn output_within(cmd: &mut Command, limit: Duration) -> std::process::Output {
@@ -694,23 +720,9 @@ async fn a_quota_s_limiter_kind_reaches_the_key_and_the_simulator() {
 /// the spec file's, whatever the working directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_rerun_replays_every_answer_without_the_provider() {
-    let (_, server) = MockServer::start(
-        SimConfig::default()
-            .with_rpm(6_000)
-            .with_period(Duration::from_secs(6)),
-    )
-    .await
-    .unwrap();
-    let d = dir("cache");
-    let spec = d.join("team.yaml");
-    let text = format!(
-        "{}cache: {{ dir: answers, namespace: claims-v1 }}\n",
-        http_spec(&server.base_url(), 6_000)
-    );
-    std::fs::write(&spec, text).unwrap();
-    let input = d.join("tasks.jsonl");
     let n = 12;
-    std::fs::write(&input, tasks_jsonl(n)).unwrap();
+    let cache = "cache: { dir: answers, namespace: claims-v1 }\n";
+    let (server, d, spec, input) = http_batch("cache", 6_000, Duration::ZERO, cache, n).await;
     let run = |out: &Path| {
         let status = turnstile()
             .args(["run", spec.to_str().unwrap(), "--input"])
@@ -751,20 +763,9 @@ async fn a_cached_rerun_replays_every_answer_without_the_provider() {
 /// flight when the process died.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_run_and_rerun_every_task_is_written_once() {
-    let (_, server) = MockServer::start(
-        SimConfig::default()
-            .with_rpm(6_000)
-            .with_period(Duration::from_secs(6))
-            .with_latency(Duration::from_millis(50), Duration::ZERO),
-    )
-    .await
-    .unwrap();
-    let d = dir("kill");
-    let spec = d.join("team.yaml");
-    std::fs::write(&spec, http_spec(&server.base_url(), 6_000)).unwrap();
-    let input = d.join("tasks.jsonl");
     let n = 400;
-    std::fs::write(&input, tasks_jsonl(n)).unwrap();
+    let (server, d, spec, input) =
+        http_batch("kill", 6_000, Duration::from_millis(50), "", n).await;
     let out = d.join("results.jsonl");
     let args = [
         "run",
@@ -814,20 +815,8 @@ async fn killed_mid_run_and_rerun_every_task_is_written_once() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_writes_what_is_done_and_a_rerun_finishes() {
-    let (_, server) = MockServer::start(
-        SimConfig::default()
-            .with_rpm(60)
-            .with_period(Duration::from_secs(6))
-            .with_latency(Duration::from_millis(5), Duration::ZERO),
-    )
-    .await
-    .unwrap();
-    let d = dir("ctrlc");
-    let spec = d.join("team.yaml");
     // 60 requests per 6 s: 100 tasks need about 14 s, so the interrupt lands mid-run.
-    std::fs::write(&spec, http_spec(&server.base_url(), 60)).unwrap();
-    let input = d.join("tasks.jsonl");
-    std::fs::write(&input, tasks_jsonl(100)).unwrap();
+    let (server, d, spec, input) = http_batch("ctrlc", 60, Duration::from_millis(5), "", 100).await;
     let out = d.join("results.jsonl");
     let args = [
         "run",

@@ -221,6 +221,13 @@ end
 
 local log_seq = 0
 
+-- Whether a clock window is within its boundary band: the skew margin on either side of the
+-- provider's boundary (the last two margins of this window), where what is taken or reported
+-- may belong to the provider's next window. After load_meter.
+local function in_band(s, now_ms)
+  return s.kind == 'c' and now_ms >= s.start + s.period - 2 * s.margin
+end
+
 -- Takes `amount` (negative: gives it back), after load_meter.
 local function meter_take(key, s, amount, now_ms)
   if s.kind == 'c' or s.kind == 'f' then
@@ -228,10 +235,9 @@ local function meter_take(key, s, amount, now_ms)
       s.start = now_ms
     end
     s.used = math.max(0, s.used + amount)
-    -- Taken within the skew margin of either side of the provider's boundary (the last two
-    -- margins of this window): the provider may count it in the next window, so that one
-    -- starts with it counted too. First-request windows have no boundary to straddle.
-    if s.kind == 'c' and amount > 0 and now_ms >= s.start + s.period - 2 * s.margin then
+    -- Taken in the band: the provider may count it in the next window, so that one starts
+    -- with it counted too. First-request windows have no boundary to straddle.
+    if amount > 0 and in_band(s, now_ms) then
       s.carry = (s.carry or 0) + amount
     end
     s.carry = math.min(s.carry or 0, s.used)

@@ -14,7 +14,7 @@ for _, s in ipairs(specs) do
   end
   if s.amount < s.level then
     meter_take(KEYS[1], s, s.level - s.amount, now_ms)
-    if s.kind == 'c' and now_ms >= s.start + s.period - 2 * s.margin then
+    if in_band(s, now_ms) then
       -- A report this close to the boundary may describe the provider's next window: the
       -- whole count stands for that one too.
       s.carry = s.used
